@@ -1,0 +1,145 @@
+"""The one interface every forecaster shares, and the quantile machinery around it.
+
+A *backbone* maps a normalized history window plus known covariates to unconstrained outputs for every
+horizon step; `QuantileForecaster` wraps any backbone with per-window normalization (RevIN-style: the
+window's own mean and scale), non-crossing quantiles and conformal interval scaling. Switching models is
+changing the `type` name in a config.
+
+Shapes: B series, L history hours, H horizon hours, C covariates, Q quantiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
+
+
+@dataclass
+class ForecasterConfig:
+    """Architecture of a forecaster: enough to rebuild it from a bundle's config.json."""
+
+    type: str = "lstm"  # a key of BACKBONES
+    input_length: int = 336  # hours of history the model reads
+    horizon: int = 168  # most hours ahead it forecasts
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # empty: a single point output trained with MSE
+    n_covariates: int = 0  # known-future covariates per hour (models.features.FeatureSpec.size)
+    params: dict[str, Any] = field(default_factory=dict)  # backbone hyper-parameters
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["quantiles"] = list(self.quantiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ForecasterConfig":
+        d = dict(d)
+        d["quantiles"] = tuple(float(q) for q in d.get("quantiles", DEFAULT_QUANTILES))
+        return cls(**d)
+
+    @property
+    def n_outputs(self) -> int:
+        return max(len(self.quantiles), 1)
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a backbone available under `name` in configs."""
+
+    def wrap(cls: type) -> type:
+        BACKBONES[name] = cls
+        return cls
+
+    return wrap
+
+
+class QuantileForecaster(nn.Module):
+    """history [B, L] and covariates [B, L, C] / [B, H, C] (data units) -> quantiles [B, H, Q] (data units).
+
+    Quantiles come out sorted (non-crossing) for every series and step; with no quantiles configured
+    the single output is a point forecast.
+    """
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        if config.type not in BACKBONES:
+            raise ValueError(f"unknown model type {config.type!r}; choose one of {sorted(BACKBONES)}")
+        if list(config.quantiles) != sorted(set(config.quantiles)) or not all(0 < q < 1 for q in config.quantiles):
+            raise ValueError(f"quantiles must be distinct, increasing and inside (0, 1), got {config.quantiles}")
+        self.config = config
+        self.backbone = BACKBONES[config.type](
+            input_length=config.input_length, horizon=config.horizon, n_covariates=config.n_covariates,
+            n_outputs=config.n_outputs, **config.params,
+        )
+        # Conformal scaling of each quantile's distance from the median, fitted on validation data.
+        self.register_buffer("interval_scale", torch.ones(config.n_outputs))
+        self.register_buffer("quantile_levels", torch.tensor(config.quantiles or (0.5,), dtype=torch.float32))
+
+    @property
+    def median_index(self) -> int:
+        qs = self.config.quantiles
+        return qs.index(0.5) if 0.5 in qs else len(qs) // 2
+
+    def forward(self, history: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+        q, loc, scale = self.forward_normalized(history, past_cov, future_cov)
+        return q * scale.unsqueeze(-1) + loc.unsqueeze(-1)
+
+    def forward_normalized(
+        self, history: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantiles in the window's normalized units, with the window's loc and scale [B, 1].
+
+        Training losses are taken here, so that every series weighs the same whatever its size in MW.
+        """
+        loc, scale = window_stats(history)
+        raw = self.backbone((history - loc) / scale, past_cov, future_cov)  # [B, H, Q]
+        if not getattr(self.backbone, "outputs_sorted_quantiles", False):
+            raw = monotone_quantiles(raw)
+        return self._scale_intervals(raw), loc, scale
+
+    def _scale_intervals(self, q: torch.Tensor) -> torch.Tensor:
+        if q.shape[-1] == 1:
+            return q
+        mid = q[..., self.median_index : self.median_index + 1]
+        return mid + (q - mid) * self.interval_scale
+
+
+def window_stats(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window location and scale [B, 1] used to normalize a history and denormalize its forecast."""
+    loc = history.mean(dim=1, keepdim=True)
+    scale = history.std(dim=1, keepdim=True).clamp_min(1e-3 * loc.abs().clamp_min(1.0))
+    return loc, scale
+
+
+def monotone_quantiles(raw: torch.Tensor) -> torch.Tensor:
+    """Unconstrained outputs [..., Q] -> increasing quantiles: the median column plus cumulative
+    softplus steps outward on each side, so quantiles can never cross."""
+    q = raw.shape[-1]
+    if q == 1:
+        return raw
+    mid = q // 2
+    centre = raw[..., mid : mid + 1]
+    upper = centre + torch.cumsum(F.softplus(raw[..., mid + 1 :]), dim=-1)
+    lower = centre - torch.flip(torch.cumsum(F.softplus(torch.flip(raw[..., :mid], [-1])), dim=-1), [-1])
+    return torch.cat([lower, centre, upper], dim=-1)
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Mean quantile (pinball) loss. pred [..., Q], target [...], quantiles [Q]."""
+    diff = target.unsqueeze(-1) - pred
+    return torch.maximum(quantiles * diff, (quantiles - 1) * diff).mean()
+
+
+def forecast_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:
+    """The training loss: pinball over the configured quantiles, or MSE for a point model."""
+    if not quantiles:
+        return F.mse_loss(pred.squeeze(-1), target)
+    levels = torch.tensor(quantiles, dtype=pred.dtype, device=pred.device)
+    return pinball_loss(pred, target, levels)
