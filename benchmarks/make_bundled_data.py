@@ -1,7 +1,7 @@
 """Regenerate models/assets/pjm_hourly.parquet from the published wide PJM CSVs.
 
 The rows are kept exactly as published, duplicate daylight-saving hours and gaps included: repair
-happens on load (training.data.clean) so the demo can show what it repaired. The file is compact:
+happens on load (models.data.clean) so the demo can show what it repaired. The file is compact:
 zone dictionary-encoded, load float32 (the published values are whole megawatts, exact in float32),
 zstd-compressed.
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout, installed or not
 from models.series import BUNDLED_PJM, LOAD, TIMESTAMP, ZONE
-from training.data import read_table
+from models.data import read_table
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pjm"
 

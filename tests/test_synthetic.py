@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import clean
+from models.data import clean
 from training.synthetic import synthetic_load
 
 
