@@ -1,0 +1,224 @@
+"""The model bundle: a directory that holds everything needed to forecast, and nothing executable.
+
+    config.json       architecture, horizon, quantiles, feature spec, zones and scaling statistics,
+                      data fingerprint, training summary, library versions
+    model.safetensors weights and buffers (tensors only: loading never unpickles anything)
+    metrics.json      evaluation results (optional)
+
+A bundle trained on a GPU loads on a CPU and vice versa: tensors are stored on the CPU in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import models  # noqa: F401  (registers every backbone)
+from models.features import FeatureSpec, calendar_features, future_timestamps
+from models.forecaster import ForecasterConfig, QuantileForecaster
+
+BUNDLE_FORMAT = 1
+CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
+
+
+class BundleError(ValueError):
+    """A bundle directory that is missing, incomplete, corrupt or from an unknown format."""
+
+
+@dataclass
+class Bundle:
+    """A loaded model with its metadata; `predict` turns histories into quantile forecasts."""
+
+    model: QuantileForecaster
+    features: FeatureSpec
+    name: str
+    version: str
+    meta: dict[str, Any] = field(default_factory=dict)  # zones, scaling, data, training, versions
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> ForecasterConfig:
+        return self.model.config
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        return self.config.quantiles
+
+    @property
+    def input_length(self) -> int:
+        return self.config.input_length
+
+    @property
+    def max_horizon(self) -> int:
+        return self.config.horizon
+
+    def covariates(self, timestamps: pd.DatetimeIndex, extra: np.ndarray | None = None) -> np.ndarray:
+        """Known covariates [T, C] for `timestamps`: calendar features, then the spec's extra columns."""
+        cal = calendar_features(timestamps, self.features)
+        n_extra = len(self.features.covariates)
+        if n_extra == 0:
+            return cal
+        if extra is None or extra.shape != (len(timestamps), n_extra):
+            raise ValueError(
+                f"this model needs covariates {list(self.features.covariates)} for every hour, "
+                f"shape ({len(timestamps)}, {n_extra}); got {None if extra is None else extra.shape}"
+            )
+        return np.concatenate([cal, extra.astype(np.float32)], axis=1)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        history: np.ndarray,
+        last_timestamps: Sequence[pd.Timestamp] | pd.DatetimeIndex,
+        horizon: int,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4096,
+    ) -> np.ndarray:
+        """Quantile forecasts [B, horizon, Q] (sorted along Q) for B histories [B, >= input_length].
+
+        `last_timestamps[b]` is the hour of the last value of history b; the forecast covers the
+        `horizon` hours after it. Only the last `input_length` hours of each history are read.
+        """
+        history = np.asarray(history, dtype=np.float32)
+        if history.ndim != 2:
+            raise ValueError(f"history must be 2-D [series, hours], got shape {history.shape}")
+        if len(last_timestamps) != history.shape[0]:
+            raise ValueError(f"{history.shape[0]} histories but {len(last_timestamps)} last timestamps")
+        if history.shape[1] < self.input_length:
+            raise ValueError(f"history too short: the model reads {self.input_length} hours, got {history.shape[1]}")
+        if not 1 <= horizon <= self.max_horizon:
+            raise ValueError(f"horizon must be between 1 and {self.max_horizon} hours, got {horizon}")
+        if self.features.covariates:
+            raise ValueError("this model needs extra covariates: build its inputs with Bundle.covariates")
+        history = history[:, -self.input_length :]
+        if not np.isfinite(history).all():
+            raise ValueError("history contains NaN or infinite values")
+        past, future = self._calendar_windows(pd.DatetimeIndex(last_timestamps), horizon)
+        model = self.model.to(device)
+        out = []
+        for i in range(0, len(history), batch_size):
+            sl = slice(i, i + batch_size)
+            q = model(*(torch.from_numpy(a[sl]).to(device) for a in (history, past, future)))
+            out.append(q[:, :horizon].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, horizon, self.model.config.n_outputs), np.float32)
+
+    def _calendar_windows(self, last: pd.DatetimeIndex, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Past [B, L, C] and future [B, H, C] calendar features, computed once per distinct last hour."""
+        length, full_h = self.input_length, self.max_horizon
+        past = np.empty((len(last), length, self.features.size), np.float32)
+        future = np.empty((len(last), full_h, self.features.size), np.float32)
+        for stamp in last.unique():
+            hours = future_timestamps(stamp - pd.Timedelta(hours=length), length + full_h)
+            feats = calendar_features(hours, self.features)
+            rows = np.flatnonzero(last == stamp)
+            past[rows], future[rows] = feats[:length], feats[length:]
+        return past, future
+
+
+def save_bundle(
+    path: str | Path,
+    model: QuantileForecaster,
+    features: FeatureSpec,
+    *,
+    name: str,
+    version: str,
+    meta: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle atomically: a half-written directory never looks like a finished bundle."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "version": version,
+        "model": model.config.to_dict(),
+        "features": features.to_dict(),
+        **(meta or {}),
+        "versions": _library_versions(),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, tmp / WEIGHTS_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+        if metrics is not None:
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    """Replace a bundle's metrics.json (e.g. after a new evaluation)."""
+    target = Path(path) / METRICS_FILE
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, default=str))
+    os.replace(tmp, target)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle on the CPU, in eval mode. Raises BundleError saying what is wrong with the directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"no model bundle at {path}: expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE}")
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / required).is_file():
+            raise BundleError(f"incomplete model bundle {path}: {required} is missing")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+        if config.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"bundle {path} has format {config.get('format')!r}; this version reads {BUNDLE_FORMAT}")
+        model = QuantileForecaster(ForecasterConfig.from_dict(config["model"]))
+        features = FeatureSpec.from_dict(config["features"])
+    except BundleError:
+        raise
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"corrupt {CONFIG_FILE} in bundle {path}: {err}") from None
+    try:
+        state = load_file(path / WEIGHTS_FILE, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BundleError(f"corrupt weights in bundle {path} ({WEIGHTS_FILE}): {err}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"weights in bundle {path} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.eval()
+    metrics = {}
+    if (path / METRICS_FILE).is_file():
+        try:
+            metrics = json.loads((path / METRICS_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise BundleError(f"corrupt {METRICS_FILE} in bundle {path}: {err}") from None
+    meta = {k: v for k, v in config.items() if k not in ("format", "name", "version", "model", "features")}
+    return Bundle(model=model, features=features, name=config["name"], version=str(config["version"]),
+                  meta=meta, metrics=metrics)
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("energyopt", "torch", "pytorch-lightning", "numpy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,45 @@
+"""Shared fixtures: the bundled data loaded once, and one tiny trained bundle for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYTORCH_LIGHTNING_SUPPRESS_TIPS", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three synthetic zones, 500 days, as a long-format CSV file."""
+    from training.synthetic import synthetic_load
+
+    path = tmp_path_factory.mktemp("data") / "synthetic.csv"
+    synthetic_load(n_zones=3, hours=24 * 500, seed=7).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A small LSTM that trains in seconds on the synthetic data (short splits to keep it quick)."""
+    from training.config import load_config
+
+    cfg = load_config(model="lstm", **{
+        "model.input_length": 336, "model.horizon": 48,
+        "model.params": {"hidden_size": 16, "num_layers": 1},
+        "data.val_days": 60, "data.test_days": 60,
+        "training.max_epochs": 2, "training.samples_per_epoch": 512, "training.val_samples": 256,
+        "training.batch_size": 128,
+    })
+    cfg.name = "tiny-lstm"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path, tiny_config) -> Path:
+    from training.fit import train
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    train(tiny_config, synthetic_csv, out, progress=False, log=lambda _: None)
+    return out

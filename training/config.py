@@ -1,0 +1,123 @@
+"""Training configuration: one YAML file per model under configs/models/, validated with pydantic.
+
+Every field has a default, so `energyopt train --model lstm` works without a file; a typo in a file is an
+error naming the field rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.features import FeatureSpec
+from models.forecaster import BACKBONES, DEFAULT_QUANTILES, ForecasterConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    type: str = "lstm"
+    input_length: int = Field(336, ge=24, le=24 * 60)
+    horizon: int = Field(168, ge=1, le=24 * 31)
+    quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in BACKBONES:
+            raise ValueError(f"unknown model type {v!r}; choose one of {sorted(BACKBONES)}")
+        return v
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        if sorted(set(v)) != v or not all(0 < q < 1 for q in v):
+            raise ValueError("quantiles must be distinct, increasing and inside (0, 1)")
+        return v
+
+
+class FeatureSection(_Strict):
+    calendar: bool = True
+    holiday_country: str | None = "US"
+    covariates: list[str] = Field(default_factory=list)
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(self.calendar, self.holiday_country, tuple(self.covariates))
+
+
+class DataSection(_Strict):
+    val_days: int = Field(365, ge=1)
+    test_days: int = Field(365, ge=1)
+    max_interpolate_hours: int = Field(6, ge=0)
+
+
+class TrainingSection(_Strict):
+    max_epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    samples_per_epoch: int = Field(40_000, ge=1)  # random windows drawn per epoch (all origins are eligible)
+    val_samples: int = Field(10_000, ge=1)  # fixed random subset of validation windows
+    patience: int = Field(5, ge=1)  # early stopping on validation loss
+    gradient_clip: float = Field(1.0, ge=0)
+    seed: int = 42
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    num_threads: int | None = None  # torch CPU threads; None: torch's default
+
+
+class TrainConfig(_Strict):
+    name: str = "forecaster"
+    model: ModelSection = Field(default_factory=ModelSection)
+    features: FeatureSection = Field(default_factory=FeatureSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+    def forecaster_config(self) -> ForecasterConfig:
+        m = self.model
+        return ForecasterConfig(type=m.type, input_length=m.input_length, horizon=m.horizon,
+                                quantiles=tuple(m.quantiles), n_covariates=self.features.spec().size,
+                                params=dict(m.params))
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the field."""
+
+
+def load_config(path: str | Path | None = None, *, model: str | None = None, **overrides: Any) -> TrainConfig:
+    """Read a YAML config (default: configs/models/<model>.yaml) and apply dotted overrides such as
+    `training.max_epochs=3`."""
+    if path is None:
+        path = CONFIG_DIR / "models" / f"{model or 'lstm'}.yaml"
+        if not Path(path).is_file():
+            raise ConfigError(f"no default config for model {model!r} at {path}; pass --config FILE")
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid config {path}: {problems}") from None

@@ -1,0 +1,159 @@
+"""Backtests: the one evaluation protocol shared by `energyopt evaluate`, training and the benchmarks.
+
+Per zone: forecasts issued daily with the first forecast hour at 00:00 inside the test period, 48 hours
+ahead, from the model's history window. Metrics over every step of every origin, per zone and overall:
+MAE, RMSE, MAPE (%), MASE (scaled by the in-sample MAE of the 168 h seasonal naive on the training
+data), pinball loss (mean over quantiles, MW) and the coverage of the 10-90 % band (80 % interval).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from utilsforecast import losses
+
+from models.bundle import Bundle
+from models.data import Series
+
+SEASON = 168
+
+
+def backtest(
+    bundle: Bundle,
+    test: Sequence[Series],
+    *,
+    horizon: int = 48,
+    origin_hour: int = 0,
+    column: str | None = None,
+) -> pd.DataFrame:
+    """Forecasts of `bundle` at every protocol origin: one row per (zone, cutoff, step).
+
+    Columns: zone, cutoff (first forecast hour), ds, step, y, then `<name>-q<level>` for each quantile
+    and `<name>` for the point forecast (the median).
+    """
+    name = column or bundle.name
+    length = bundle.input_length
+    histories, lasts, targets, meta = [], [], [], []
+    for s in test:
+        start = length if s.target_start is None else max(length, int(s.timestamps.searchsorted(s.target_start)))
+        origins = np.arange(start, len(s.load) - horizon + 1)
+        origins = origins[s.timestamps.hour[origins] == origin_hour]
+        if not len(origins):
+            continue
+        windows = sliding_window_view(s.load, length + horizon)[origins - length]
+        histories.append(windows[:, :length])
+        targets.append(windows[:, length:])
+        lasts.append(s.timestamps[origins - 1])
+        meta.append((s.zone, s.timestamps[origins]))
+    if not histories:
+        raise ValueError(f"no forecast origin at {origin_hour:02d}:00 with {length} h history and {horizon} h "
+                         "ahead inside the test period")
+    quantiles = bundle.predict(np.concatenate(histories), pd.DatetimeIndex(np.concatenate(lasts)), horizon)
+    steps = np.arange(horizon)
+    zones = np.concatenate([np.repeat(z, len(c) * horizon) for z, c in meta])
+    cutoffs = np.concatenate([np.repeat(c.to_numpy(), horizon) for _, c in meta])
+    frame = pd.DataFrame({
+        "zone": zones,
+        "cutoff": cutoffs,
+        "ds": cutoffs + np.tile(steps, len(cutoffs) // horizon).astype("timedelta64[h]"),
+        "step": np.tile(steps + 1, len(cutoffs) // horizon),
+        "y": np.concatenate(targets).reshape(-1).astype(np.float64),
+    })
+    levels = bundle.quantiles or (0.5,)
+    flat = quantiles.reshape(-1, quantiles.shape[-1]).astype(np.float64)
+    for j, q in enumerate(levels):
+        frame[f"{name}-q{q:g}"] = flat[:, j]
+    frame[name] = flat[:, bundle.model.median_index]
+    return frame
+
+
+def score(frame: pd.DataFrame, models: Sequence[str], train: Sequence[Series]) -> dict:
+    """Metrics for each model column of a backtest frame: {"summary": {model: {...}}, "rows": [...]}.
+
+    `train` gives the MASE scale per zone. "Overall" pools every row of every zone (MASE: the mean of
+    the per-row scaled errors).
+    """
+    scale = pd.Series({s.zone: 0.0 for s in train}, dtype=float)
+    weights = pd.Series({s.zone: 0 for s in train}, dtype=float)
+    for s in train:  # a zone may have several segments: weight each by its number of differences
+        diffs = np.abs(s.load[SEASON:] - s.load[:-SEASON])
+        scale[s.zone] += diffs.sum()
+        weights[s.zone] += len(diffs)
+    scale = scale / weights.replace(0, np.nan)
+    missing = sorted(set(frame["zone"]) - set(scale.dropna().index))
+    if missing:
+        raise ValueError(f"zones {missing} have no training history of {SEASON + 1} h or more for the MASE scale")
+
+    rows, summary = [], {}
+    pooled = frame.assign(zone="__all__")
+    for model in models:
+        per_zone = _metrics(frame, model)
+        overall = _metrics(pooled, model).iloc[0].to_dict()
+        mase = (frame[model] - frame["y"]).abs() / frame["zone"].map(scale)
+        per_zone["mase"] = mase.groupby(frame["zone"]).mean()
+        overall["mase"] = float(mase.mean())
+        summary[model] = {k: round(float(v), 6) for k, v in overall.items()}
+        for zone, metrics in per_zone.iterrows():
+            rows.append({"zone": zone, "model": model, **{k: round(float(v), 6) for k, v in metrics.items()}})
+    return {"summary": summary, "rows": rows}
+
+
+def _metrics(frame: pd.DataFrame, model: str) -> pd.DataFrame:
+    """MAE, RMSE, MAPE, pinball and 80 % coverage per zone of `frame` (indexed by zone)."""
+    keys = dict(id_col="zone", target_col="y", cutoff_col="_none")
+    out = pd.DataFrame({
+        "mae": losses.mae(frame, [model], **keys).set_index("zone")[model],
+        "rmse": losses.rmse(frame, [model], **keys).set_index("zone")[model],
+        "mape": losses.mape(frame, [model], **keys).set_index("zone")[model] * 100,
+    })
+    q_cols = [c for c in frame.columns if c.startswith(f"{model}-q")]
+    pinball = [losses.quantile_loss(frame, {model: c}, q=float(c.rsplit("-q", 1)[1]), **keys).set_index("zone")[model]
+               for c in q_cols]
+    out["pinball"] = pd.concat(pinball, axis=1).mean(axis=1)
+    lo, hi = f"{model}-q0.1", f"{model}-q0.9"
+    if lo in frame and hi in frame:
+        inside = frame["y"].between(frame[lo], frame[hi])
+        out["coverage_80"] = inside.groupby(frame["zone"]).mean()
+    return out
+
+
+BASELINES = ("seasonal_naive_168", "linear")
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    data: str | Path | None = None,
+    *,
+    horizon: int = 48,
+    baselines: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Backtest `bundle` on `data` (default: the bundled PJM zones) with the split it was trained with,
+    and, in the same run, the seasonal naive and a freshly fitted linear baseline on the same origins."""
+    from training.config import load_config
+    from training.fit import build_model, prepare_data, train
+
+    split_cfg = bundle.meta.get("split", {})
+    overrides = {"data.val_days": split_cfg.get("val_days"), "data.test_days": split_cfg.get("test_days")}
+    cfg = load_config(model="linear", **overrides)
+    split, _, _ = prepare_data(cfg, data)
+    frame = backtest(bundle, split.test, horizon=horizon)
+    names = [bundle.name]
+    if baselines:
+        naive_cfg = load_config(model="seasonal_naive", **overrides)
+        naive_cfg.model.quantiles = list(bundle.quantiles)
+        naive = Bundle(build_model(naive_cfg).eval(), bundle.features, BASELINES[0], "baseline")
+        log("fitting the linear baseline on the same training data ...")
+        cfg.model.quantiles = list(bundle.quantiles)
+        with tempfile.TemporaryDirectory() as tmp:
+            linear = train(cfg, data, Path(tmp) / "linear", progress=False, evaluate=False, log=lambda _: None)
+        for other, name in ((naive, BASELINES[0]), (linear, BASELINES[1])):
+            extra = backtest(other, split.test, horizon=horizon, column=name)
+            frame = frame.merge(extra.drop(columns="y"), on=["zone", "cutoff", "ds", "step"], how="left")
+            names.append(name)
+    return score(frame, names, split.train)

@@ -1,0 +1,178 @@
+"""Fit a forecaster on a long-format table and write a model bundle (local, single process)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from models.bundle import Bundle, save_bundle
+from models.forecaster import QuantileForecaster
+from training.config import TrainConfig
+from models.series import BUNDLED_PJM
+from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
+from training.evaluate import backtest, score
+from training.module import ForecastModule, WindowDataModule
+
+
+class EpochLog(Callback):
+    """Keeps per-epoch validation loss and wall time for the bundle's training summary."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self.epochs.append({
+            "epoch": trainer.current_epoch,
+            "train_loss": float(metrics.get("train_loss", float("nan"))),
+            "val_loss": float(metrics.get("val_loss", float("nan"))),
+            "seconds": round(time.perf_counter() - self._start, 2),
+        })
+
+
+def prepare_data(config: TrainConfig, data: str | Path | None) -> tuple[Split, RepairReport, str]:
+    """Read, repair and split the data as the config says; also returns the raw data's fingerprint."""
+    table = read_table(data if data is not None else BUNDLED_PJM)
+    series, report = clean(table, max_interpolate_hours=config.data.max_interpolate_hours)
+    split = split_by_time(series, val_hours=config.data.val_days * 24, test_hours=config.data.test_days * 24,
+                          context_hours=config.model.input_length)
+    return split, report, fingerprint(table)
+
+
+def build_model(config: TrainConfig) -> QuantileForecaster:
+    model_cfg = config.forecaster_config()
+    if model_cfg.type == "seasonal_naive":  # quantiles come from the config, not from training
+        model_cfg.params = {"quantiles": tuple(model_cfg.quantiles), **model_cfg.params}
+    return QuantileForecaster(model_cfg)
+
+
+@torch.no_grad()
+def calibrate_intervals(model: QuantileForecaster, windows: Dataset, batch_size: int = 1024) -> list[float]:
+    """Conformal scaling of each quantile's distance from the median, so that on held-out windows each
+    quantile level is met (split conformal, one factor per quantile over all horizon steps)."""
+    levels = model.config.quantiles
+    if len(levels) < 2:
+        return [1.0]
+    model.interval_scale.fill_(1.0)
+    model.eval()
+    preds, targets = [], []
+    for history, past, future, target in DataLoader(windows, batch_size=batch_size):
+        preds.append(model(history, past, future))
+        targets.append(target)
+    pred, target = torch.cat(preds), torch.cat(targets)
+    m = model.median_index
+    mid = pred[..., m]
+    factors = []
+    for k, level in enumerate(levels):
+        if k == m:
+            factors.append(1.0)
+            continue
+        dist = pred[..., k] - mid
+        ok = dist.abs() > 1e-6
+        ratio = ((target - mid)[ok] / dist[ok]).double()
+        # Upper quantiles need P(ratio <= s) = level; lower ones (dist < 0) need P(ratio >= s) = level.
+        want = level if k > m else 1 - level
+        factors.append(float(torch.quantile(ratio[: 2_000_000], want).clamp(0.25, 4.0)))
+    model.interval_scale.copy_(torch.tensor(factors))
+    return factors
+
+
+def train(
+    config: TrainConfig,
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    evaluate: bool = True,
+    log: Callable[[str], None] = print,
+) -> Bundle:
+    """Train (or, for the seasonal naive, just build), calibrate, evaluate and save a bundle at `out`."""
+    from models.bundle import load_bundle
+
+    out = Path(out)
+    cfg, tr = config, config.training
+    if tr.num_threads:
+        torch.set_num_threads(tr.num_threads)
+    pl.seed_everything(tr.seed, verbose=False)
+    split, report, data_fp = prepare_data(cfg, data)
+    for line in report.summary_lines():
+        log(f"  {line}")
+    features = cfg.features.spec()
+    model = build_model(cfg)
+    dm = WindowDataModule(split, model.config, features, batch_size=min(tr.batch_size, tr.samples_per_epoch),
+                          samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
+    dm.setup()
+    log(f"windows: {len(dm.train_set):,} training origins ({tr.samples_per_epoch:,} drawn per epoch), "
+        f"{len(dm.val_set):,} validation")
+    epochs = EpochLog()
+    started = time.perf_counter()
+    if any(p.requires_grad for p in model.parameters()):
+        module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)
+        module.model = model
+        with tempfile.TemporaryDirectory(prefix=".ckpt-", dir=out.parent if out.parent.exists() else None) as ckpt:
+            best = ModelCheckpoint(dirpath=ckpt, monitor="val_loss", mode="min", save_top_k=1)
+            trainer = pl.Trainer(
+                max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=1, precision=_precision(tr),
+                gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=progress,
+                enable_model_summary=progress,
+                callbacks=[best, EarlyStopping("val_loss", patience=tr.patience), epochs],
+            )
+            trainer.fit(module, datamodule=dm)
+            if best.best_model_path:
+                state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+                module.load_state_dict(state)
+        model = module.model.cpu().float()
+    scales = calibrate_intervals(model, dm.val_set)
+    log(f"interval calibration on validation: {dict(zip(model.config.quantiles, np.round(scales, 3)))}")
+    meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
+    bundle = Bundle(model=model.eval(), features=features, name=cfg.name, version=_version(), meta=meta)
+    metrics = None
+    if evaluate:
+        frame = backtest(bundle, split.test)
+        metrics = score(frame, [bundle.name], split.train)
+    save_bundle(out, model, features, name=cfg.name, version=bundle.version, meta=meta, metrics=metrics)
+    return load_bundle(out)
+
+
+def _precision(tr: Any) -> str:
+    if tr.precision != "auto":
+        return tr.precision
+    return "bf16-mixed" if torch.cuda.is_available() and tr.accelerator != "cpu" else "32-true"
+
+
+def _version() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _metadata(cfg: TrainConfig, split: Split, report: RepairReport, data_fp: str, data: Any,
+              epochs: EpochLog, seconds: float) -> dict[str, Any]:
+    zones = sorted({s.zone for s in split.train})
+    scaling = {}
+    for zone in zones:
+        values = np.concatenate([s.load for s in split.train if s.zone == zone])
+        scaling[zone] = {"mean": float(values.mean()), "std": float(values.std())}
+    return {
+        "zones": zones,
+        "scaling": scaling,
+        "data": {"source": str(data) if data is not None else "bundled:pjm_hourly.parquet",
+                 "fingerprint": data_fp, "repairs": report.to_dict()},
+        "split": {"val_days": cfg.data.val_days, "test_days": cfg.data.test_days,
+                  "test_start": {s.zone: str(s.target_start) for s in split.test}},
+        "training": {"config": cfg.model_dump(), "epochs": epochs.epochs, "seconds": round(seconds, 1),
+                     "best_val_loss": min((e["val_loss"] for e in epochs.epochs), default=None)},
+    }

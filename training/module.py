@@ -1,0 +1,78 @@
+"""Lightning pieces: the module holds the training step, the data module the windows; the Trainer loops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Subset
+
+from models.features import FeatureSpec
+from models.forecaster import ForecasterConfig, QuantileForecaster, forecast_loss
+from models.data import Split
+from training.windows import WindowDataset
+
+
+class ForecastModule(pl.LightningModule):
+    """Trains a QuantileForecaster with the pinball loss (MSE for a point model) in normalized units."""
+
+    def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = QuantileForecaster(ForecasterConfig.from_dict(model_config))
+
+    def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        history, past, future, target = batch
+        pred, loc, scale = self.model.forward_normalized(history, past, future)
+        return forecast_loss(pred.float(), (target - loc) / scale, self.model.config.quantiles)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        steps = self.trainer.estimated_stepping_batches
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=max(int(steps), 1),
+                                                    pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class WindowDataModule(pl.LightningDataModule):
+    """Random training windows (a fresh draw of `samples_per_epoch` each epoch) and a fixed validation subset."""
+
+    def __init__(self, split: Split, model_config: ForecasterConfig, features: FeatureSpec, *, batch_size: int,
+                 samples_per_epoch: int, val_samples: int, seed: int = 0) -> None:
+        super().__init__()
+        self.split, self.model_config, self.features = split, model_config, features
+        self.batch_size, self.samples_per_epoch, self.val_samples, self.seed = (
+            batch_size, samples_per_epoch, val_samples, seed)
+        self.train_set: WindowDataset | None = None
+        self.val_set: Subset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        length, horizon = self.model_config.input_length, self.model_config.horizon
+        self.train_set = WindowDataset(self.split.train, length, horizon, self.features)
+        val = WindowDataset(self.split.val, length, horizon, self.features)
+        if len(self.train_set) == 0 or len(val) == 0:
+            raise ValueError(
+                f"not enough data for {length} h history + {horizon} h horizon windows: "
+                f"{len(self.train_set)} training and {len(val)} validation windows"
+            )
+        pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(self.seed))[: self.val_samples]
+        self.val_set = Subset(val, pick.sort().values.tolist())
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = RandomSampler(self.train_set, replacement=len(self.train_set) < self.samples_per_epoch,
+                                num_samples=self.samples_per_epoch)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size * 2)

@@ -1,0 +1,66 @@
+"""Window datasets for global models: every (series, origin) pair of every zone is one sample."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.features import FeatureSpec, calendar_features
+from models.data import Series
+
+
+def series_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
+    """Known covariates [T, C] of one series in the spec's order: calendar, then extra columns."""
+    cal = calendar_features(series.timestamps, features)
+    if not features.covariates:
+        return cal
+    missing = [c for c in features.covariates if c not in series.covariate_names]
+    if missing:
+        raise ValueError(f"zone {series.zone}: covariate columns {missing} are not in the data")
+    cols = [series.covariate_names.index(c) for c in features.covariates]
+    return np.concatenate([cal, series.covariates[:, cols]], axis=1).astype(np.float32)
+
+
+class WindowDataset(Dataset):
+    """(history [L], past covariates [L, C], future covariates [H, C], target [H]) windows.
+
+    A window's origin is its first forecast hour. Origins are kept where the whole window lies inside one
+    gap-free segment and the target starts at or after the segment's `target_start` (so validation and
+    test targets never leak into one another while their history may reach back into earlier data).
+    `origin_hours` keeps only origins at those hours of the day (the backtest protocol uses 00:00).
+    """
+
+    def __init__(
+        self,
+        series: Sequence[Series],
+        input_length: int,
+        horizon: int,
+        features: FeatureSpec,
+        *,
+        origin_hours: Sequence[int] | None = None,
+    ) -> None:
+        self.input_length, self.horizon = input_length, horizon
+        self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
+        self.covs = [torch.from_numpy(series_covariates(s, features)) for s in series]
+        index = []
+        for i, s in enumerate(series):
+            first = input_length
+            if getattr(s, "target_start", None) is not None:
+                first = max(first, int(s.timestamps.searchsorted(s.target_start)))
+            origins = np.arange(first, len(s.load) - horizon + 1)
+            if origin_hours is not None and len(origins):
+                origins = origins[np.isin(s.timestamps.hour[origins], list(origin_hours))]
+            index.append(np.stack([np.full(len(origins), i), origins], axis=1))
+        self.index = np.concatenate(index) if index else np.zeros((0, 2), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
+        i, origin = self.index[item]
+        start, end = origin - self.input_length, origin + self.horizon
+        load, cov = self.loads[i], self.covs[i]
+        return load[start:origin], cov[start:origin], cov[origin:end], load[origin:end]
