@@ -195,11 +195,11 @@ def load_bundle(path: str | Path) -> Bundle:
         state = load_file(path / WEIGHTS_FILE, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise BundleError(f"corrupt weights in bundle {path} ({WEIGHTS_FILE}): {err}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BundleError(
-            f"weights in bundle {path} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        detail = str(err).split("\n\t")[1:3]
+        raise BundleError(f"weights in bundle {path} do not match its config.json: {'; '.join(detail)}") from None
     model.eval()
     metrics = {}
     if (path / METRICS_FILE).is_file():

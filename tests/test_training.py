@@ -1,0 +1,178 @@
+"""Training, bundles and the backtest protocol, on the session's tiny synthetic model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.bundle import BundleError, load_bundle, save_bundle
+from models.data import load_series, split_by_time
+from models.features import FeatureSpec
+from models.forecaster import ForecasterConfig, QuantileForecaster, monotone_quantiles
+from models.region import forecast_region
+from training.config import ConfigError, load_config
+from training.evaluate import backtest, score
+from training.fit import build_model, calibrate_intervals
+from training.windows import WindowDataset
+
+
+def test_bundle_layout_and_metadata(tiny_bundle_dir):
+    assert sorted(p.name for p in tiny_bundle_dir.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    config = json.loads((tiny_bundle_dir / "config.json").read_text())
+    assert config["model"]["type"] == "lstm" and config["model"]["input_length"] == 336
+    assert config["zones"] == ["Z000", "Z001", "Z002"]
+    assert set(config["scaling"]["Z000"]) == {"mean", "std"}
+    assert len(config["data"]["fingerprint"]) == 64
+    assert config["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert config["training"]["epochs"] and config["training"]["best_val_loss"] > 0
+    metrics = json.loads((tiny_bundle_dir / "metrics.json").read_text())
+    assert set(metrics["summary"]["tiny-lstm"]) == {"mae", "rmse", "mape", "mase", "pinball", "coverage_80"}
+
+
+def test_bundle_round_trip_gives_identical_forecasts(tiny_bundle_dir, tmp_path):
+    bundle = load_bundle(tiny_bundle_dir)
+    rng = np.random.default_rng(0)
+    history = 1000 + 100 * rng.standard_normal((4, 400)).astype(np.float32)
+    last = pd.DatetimeIndex(["2021-01-01 23:00"] * 2 + ["2021-07-04 05:00"] * 2)
+    first = bundle.predict(history, last, 48)
+    save_bundle(tmp_path / "copy", bundle.model, bundle.features, name=bundle.name, version="copy", meta=bundle.meta)
+    again = load_bundle(tmp_path / "copy").predict(history, last, 48)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (4, 48, 3)
+    assert (np.diff(first, axis=-1) >= 0).all(), "quantiles must not cross"
+
+
+@pytest.mark.parametrize("damage", ["missing_weights", "garbage_weights", "garbage_config", "wrong_shapes", "no_dir"])
+def test_corrupt_bundle_is_a_clear_error(tiny_bundle_dir, tmp_path, damage):
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, target)
+    if damage == "missing_weights":
+        (target / "model.safetensors").unlink()
+        expected = "model.safetensors is missing"
+    elif damage == "garbage_weights":
+        (target / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+        expected = "corrupt weights"
+    elif damage == "garbage_config":
+        (target / "config.json").write_text("{not json")
+        expected = "corrupt config.json"
+    elif damage == "wrong_shapes":
+        config = json.loads((target / "config.json").read_text())
+        config["model"]["params"]["hidden_size"] = 32
+        (target / "config.json").write_text(json.dumps(config))
+        expected = "do not match"
+    else:
+        target = tmp_path / "nothing"
+        expected = "no model bundle"
+    with pytest.raises(BundleError, match=expected):
+        load_bundle(target)
+
+
+def test_bundle_weights_hold_no_pickle(tiny_bundle_dir):
+    raw = (tiny_bundle_dir / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
+
+
+@pytest.mark.parametrize("history, last, horizon, message", [
+    (np.ones((2, 100)), ["2021-01-01"] * 2, 24, "history too short"),
+    (np.ones((2, 400)), ["2021-01-01"], 24, "2 histories but 1"),
+    (np.ones((1, 400)), ["2021-01-01"], 0, "horizon must be between 1 and 48"),
+    (np.ones((1, 400)), ["2021-01-01"], 49, "horizon must be between 1 and 48"),
+    (np.full((1, 400), np.nan), ["2021-01-01"], 24, "NaN"),
+    (np.ones(400), ["2021-01-01"], 24, "2-D"),
+])
+def test_predict_rejects_bad_input(tiny_bundle_dir, history, last, horizon, message):
+    with pytest.raises(ValueError, match=message):
+        load_bundle(tiny_bundle_dir).predict(history, pd.DatetimeIndex(last), horizon)
+
+
+def test_monotone_quantiles_never_cross():
+    raw = torch.randn(64, 48, 5) * 10
+    q = monotone_quantiles(raw)
+    assert (q.diff(dim=-1) >= 0).all()
+    torch.testing.assert_close(q[..., 2], raw[..., 2])
+
+
+def test_interval_calibration_reaches_nominal_coverage(synthetic_csv):
+    """A model with far too narrow bands is widened by conformal calibration to ~80 % coverage."""
+    series, _ = load_series(synthetic_csv)
+    split = split_by_time(series, val_hours=60 * 24, test_hours=60 * 24, context_hours=336)
+    cfg = load_config(model="seasonal_naive", **{"model.horizon": 48})
+    model = build_model(cfg)
+    windows = WindowDataset(split.val, 336, 48, FeatureSpec())
+    factors = calibrate_intervals(model, windows)
+    history, past, future, target = (torch.stack(t) for t in zip(*[windows[i] for i in range(len(windows))]))
+    with torch.no_grad():
+        q = model(history, past, future)
+    inside = ((target >= q[..., 0]) & (target <= q[..., 2])).float().mean().item()
+    assert factors[1] == 1.0 and factors[0] > 0 and factors[2] > 0
+    assert 0.77 <= inside <= 0.83
+
+
+def test_window_dataset_respects_target_start_and_origin_hours(synthetic_csv):
+    series, _ = load_series(synthetic_csv)
+    split = split_by_time(series, val_hours=30 * 24, test_hours=30 * 24, context_hours=336)
+    test = WindowDataset(split.test, 336, 48, FeatureSpec(), origin_hours=[0])
+    zone_series = split.test[0]
+    i, origin = test.index[0]
+    assert zone_series.timestamps[origin] >= zone_series.target_start
+    assert zone_series.timestamps[origin].hour == 0
+    history, past, future, target = test[0]
+    assert history.shape == (336,) and past.shape == (336, 14) and future.shape == (48, 14)
+    np.testing.assert_array_equal(target.numpy(), zone_series.load[origin : origin + 48])
+    assert len(test) == 3 * (30 - 2 + 1)  # 30 days of 00:00 origins per zone, the last 48 h need 2 days
+
+
+def test_backtest_protocol_and_scores(tiny_bundle_dir, synthetic_csv):
+    bundle = load_bundle(tiny_bundle_dir)
+    series, _ = load_series(synthetic_csv)
+    split = split_by_time(series, val_hours=60 * 24, test_hours=60 * 24, context_hours=336)
+    frame = backtest(bundle, split.test, horizon=48)
+    assert (frame["cutoff"].dt.hour == 0).all() and frame["step"].between(1, 48).all()
+    assert frame.groupby(["zone", "cutoff"]).size().eq(48).all()
+    assert frame["cutoff"].min() >= split.test[0].target_start
+    result = score(frame, [bundle.name], split.train)
+    overall = result["summary"][bundle.name]
+    assert overall["mae"] == pytest.approx((frame[bundle.name] - frame["y"]).abs().mean(), rel=1e-6)
+    assert 0 < overall["coverage_80"] < 1 and overall["mase"] > 0
+    assert {r["zone"] for r in result["rows"]} == {"Z000", "Z001", "Z002"}
+
+
+def test_region_total_is_the_sum_of_zones(tiny_bundle_dir, synthetic_csv):
+    bundle = load_bundle(tiny_bundle_dir)
+    series, _ = load_series(synthetic_csv)
+    histories = {s.zone: pd.Series(s.load, index=s.timestamps) for s in series}
+    result = forecast_region(bundle, histories, 24, region="SYN")
+    np.testing.assert_allclose(result.total.point, sum(z.point for z in result.zones), rtol=1e-6)
+    assert result.total.timestamps[0] == series[0].timestamps[-1] + pd.Timedelta(hours=1)
+    frame = result.to_frame()
+    assert set(frame["zone"]) == {"Z000", "Z001", "Z002", "TOTAL"} and len(frame) == 4 * 24
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  type: lstm\n  hiden: 3\n")
+    with pytest.raises(ConfigError, match="model.hiden"):
+        load_config(bad)
+    bad.write_text("model:\n  type: prophet\n")
+    with pytest.raises(ConfigError, match="unknown model type 'prophet'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="quantiles"):
+        load_config(model="lstm", **{"model.quantiles": [0.9, 0.1]})
+
+
+def test_every_shipped_config_builds_its_model():
+    from training.config import CONFIG_DIR
+
+    for path in sorted((CONFIG_DIR / "models").glob("*.yaml")):
+        model = build_model(load_config(path))
+        assert isinstance(model, QuantileForecaster), path
+        assert model.config == ForecasterConfig.from_dict(model.config.to_dict())
