@@ -1,0 +1,78 @@
+"""LSTM encoder with a direct multi-horizon decoder (MQ-RNN style, Wen et al. 2017).
+
+The encoder reads the normalized history together with its covariates; the decoder forecasts every
+horizon step at once, not autoregressively, so errors do not compound over a week ahead and one forward
+pass yields the whole horizon. Each step's output comes from one MLP shared across steps, fed with the
+encoder's context, that step's known covariates (calendar, holidays) and a learned embedding of the
+step's lead time. A linear skip from the raw window (DLinear-like) is added to the MLP's output, so the
+network starts from at least the linear forecast and spends its capacity on the nonlinear effects.
+
+Shapes: B series, L history hours, H horizon hours, C covariates, Q outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.forecaster import register
+
+
+@dataclass
+class LSTMParams:
+    hidden_size: int = 128  # LSTM state size
+    num_layers: int = 2  # stacked LSTM layers
+    dropout: float = 0.1  # between LSTM layers and inside the decoder MLP
+    context_size: int = 64  # context vector the decoder reads, projected from the final hidden state
+    step_embed: int = 16  # size of the learned embedding of each horizon step
+    mlp_hidden: int = 128  # width of the decoder MLP
+    skip: bool = True  # add the linear history -> horizon path
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "context_size", "step_embed", "mlp_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"lstm param {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lstm param dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("lstm")
+class MQLSTM(nn.Module):
+    """history [B, L], past_cov [B, L, C], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
+
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, **params) -> None:
+        super().__init__()
+        p = LSTMParams(**params)
+        self.horizon, self.n_outputs = horizon, n_outputs
+        self.encoder = nn.LSTM(
+            input_size=1 + n_covariates, hidden_size=p.hidden_size, num_layers=p.num_layers, batch_first=True,
+            dropout=p.dropout if p.num_layers > 1 else 0.0,  # torch applies it between layers only
+        )
+        self.to_context = nn.Linear(p.hidden_size, p.context_size)
+        self.step_embedding = nn.Embedding(horizon, p.step_embed)
+        self.decoder = nn.Sequential(
+            nn.Linear(p.context_size + n_covariates + p.step_embed, p.mlp_hidden),
+            nn.GELU(),
+            nn.Dropout(p.dropout),
+            nn.Linear(p.mlp_hidden, n_outputs),
+        )
+        self.skip = nn.Linear(input_length, horizon * n_outputs) if p.skip else None
+
+    def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        # oneDNN's LSTM fails under CPU autocast on CPUs without native bf16/fp16, so on CPU the encoder
+        # runs in the input's dtype (fp32); GPU autocast is unaffected and uses cuDNN in low precision.
+        with torch.autocast("cpu", enabled=False):
+            _, (h, _) = self.encoder(torch.cat([x.unsqueeze(-1), past_cov], dim=-1))  # h [layers, B, hidden]
+        context = self.to_context(h[-1])  # [B, context]
+        per_step = torch.cat([
+            context.unsqueeze(1).expand(B, self.horizon, -1),
+            future_cov,
+            self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1),
+        ], dim=-1)  # [B, H, context + C + step_embed]
+        out = self.decoder(per_step)  # [B, H, Q]
+        if self.skip is not None:
+            out = out + self.skip(x).view(B, self.horizon, self.n_outputs)
+        return out
