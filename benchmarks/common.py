@@ -1,0 +1,60 @@
+"""Benchmark results in the project's one JSON shape (DESIGN.md, "Benchmark results")."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, core count and GPU (None without CUDA) of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
+
+
+def git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_result(name: str, config: dict[str, Any], rows: list[dict[str, Any]], summary: dict[str, Any],
+                 out_dir: Path = RESULTS) -> Path:
+    """Write benchmarks/results/<name>.json and return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": git_sha(),
+        "machine": machine(),
+        "config": config,
+        "rows": rows,
+        "summary": summary,
+    }
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
