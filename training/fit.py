@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.bundle import Bundle, save_bundle
 from models.forecaster import QuantileForecaster
-from training.config import TrainConfig
 from models.series import BUNDLED_PJM
+from training.config import TrainConfig
 from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
 from training.evaluate import backtest, score
 from training.module import ForecastModule, WindowDataModule
@@ -26,9 +26,10 @@ from training.module import ForecastModule, WindowDataModule
 class EpochLog(Callback):
     """Keeps per-epoch validation loss and wall time for the bundle's training summary."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self.epochs: list[dict[str, float]] = []
         self._start = 0.0
+        self._log = log  # one line per epoch, for runs without a progress bar
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -43,6 +44,10 @@ class EpochLog(Callback):
             "val_loss": float(metrics.get("val_loss", float("nan"))),
             "seconds": round(time.perf_counter() - self._start, 2),
         })
+        if self._log:
+            e = self.epochs[-1]
+            self._log(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f}, val_loss {e['val_loss']:.4f} "
+                      f"({e['seconds']:.0f} s)")
 
 
 def prepare_data(config: TrainConfig, data: str | Path | None) -> tuple[Split, RepairReport, str]:
@@ -119,7 +124,7 @@ def train(
     dm.setup()
     log(f"windows: {len(dm.train_set):,} training origins ({tr.samples_per_epoch:,} drawn per epoch), "
         f"{len(dm.val_set):,} validation")
-    epochs = EpochLog()
+    epochs = EpochLog(None if progress else log)
     started = time.perf_counter()
     if any(p.requires_grad for p in model.parameters()):
         module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)

@@ -1,0 +1,129 @@
+"""Accuracy benchmark: our forecasters against the baselines under one protocol, in one run.
+
+    python benchmarks/accuracy.py --dataset pjm     -> benchmarks/results/accuracy_pjm.json
+    python benchmarks/accuracy.py --dataset etth1   -> benchmarks/results/accuracy_etth1.json
+
+PJM: the five bundled zones; each model is trained by `training.fit.train` (the code behind `energyopt
+train`) in its own process, so its training time per epoch and its peak memory are its own. All models
+are then backtested on the same origins (daily at 00:00 over each zone's last 365 days, 48 h ahead) and
+scored together by `training.evaluate.score`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_result  # noqa: E402
+
+PJM_MODELS = ("lstm", "transformer", "linear", "seasonal_naive")
+
+
+def _train_in_child(model: str, out: Path, max_epochs: int | None, queue: mp.Queue) -> None:
+    import torch
+
+    from training.config import load_config
+    from training.fit import train
+
+    torch.set_num_threads(2)
+    cfg = load_config(model=model, **{"training.max_epochs": max_epochs})
+    started = time.perf_counter()
+    bundle = train(cfg, None, out, progress=False, evaluate=False, log=lambda line: print(f"[{model}] {line}"))
+    epochs = bundle.meta["training"]["epochs"]
+    queue.put({
+        "model": bundle.name,
+        "params": sum(p.numel() for p in bundle.model.parameters()),
+        "epochs": len(epochs),
+        "seconds_per_epoch": round(sum(e["seconds"] for e in epochs) / max(len(epochs), 1), 1),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "best_val_loss": bundle.meta["training"]["best_val_loss"],
+    })
+
+
+def run_pjm(args: argparse.Namespace) -> Path:
+    from models.bundle import BundleError, load_bundle
+    from training.config import load_config
+    from training.evaluate import backtest, score
+    from training.fit import prepare_data
+
+    workdir = Path(args.workdir)
+    training = {}
+    bundles = {}
+    for model in args.models:
+        out = workdir / model
+        if args.reuse:
+            try:
+                bundles[model] = load_bundle(out)
+                print(f"reusing {out}")
+                training[bundles[model].name] = {"reused": True}
+                continue
+            except BundleError:
+                pass
+        print(f"training {model} ...", flush=True)
+        queue: mp.Queue = mp.get_context("spawn").Queue()
+        child = mp.get_context("spawn").Process(target=_train_in_child, args=(model, out, args.max_epochs, queue))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"training {model} failed (exit code {child.exitcode})")
+        stats = queue.get()
+        training[stats["model"]] = stats
+        print(f"  {stats}", flush=True)
+        bundles[model] = load_bundle(out)
+
+    split, _, _ = prepare_data(load_config(model="linear"), None)
+    frame = None
+    names = []
+    for bundle in bundles.values():
+        part = backtest(bundle, split.test, horizon=48, column=bundle.name)
+        frame = part if frame is None else frame.merge(part.drop(columns="y"), on=["zone", "cutoff", "ds", "step"])
+        names.append(bundle.name)
+    results = score(frame, names, split.train)
+    summary = {"overall": results["summary"], "training": training}
+    overall = results["summary"]
+    for deep in ("lstm", "transformer"):
+        if deep in overall and "linear" in overall and "seasonal_naive_168" in overall:
+            summary[f"{deep}_mae_vs_linear"] = round(overall[deep]["mae"] / overall["linear"]["mae"], 4)
+            summary[f"{deep}_mae_vs_seasonal_naive"] = round(
+                overall[deep]["mae"] / overall["seasonal_naive_168"]["mae"], 4)
+    config = {
+        "dataset": "PJM hourly load, zones AEP COMED DAYTON DOM EKPC (bundled)",
+        "protocol": "per zone: test = last 365 days, validation = 365 days before, train = all before; origins "
+                    "daily at 00:00 in the test period; horizon 48 h; history 336 h; metrics over all steps",
+        "origins": int(frame.groupby(["zone", "cutoff"]).ngroups),
+        "models": {b.name: b.meta["training"]["config"]["model"] for b in bundles.values()},
+        "targets": {"mae_vs_linear_max": 0.90, "mae_vs_seasonal_naive_max": 0.45, "coverage_80": [0.75, 0.85]},
+    }
+    path = write_result("accuracy_pjm", config, results["rows"], summary)
+    for name, m in overall.items():
+        print(f"{name:>20}: " + "  ".join(f"{k} {v:.4g}" for k, v in m.items()))
+    print({k: v for k, v in summary.items() if k.endswith(("linear", "naive"))})
+    print(f"wrote {path}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("pjm", "etth1"), default="pjm")
+    parser.add_argument("--models", nargs="+", default=list(PJM_MODELS), help="PJM: models to train and score")
+    parser.add_argument("--workdir", default="runs/bench/pjm", help="PJM: where the trained bundles go")
+    parser.add_argument("--reuse", action="store_true", help="PJM: score existing bundles instead of training")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override each model's max_epochs")
+    args = parser.parse_args()
+    if args.dataset == "pjm":
+        run_pjm(args)
+    else:
+        from benchmarks.accuracy_etth1 import run_etth1
+
+        run_etth1(args)
+
+
+if __name__ == "__main__":
+    main()
