@@ -29,9 +29,10 @@ class LSTMParams:
     step_embed: int = 16  # size of the learned embedding of each horizon step
     mlp_hidden: int = 128  # width of the decoder MLP
     skip: bool = True  # add the linear history -> horizon path
+    patch_len: int = 1  # hours per LSTM step: 24 reads a 336 h window in 14 daily steps, ~20x less CPU time
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "num_layers", "context_size", "step_embed", "mlp_hidden"):
+        for name in ("hidden_size", "num_layers", "context_size", "step_embed", "mlp_hidden", "patch_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lstm param {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
@@ -45,9 +46,11 @@ class MQLSTM(nn.Module):
     def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, **params) -> None:
         super().__init__()
         p = LSTMParams(**params)
-        self.horizon, self.n_outputs = horizon, n_outputs
+        if p.patch_len > input_length:
+            raise ValueError(f"lstm param patch_len ({p.patch_len}) exceeds input_length ({input_length})")
+        self.horizon, self.n_outputs, self.patch_len = horizon, n_outputs, p.patch_len
         self.encoder = nn.LSTM(
-            input_size=1 + n_covariates, hidden_size=p.hidden_size, num_layers=p.num_layers, batch_first=True,
+            input_size=p.patch_len * (1 + n_covariates), hidden_size=p.hidden_size, num_layers=p.num_layers, batch_first=True,
             dropout=p.dropout if p.num_layers > 1 else 0.0,  # torch applies it between layers only
         )
         self.to_context = nn.Linear(p.hidden_size, p.context_size)
@@ -60,12 +63,20 @@ class MQLSTM(nn.Module):
         )
         self.skip = nn.Linear(input_length, horizon * n_outputs) if p.skip else None
 
+    def steps(self, x: torch.Tensor, past_cov: torch.Tensor) -> torch.Tensor:
+        """[B, L] and [B, L, C] -> encoder input [B, L // patch_len, patch_len * (1 + C)]: each step holds a
+        patch of consecutive hours (the most recent whole patches; older leftover hours are dropped)."""
+        B, L = x.shape
+        n = L // self.patch_len
+        hours = torch.cat([x.unsqueeze(-1), past_cov], dim=-1)[:, L - n * self.patch_len :]
+        return hours.reshape(B, n, -1)
+
     def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         # oneDNN's LSTM fails under CPU autocast on CPUs without native bf16/fp16, so on CPU the encoder
         # runs in the input's dtype (fp32); GPU autocast is unaffected and uses cuDNN in low precision.
         with torch.autocast("cpu", enabled=False):
-            _, (h, _) = self.encoder(torch.cat([x.unsqueeze(-1), past_cov], dim=-1))  # h [layers, B, hidden]
+            _, (h, _) = self.encoder(self.steps(x, past_cov))  # h [layers, B, hidden]
         context = self.to_context(h[-1])  # [B, context]
         per_step = torch.cat([
             context.unsqueeze(1).expand(B, self.horizon, -1),

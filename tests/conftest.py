@@ -27,7 +27,7 @@ def tiny_config():
 
     cfg = load_config(model="lstm", **{
         "model.input_length": 336, "model.horizon": 48,
-        "model.params": {"hidden_size": 16, "num_layers": 1},
+        "model.params": {"hidden_size": 16, "num_layers": 1, "patch_len": 24},
         "data.val_days": 60, "data.test_days": 60,
         "training.max_epochs": 2, "training.samples_per_epoch": 512, "training.val_samples": 256,
         "training.batch_size": 128,

@@ -170,3 +170,16 @@ def test_fits_a_noiseless_daily_cycle(name: str, params: dict) -> None:
         losses.append(loss.item())
     final = sum(losses[-10:]) / 10
     assert final < 0.04, f"{name} did not fit a noiseless daily cycle: pinball {final:.4f}"
+
+
+def test_lstm_patches_read_the_most_recent_whole_days() -> None:
+    """patch_len 24 turns 340 hours into 14 daily steps of the latest 336 hours; older hours are dropped."""
+    model = QuantileForecaster(ForecasterConfig("lstm", 340, 48, (0.1, 0.5, 0.9), 2, {"patch_len": 24}))
+    x = torch.arange(340, dtype=torch.float32).unsqueeze(0)
+    cov = torch.zeros(1, 340, 2)
+    steps = model.backbone.steps(x, cov)
+    assert steps.shape == (1, 14, 24 * 3)
+    assert steps[0, 0, 0].item() == 4.0 and steps[0, -1, -3].item() == 339.0
+    assert model(x, cov, torch.zeros(1, 48, 2)).shape == (1, 48, 3)
+    with pytest.raises(ValueError, match="patch_len"):
+        QuantileForecaster(ForecasterConfig("lstm", 24, 48, (0.5,), 0, {"patch_len": 48}))
