@@ -139,7 +139,9 @@ def evaluate_bundle(
     from training.fit import build_model, prepare_data, train
 
     split_cfg = bundle.meta.get("split", {})
-    overrides = {"data.val_days": split_cfg.get("val_days"), "data.test_days": split_cfg.get("test_days")}
+    overrides = {"data.val_days": split_cfg.get("val_days"), "data.test_days": split_cfg.get("test_days"),
+                 # every model must see the same origins, so all read at least the bundle's history length
+                 "model.input_length": max(bundle.input_length, 336)}
     cfg = load_config(model="linear", **overrides)
     split, _, _ = prepare_data(cfg, data)
     frame = backtest(bundle, split.test, horizon=horizon)

@@ -14,11 +14,11 @@ import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
-from models.bundle import Bundle, save_bundle
+from models.bundle import Bundle, load_bundle, save_bundle
+from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
 from models.forecaster import QuantileForecaster
 from models.series import BUNDLED_PJM
 from training.config import TrainConfig
-from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
 from training.evaluate import backtest, score
 from training.module import ForecastModule, WindowDataModule
 
@@ -107,8 +107,6 @@ def train(
     log: Callable[[str], None] = print,
 ) -> Bundle:
     """Train (or, for the seasonal naive, just build), calibrate, evaluate and save a bundle at `out`."""
-    from models.bundle import load_bundle
-
     out = Path(out)
     cfg, tr = config, config.training
     if tr.num_threads:
