@@ -1,0 +1,184 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ForecastRegionRequest(_message.Message):
+    __slots__ = ("region", "horizon", "quantiles", "zones", "issue_time", "model")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    ISSUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    horizon: int
+    quantiles: _containers.RepeatedScalarFieldContainer[float]
+    zones: _containers.RepeatedScalarFieldContainer[str]
+    issue_time: str
+    model: str
+    def __init__(self, region: _Optional[str] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., zones: _Optional[_Iterable[str]] = ..., issue_time: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ForecastRegionResponse(_message.Message):
+    __slots__ = ("region", "issue_time", "zones", "total", "model")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ISSUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    issue_time: str
+    zones: _containers.RepeatedCompositeFieldContainer[Forecast]
+    total: Forecast
+    model: ModelRef
+    def __init__(self, region: _Optional[str] = ..., issue_time: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., total: _Optional[_Union[Forecast, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+
+class ForecastSeriesRequest(_message.Message):
+    __slots__ = ("series", "horizon", "quantiles", "model")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[SeriesInput]
+    horizon: int
+    quantiles: _containers.RepeatedScalarFieldContainer[float]
+    model: str
+    def __init__(self, series: _Optional[_Iterable[_Union[SeriesInput, _Mapping]]] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class SeriesInput(_message.Message):
+    __slots__ = ("name", "history", "last_timestamp", "covariates")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    COVARIATES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    history: _containers.RepeatedScalarFieldContainer[float]
+    last_timestamp: str
+    covariates: _containers.RepeatedCompositeFieldContainer[Covariate]
+    def __init__(self, name: _Optional[str] = ..., history: _Optional[_Iterable[float]] = ..., last_timestamp: _Optional[str] = ..., covariates: _Optional[_Iterable[_Union[Covariate, _Mapping]]] = ...) -> None: ...
+
+class Covariate(_message.Message):
+    __slots__ = ("name", "past", "future")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAST_FIELD_NUMBER: _ClassVar[int]
+    FUTURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    past: _containers.RepeatedScalarFieldContainer[float]
+    future: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., past: _Optional[_Iterable[float]] = ..., future: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ForecastSeriesResponse(_message.Message):
+    __slots__ = ("forecasts", "model")
+    FORECASTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    forecasts: _containers.RepeatedCompositeFieldContainer[Forecast]
+    model: ModelRef
+    def __init__(self, forecasts: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+
+class Forecast(_message.Message):
+    __slots__ = ("name", "timestamps", "point", "quantiles")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timestamps: _containers.RepeatedScalarFieldContainer[str]
+    point: _containers.RepeatedScalarFieldContainer[float]
+    quantiles: _containers.RepeatedCompositeFieldContainer[QuantileBand]
+    def __init__(self, name: _Optional[str] = ..., timestamps: _Optional[_Iterable[str]] = ..., point: _Optional[_Iterable[float]] = ..., quantiles: _Optional[_Iterable[_Union[QuantileBand, _Mapping]]] = ...) -> None: ...
+
+class QuantileBand(_message.Message):
+    __slots__ = ("level", "values")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    level: float
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, level: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "type", "data_fingerprint", "input_length", "max_horizon", "quantiles", "covariates", "metrics", "regions", "stats", "bundle_path", "swap_error")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_HORIZON_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    COVARIATES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_PATH_FIELD_NUMBER: _ClassVar[int]
+    SWAP_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    type: str
+    data_fingerprint: str
+    input_length: int
+    max_horizon: int
+    quantiles: _containers.RepeatedScalarFieldContainer[float]
+    covariates: _containers.RepeatedScalarFieldContainer[str]
+    metrics: _containers.ScalarMap[str, float]
+    regions: _containers.RepeatedCompositeFieldContainer[RegionInfo]
+    stats: ServingStats
+    bundle_path: str
+    swap_error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., type: _Optional[str] = ..., data_fingerprint: _Optional[str] = ..., input_length: _Optional[int] = ..., max_horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., covariates: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ..., stats: _Optional[_Union[ServingStats, _Mapping]] = ..., bundle_path: _Optional[str] = ..., swap_error: _Optional[str] = ...) -> None: ...
+
+class RegionInfo(_message.Message):
+    __slots__ = ("name", "zones", "history_end")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_END_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    zones: _containers.RepeatedScalarFieldContainer[str]
+    history_end: str
+    def __init__(self, name: _Optional[str] = ..., zones: _Optional[_Iterable[str]] = ..., history_end: _Optional[str] = ...) -> None: ...
+
+class ServingStats(_message.Message):
+    __slots__ = ("replica", "loaded_at", "requests", "batches", "series", "computed_series", "max_batch_requests", "max_batch_series", "batch_wait_timeout_s", "batch_histogram")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_SERIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SERIES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    loaded_at: str
+    requests: int
+    batches: int
+    series: int
+    computed_series: int
+    max_batch_requests: int
+    max_batch_series: int
+    batch_wait_timeout_s: float
+    batch_histogram: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, replica: _Optional[str] = ..., loaded_at: _Optional[str] = ..., requests: _Optional[int] = ..., batches: _Optional[int] = ..., series: _Optional[int] = ..., computed_series: _Optional[int] = ..., max_batch_requests: _Optional[int] = ..., max_batch_series: _Optional[int] = ..., batch_wait_timeout_s: _Optional[float] = ..., batch_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
