@@ -1,0 +1,474 @@
+"""What a forecast request means, without Ray: validation, model inputs, the forward pass, responses.
+
+The Ray Serve deployment (`serving.app`) is a thin shell around `Engine`: it turns each request into a
+`Job` (model inputs for one or more series), runs the jobs of many concurrent requests as one forward
+pass, and turns each job's slice of the output back into a response. Keeping that logic here makes it
+testable without a cluster and lets the benchmark time the same model call in-process.
+
+Every problem with a request raises `ApiError` with a gRPC status code and a message that names the
+field; nothing else is shown to callers.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import grpc
+import numpy as np
+import pandas as pd
+import torch
+
+from models.bundle import Bundle
+from models.data import load_series
+from models.features import calendar_features, future_timestamps
+from models.series import DEFAULT_REGION
+from serving.api.energyopt.v1 import forecast_pb2 as pb
+
+HOUR = pd.Timedelta(hours=1)
+TOTAL = "TOTAL"
+
+# HTTP status for each gRPC status the API uses (the HTTP/JSON mirror answers with these).
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INTERNAL: 500,
+}
+
+
+class ApiError(Exception):
+    """A request the server refuses: a gRPC status code and a message naming the field."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, message)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Largest ForecastSeries request a replica accepts (bigger ones: RESOURCE_EXHAUSTED)."""
+
+    max_series_per_request: int = 1024
+    max_points_per_request: int = 2_000_000  # history values, all series together
+
+
+# ---------------------------------------------------------------------------------------------- history
+
+@dataclass
+class ZoneHistory:
+    """One zone's load on a dense hourly grid from `start` (NaN where the data has gaps)."""
+
+    start: pd.Timestamp
+    values: np.ndarray  # float32 [T]
+
+    @property
+    def end(self) -> pd.Timestamp:
+        """The last hour held."""
+        return self.start + (len(self.values) - 1) * HOUR
+
+    def window(self, issue_time: pd.Timestamp, length: int) -> np.ndarray | None:
+        """The `length` values before `issue_time`, or None unless all are held and finite."""
+        stop = (issue_time - self.start) // HOUR
+        if stop - length < 0 or stop > len(self.values):
+            return None
+        out = self.values[stop - length : stop]
+        return out if np.isfinite(out).all() else None
+
+
+def load_histories(data: str | Path | None = None) -> dict[str, ZoneHistory]:
+    """Every zone of a long-format file (None: the bundled PJM data), cleaned as for training."""
+    series, _ = load_series(data)
+    by_zone: dict[str, list] = {}
+    for s in series:
+        by_zone.setdefault(s.zone, []).append(s)
+    out = {}
+    for zone, segments in by_zone.items():
+        start = min(s.timestamps[0] for s in segments)
+        end = max(s.timestamps[-1] for s in segments)
+        values = np.full((end - start) // HOUR + 1, np.nan, dtype=np.float32)
+        for s in segments:
+            i = (s.timestamps[0] - start) // HOUR
+            values[i : i + len(s)] = s.load
+        out[zone] = ZoneHistory(start, values)
+    return out
+
+
+def histories_from_series(histories: Mapping[str, pd.Series]) -> dict[str, ZoneHistory]:
+    """`ZoneHistory`s from hourly pandas series indexed by timestamp (tests, notebooks)."""
+    out = {}
+    for zone, s in histories.items():
+        s = s.sort_index()
+        grid = pd.date_range(s.index[0], s.index[-1], freq="h")
+        out[zone] = ZoneHistory(grid[0], s.reindex(grid).to_numpy(np.float32))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+@dataclass
+class Job:
+    """One request's share of a forward pass: model inputs for `n` series, and how to answer."""
+
+    engine: "Engine"
+    history: np.ndarray  # [n, L] float32
+    past: np.ndarray  # [n, L, C] float32
+    future: np.ndarray  # [n, H_max, C] float32
+    respond: Callable[[np.ndarray], Any]  # model output [n, H_max, Q] -> response message
+    # Per series, a key naming its model inputs when they come from the server's own history
+    # (region, issue time, zone); series with equal keys in one batch are computed once.
+    keys: Sequence[Hashable] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.history)
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
+@dataclass
+class Engine:
+    """A loaded bundle plus the history of every region it serves."""
+
+    bundle: Bundle
+    histories: dict[str, ZoneHistory]
+    regions: dict[str, list[str]]
+    limits: Limits = field(default_factory=Limits)
+    bundle_path: str = ""
+
+    def __post_init__(self) -> None:
+        for region, zones in self.regions.items():
+            missing = [z for z in zones if z not in self.histories]
+            if missing or not zones:
+                raise ValueError(f"region {region!r}: zones {missing or zones} are not in the data "
+                                 f"(it has {sorted(self.histories)})")
+        self._calendar = _LRU(512)  # last observed hour -> (past [L, C], future [H, C], timestamps)
+        self._windows = _LRU(256)  # (region, issue time) -> history windows [zones, L]
+        self.levels = np.array(self.bundle.quantiles or (0.5,), dtype=np.float64)
+        self.median = self.bundle.model.median_index
+
+    @classmethod
+    def from_data(cls, bundle: Bundle, data: str | Path | None = None, region: str = DEFAULT_REGION,
+                  regions: Mapping[str, Sequence[str]] | None = None, limits: Limits | None = None,
+                  bundle_path: str = "") -> "Engine":
+        """Serve every zone of `data` as region `region`, plus any named `regions` (subsets of zones)."""
+        histories = load_histories(data)
+        named = {region: sorted(histories)} | {k: list(v) for k, v in (regions or {}).items()}
+        return cls(bundle, histories, named, limits or Limits(), bundle_path)
+
+    def with_bundle(self, bundle: Bundle, bundle_path: str = "") -> "Engine":
+        """The same regions and history served by another model (a swap)."""
+        return Engine(bundle, self.histories, self.regions, self.limits, bundle_path)
+
+    # ------------------------------------------------------------------------------------------ model
+
+    @property
+    def model_ref(self) -> pb.ModelRef:
+        return pb.ModelRef(name=self.bundle.name, version=self.bundle.version)
+
+    @torch.inference_mode()
+    def forward(self, history: np.ndarray, past: np.ndarray, future: np.ndarray) -> np.ndarray:
+        """The model on B series: quantiles [B, H_max, Q] in MW (float32)."""
+        history, past, future = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+                                 for a in (history, past, future))
+        out = self.bundle.model(history, past, future)
+        return out.float().numpy()
+
+    def run(self, jobs: Sequence[Job]) -> tuple[list[Any], int]:
+        """Answer several jobs of this engine with one forward pass (what the batched replica does).
+
+        Series whose inputs are the same (region requests for the same region and issue time) are
+        computed once. Returns the responses and the number of series computed."""
+        parts: list[tuple[Job, np.ndarray]] = []  # (job, its rows to compute)
+        where: list[np.ndarray] = []  # per job: the output row of each of its series
+        seen: dict[Hashable, int] = {}
+        n_out = 0
+        for job in jobs:
+            if job.keys is None:
+                parts.append((job, np.arange(job.n)))
+                where.append(np.arange(n_out, n_out + job.n))
+                n_out += job.n
+                continue
+            rows, index = [], []
+            for r, key in enumerate(job.keys):
+                if key not in seen:
+                    seen[key] = n_out
+                    rows.append(r)
+                    n_out += 1
+                index.append(seen[key])
+            if rows:
+                parts.append((job, np.asarray(rows)))
+            where.append(np.asarray(index))
+        out = self.forward(*(np.concatenate([getattr(job, k)[rows] for job, rows in parts])
+                             for k in ("history", "past", "future")))
+        return [job.respond(out[index]) for job, index in zip(jobs, where)], n_out
+
+    def calendar(self, last: pd.Timestamp) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Calendar covariates of the L hours up to `last` and the H_max hours after, and the ISO
+        timestamps of those H_max hours (as `Bundle.predict` builds them)."""
+
+        def make() -> tuple[np.ndarray, np.ndarray, list[str]]:
+            length, full_h = self.bundle.input_length, self.bundle.max_horizon
+            hours = future_timestamps(last - length * HOUR, length + full_h)
+            feats = calendar_features(hours, self.bundle.features)
+            return feats[:length], feats[length:], [t.isoformat() for t in hours[length:]]
+
+        return self._calendar.get_or_make(last, make)
+
+    # ------------------------------------------------------------------------------------------ validation
+
+    def check_model(self, name: str) -> None:
+        if name and name != self.bundle.name:
+            raise not_found(f"model: {name!r} is not served here; this server serves {self.bundle.name!r} "
+                            f"(version {self.bundle.version})")
+
+    def check_horizon(self, horizon: int) -> int:
+        if not 1 <= horizon <= self.bundle.max_horizon:
+            raise invalid(f"horizon: must be between 1 and {self.bundle.max_horizon} hours for model "
+                          f"{self.bundle.name}, got {horizon}")
+        return int(horizon)
+
+    def quantile_columns(self, requested: Sequence[float]) -> tuple[list[float], list[int]]:
+        """Levels and output columns for the requested quantiles (empty: all the model offers).
+
+        Levels the model does not offer are refused rather than interpolated: the offered levels are
+        calibrated on validation data (conformal scaling), an interpolated one would not be.
+        """
+        if not requested:
+            return [float(q) for q in self.levels], list(range(len(self.levels)))
+        columns = []
+        offered = ", ".join(f"{q:g}" for q in self.levels)
+        for i, q in enumerate(requested):
+            if not (math.isfinite(q) and 0.0 < q < 1.0):
+                raise invalid(f"quantiles[{i}]: {q} is outside (0, 1)")
+            hit = np.flatnonzero(np.abs(self.levels - q) < 1e-9)
+            if not len(hit):
+                raise invalid(f"quantiles[{i}]: {q:g} is not offered by model {self.bundle.name} (it offers "
+                              f"{offered}); interpolated levels would be uncalibrated, so they are refused")
+            columns.append(int(hit[0]))
+        return [float(q) for q in requested], columns
+
+    def parse_time(self, text: str, name: str, like: pd.Timestamp | None = None) -> pd.Timestamp:
+        """An ISO 8601 hour; naive or with an offset to match `like` (the data's convention)."""
+        try:
+            stamp = pd.Timestamp(text)
+        except (ValueError, TypeError, OverflowError):
+            raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-08-01T00:00:00") from None
+        if stamp is pd.NaT:
+            raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-08-01T00:00:00")
+        if stamp != stamp.floor("h"):
+            raise invalid(f"{name}: {text!r} is not on the hour; forecasts are hourly")
+        if like is not None:
+            if like.tz is None and stamp.tz is not None:
+                raise invalid(f"{name}: {text!r} has a UTC offset but the server's history is in naive local "
+                              "time; pass the time without an offset")
+            if like.tz is not None:
+                stamp = stamp.tz_localize(like.tz) if stamp.tz is None else stamp.tz_convert(like.tz)
+        return stamp
+
+    # ------------------------------------------------------------------------------------------ region
+
+    def history_end(self, zones: Sequence[str]) -> pd.Timestamp:
+        return min(self.histories[z].end for z in zones)
+
+    def region_job(self, req: pb.ForecastRegionRequest) -> Job:
+        self.check_model(req.model)
+        if not req.region:
+            raise invalid(f"region: required; this server has {sorted(self.regions)}")
+        if req.region not in self.regions:
+            raise not_found(f"region: unknown region {req.region!r}; this server has {sorted(self.regions)}")
+        region_zones = self.regions[req.region]
+        horizon = self.check_horizon(req.horizon)
+        levels, columns = self.quantile_columns(req.quantiles)
+        zones = list(req.zones) or region_zones
+        for i, z in enumerate(zones):
+            if z not in region_zones:
+                raise not_found(f"zones[{i}]: unknown zone {z!r} in region {req.region} (it has {region_zones})")
+            if z in zones[:i]:
+                raise invalid(f"zones[{i}]: zone {z!r} is listed twice")
+        first = self.histories[zones[0]].start
+        if req.issue_time:
+            issue = self.parse_time(req.issue_time, "issue_time", like=first)
+        else:
+            issue = self.history_end(zones) + HOUR
+        rows = [region_zones.index(z) for z in zones]
+        windows = self._region_windows(req.region, issue)[rows]
+        past, future, stamps = self.calendar(issue - HOUR)
+        n = len(zones)
+        region = req.region
+
+        def respond(out: np.ndarray) -> pb.ForecastRegionResponse:
+            q = out[:, :horizon]  # [Z, H, Q]
+            resp = pb.ForecastRegionResponse(region=region, issue_time=issue.isoformat(), model=self.model_ref)
+            ts = stamps[:horizon]
+            for zone, zq in zip(zones, q):
+                _fill(resp.zones.add(), zone, ts, zq[:, self.median], zq, levels, columns)
+            _fill(resp.total, TOTAL, ts, q[:, :, self.median].sum(axis=0), q.sum(axis=0), levels, columns)
+            return resp
+
+        return Job(self, windows, np.broadcast_to(past, (n, *past.shape)),
+                   np.broadcast_to(future, (n, *future.shape)), respond, keys=[(region, issue, z) for z in zones])
+
+    def _region_windows(self, region: str, issue: pd.Timestamp) -> np.ndarray:
+        length = self.bundle.input_length
+
+        def make() -> np.ndarray:
+            rows = []
+            for z in self.regions[region]:
+                w = self.histories[z].window(issue, length)
+                if w is None:
+                    h = self.histories[z]
+                    earliest, latest = h.start + length * HOUR, h.end + HOUR
+                    why = ("contain a gap in the data" if earliest <= issue <= latest else
+                           f"are not all held: zone {z} has history {h.start.isoformat()} .. {h.end.isoformat()}, "
+                           f"so issue times from {earliest.isoformat()} to {latest.isoformat()} work")
+                    raise invalid(f"issue_time: the model reads the {length} hours before {issue.isoformat()}, "
+                                  f"which {why}")
+                rows.append(w)
+            return np.stack(rows)
+
+        return self._windows.get_or_make((region, issue), make)
+
+    # ------------------------------------------------------------------------------------------ series
+
+    def series_job(self, req: pb.ForecastSeriesRequest) -> Job:
+        self.check_model(req.model)
+        n = len(req.series)
+        if n == 0:
+            raise invalid("series: at least one series is required")
+        limit = self.limits.max_series_per_request
+        if n > limit:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"series: {n} series exceed this server's limit of {limit} per request; split the request")
+        points = sum(len(s.history) for s in req.series)
+        if points > self.limits.max_points_per_request:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"series: {points:,} history values exceed this server's limit of "
+                           f"{self.limits.max_points_per_request:,} per request; send fewer or shorter histories")
+        horizon = self.check_horizon(req.horizon)
+        levels, columns = self.quantile_columns(req.quantiles)
+        length, full_h = self.bundle.input_length, self.bundle.max_horizon
+        extra = self.bundle.features.covariates
+        n_cal = self.bundle.features.size - len(extra)
+        history = np.empty((n, length), np.float32)
+        past = np.empty((n, length, self.bundle.features.size), np.float32)
+        future = np.empty((n, full_h, self.bundle.features.size), np.float32)
+        stamps = []
+        for i, s in enumerate(req.series):
+            where = f"series[{i}]"
+            values = np.asarray(s.history, dtype=np.float32)
+            if len(values) < length:
+                raise invalid(f"{where}.history: {len(values)} values; model {self.bundle.name} reads the last "
+                              f"{length} hours, so send at least {length}")
+            if not np.isfinite(values).all():
+                raise invalid(f"{where}.history: contains NaN or infinite values at positions "
+                              f"{np.flatnonzero(~np.isfinite(values))[:5].tolist()}")
+            if not s.last_timestamp:
+                raise invalid(f"{where}.last_timestamp: required (the hour of the last history value)")
+            last = self.parse_time(s.last_timestamp, f"{where}.last_timestamp")
+            cal_past, cal_future, ts = self.calendar(last)
+            history[i] = values[-length:]
+            past[i, :, :n_cal], future[i, :, :n_cal] = cal_past, cal_future
+            if extra or s.covariates:
+                past[i, :, n_cal:], future[i, :, n_cal:] = self._covariates(s, where, len(values), extra)
+            stamps.append(ts[:horizon])
+        names = [s.name for s in req.series]
+
+        def respond(out: np.ndarray) -> pb.ForecastSeriesResponse:
+            resp = pb.ForecastSeriesResponse(model=self.model_ref)
+            for name, ts, q in zip(names, stamps, out[:, :horizon]):
+                _fill(resp.forecasts.add(), name, ts, q[:, self.median], q, levels, columns)
+            return resp
+
+        return Job(self, history, past, future, respond)
+
+    def _covariates(self, s: pb.SeriesInput, where: str, n_history: int,
+                    extra: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Past [L, K] and future [H_max, K] values of the model's extra covariates for one series."""
+        length, full_h = self.bundle.input_length, self.bundle.max_horizon
+        if not extra:
+            raise invalid(f"{where}.covariates: model {self.bundle.name} takes no covariates; send none")
+        given: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for j, c in enumerate(s.covariates):
+            at = f"{where}.covariates[{j}]"
+            if c.name not in extra:
+                raise invalid(f"{at}.name: model {self.bundle.name} takes covariates {list(extra)}, not {c.name!r}")
+            if c.name in given:
+                raise invalid(f"{at}.name: covariate {c.name!r} is given twice")
+            past, future = np.asarray(c.past, np.float32), np.asarray(c.future, np.float32)
+            if len(past) != n_history:
+                raise invalid(f"{at}.past: {len(past)} values for {n_history} history values; they must match")
+            if len(future) != full_h:
+                raise invalid(f"{at}.future: {len(future)} values; the model reads {full_h} hours of known "
+                              "covariates after last_timestamp, whatever the horizon")
+            if not (np.isfinite(past).all() and np.isfinite(future).all()):
+                raise invalid(f"{at}: contains NaN or infinite values")
+            given[c.name] = (past[-length:], future)
+        missing = [k for k in extra if k not in given]
+        if missing:
+            raise invalid(f"{where}.covariates: missing {missing}; model {self.bundle.name} needs {list(extra)}")
+        return (np.stack([given[k][0] for k in extra], axis=1), np.stack([given[k][1] for k in extra], axis=1))
+
+    # ------------------------------------------------------------------------------------------ info
+
+    def model_info(self, req: pb.GetModelInfoRequest, stats: pb.ServingStats | None = None) -> pb.ModelInfo:
+        self.check_model(req.model)
+        b = self.bundle
+        summary = (b.metrics or {}).get("summary", {})
+        metrics = summary.get(b.name) or (next(iter(summary.values())) if summary else {})
+        info = pb.ModelInfo(
+            name=b.name, version=b.version, type=b.config.type,
+            data_fingerprint=str((b.meta.get("data") or {}).get("fingerprint", "")),
+            input_length=b.input_length, max_horizon=b.max_horizon, quantiles=list(self.levels),
+            covariates=list(b.features.covariates),
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        )
+        for name, zones in self.regions.items():
+            info.regions.add(name=name, zones=zones, history_end=self.history_end(zones).isoformat())
+        if stats is not None:
+            info.stats.CopyFrom(stats)
+        return info
+
+
+def _fill(msg: pb.Forecast, name: str, timestamps: Sequence[str], point: np.ndarray, q: np.ndarray,
+          levels: Sequence[float], columns: Sequence[int]) -> None:
+    msg.name = name
+    msg.timestamps.extend(timestamps)
+    msg.point.extend(point.tolist())
+    for level, c in zip(levels, columns):
+        msg.quantiles.add(level=level, values=q[:, c].tolist())
