@@ -43,3 +43,27 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Pat
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     train(tiny_config, synthetic_csv, out, progress=False, log=lambda _: None)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Ray: one local instance for the whole test session, shared by every test that needs Ray (Serve, Train,
+# Data). Small and quiet: 2 CPUs, no dashboard. Serve, if a test started it, is shut down at the end.
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # see serving/server.py
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Serve was never started, or is gone already
+        pass
+    if started:
+        ray.shutdown()

@@ -1,0 +1,137 @@
+"""`energyopt serve` and `energyopt forecast --server`: the service and its client on the command line.
+
+Plain functions with typer annotations, registered on the app in `energyopt/cli.py`:
+
+    app.command("serve")(cli_serving.serve)
+    # `energyopt forecast --server HOST:PORT ...` calls cli_serving.remote_forecast(...)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_MODEL = Path("runs/demo/model")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Model bundle directory (default: runs/demo/model, "
+                                                    "written by `energyopt demo`)."),
+    grpc_port: int = typer.Option(9000, help="Port of the gRPC API (all interfaces)."),
+    http_port: int = typer.Option(8000, help="Port of the HTTP/JSON API."),
+    config: Optional[Path] = typer.Option(None, help="Ray Serve config file (default: configs/serve.yaml)."),
+    data: Optional[Path] = typer.Option(None, help="Long-format CSV/Parquet with the regions' recent history "
+                                                   "(default: the bundled PJM zones)."),
+    replicas: Optional[int] = typer.Option(None, help="Fixed number of replicas (default: autoscaling as "
+                                                      "in the config)."),
+) -> None:
+    """Serve forecasts over gRPC and HTTP (Ray Serve, local Ray) in the foreground; Ctrl-C stops it."""
+    from models.bundle import BundleError, load_bundle
+
+    model_dir = model or DEFAULT_MODEL
+    try:
+        bundle = load_bundle(model_dir)
+    except BundleError as err:
+        hint = (" Run `energyopt demo` first (it trains one there), or pass --model DIR."
+                if model is None else "")
+        _fail(f"{err}.{hint}")
+    if data is not None and not data.exists():
+        _fail(f"no data file {data}")
+
+    import signal
+    import time
+
+    from serving import server
+
+    try:
+        cfg = server.load_config(config, model=model_dir, data=data, grpc_port=grpc_port, http_port=http_port,
+                                 replicas=replicas)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"starting Ray Serve with model [bold]{bundle.name}[/] {bundle.version} ({model_dir}) ...")
+    try:
+        server.start(cfg)
+    except (RuntimeError, TimeoutError) as err:
+        _fail(f"the service did not start: {err}")
+    http_host = cfg.get("http_options", {}).get("host", "127.0.0.1")
+    console.print(
+        f"[bold green]serving[/] {bundle.name} {bundle.version}\n"
+        f"  gRPC  0.0.0.0:{grpc_port}   energyopt.v1.ForecastService, grpc.health.v1.Health "
+        "(reflection on)\n"
+        f"  HTTP  http://{http_host}:{http_port}   /v1/forecast/region  /v1/forecast/series  /v1/model  "
+        "/healthz  /docs\n"
+        f"try:  energyopt forecast --server localhost:{grpc_port} --region PJM --horizon 48\n"
+        "Ctrl-C to stop", highlight=False)
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        console.print("stopping ...")
+        server.shutdown()
+
+
+def remote_forecast(
+    server: str = typer.Option("localhost:9000", help="HOST:PORT of the gRPC API (`energyopt serve`)."),
+    region: str = typer.Option("PJM", help="Region to forecast."),
+    horizon: int = typer.Option(48, help="Hours ahead."),
+    zones: Optional[list[str]] = typer.Option(None, "--zone", help="Only these zones (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
+    timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
+) -> None:
+    """Ask a running server for a region forecast and print it (a table, or JSON)."""
+    from google.protobuf import json_format
+
+    from serving.client import ForecastClient, ForecastError
+
+    try:
+        with ForecastClient(server, timeout=timeout) as client:
+            response = client.forecast_region(region, horizon, zones=zones or ())
+    except ForecastError as err:
+        hint = (f" Is the server running (`energyopt serve`) and listening on {server}?"
+                if err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else "")
+        _fail(f"{err.code.name}: {err.message}.{hint}")
+    if as_json:
+        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=1))
+        return
+    print_region(response)
+
+
+def print_region(response) -> None:  # noqa: ANN001  (a ForecastRegionResponse)
+    """The forecast as a table: every third hour, each zone, the total and its outer band."""
+    total = response.total
+    bands = list(total.quantiles)
+    lo, hi = (bands[0], bands[-1]) if bands else (None, None)
+    band_title = f", {lo.level:g}-{hi.level:g} band for the total" if lo else ""
+    table = Table(title=f"{response.region} load forecast (MW) from {response.issue_time}{band_title}\n"
+                        f"model {response.model.name} {response.model.version}")
+    table.add_column("hour")
+    for z in response.zones:
+        table.add_column(z.name, justify="right")
+    table.add_column(total.name, justify="right", style="bold")
+    if lo:
+        table.add_column("band", justify="right")
+    n = len(total.timestamps)
+    for i, ts in enumerate(total.timestamps):
+        if i % 3 and i != n - 1:
+            continue
+        cells = [ts.replace("T", " ")[:16], *[f"{z.point[i]:,.0f}" for z in response.zones], f"{total.point[i]:,.0f}"]
+        if lo:
+            cells.append(f"{lo.values[i]:,.0f}-{hi.values[i]:,.0f}")
+        table.add_row(*cells)
+    console.print(table)

@@ -1,0 +1,339 @@
+"""The Ray Serve application: one forecaster deployment that answers gRPC and HTTP/JSON.
+
+    client --gRPC :9000--> Serve gRPC proxy --+
+                                              +--> Forecaster replica(s): bundle loaded once,
+    client --HTTP :8000--> Serve HTTP proxy --+    @serve.batch -> one forward pass for many requests
+
+A replica loads the model bundle and the regions' history once, turns each request into model inputs
+(`serving.engine`), and hands them to a `@serve.batch` method that concatenates the inputs of every
+request waiting into one forward pass (batches are counted in series, up to `max_batch_series`, waiting
+at most `batch_wait_timeout_s` for a batch to fill). The gRPC proxy calls the methods named like the RPCs
+(`ForecastRegion`, ...); the FastAPI routes mirror them over HTTP/JSON with the same messages in their
+proto3 JSON form.
+
+`build_app(args)` builds the application from `configs/serve.yaml`'s `args`; the deployment's
+`user_config` (model path and batching) can change on a running application: replicas load the new
+bundle in the background and swap it in between batches, so serving never stops.
+"""
+
+import asyncio
+import logging
+import os
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import grpc
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from models.bundle import BundleError, load_bundle
+from models.series import DEFAULT_REGION
+from serving.api.energyopt.v1 import forecast_pb2 as pb
+from serving.engine import ApiError, Engine, Job, Limits, load_histories
+
+logger = logging.getLogger("ray.serve")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ForecastService"].full_name  # "energyopt.v1.ForecastService"
+GRPC_SERVICER_FUNCTIONS = [
+    "serving.api.energyopt.v1.forecast_pb2_grpc.add_ForecastServiceServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+DEFAULT_MODEL = "runs/demo/model"
+HISTOGRAM_BINS = 64  # batch sizes 1..63 and "64 or more", in requests
+
+
+class AppArgs(BaseModel):
+    """`args` of the application in serve.yaml (a change restarts the replicas)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Optional[str] = Field(None, description="Long-format CSV/Parquet with the regions' history "
+                                                  "(default: the bundled PJM zones).")
+    region: str = Field(DEFAULT_REGION, description="Name of the region made of every zone in the data.")
+    regions: dict[str, list[str]] = Field(default_factory=dict, description="More regions: name -> zones.")
+    max_series_per_request: int = Field(1024, ge=1, description="ForecastSeries: most series per request.")
+    max_points_per_request: int = Field(2_000_000, ge=1, description="ForecastSeries: most history values.")
+    torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads per replica "
+                                                                 "(default: the replica's num_cpus).")
+    # Defaults of the deployment's user_config, for `serve run serving.app:build_app model=...`;
+    # serve.yaml sets them under deployments[].user_config, which can change without a restart.
+    model: str = DEFAULT_MODEL
+    max_batch_series: int = Field(256, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+
+
+class ReplicaConfig(BaseModel):
+    """The deployment's `user_config`: applied to running replicas without restarting them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="Model bundle directory (relative: from where Ray started).")
+    max_batch_series: int = Field(256, ge=1, description="Series per forward pass (region requests count "
+                                                          "one per zone): the dynamic batch size.")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Longest wait for a batch to fill.")
+
+
+def _series_in(jobs: list[Job]) -> int:
+    return sum(job.n for job in jobs)
+
+
+http_app = FastAPI(
+    title="energyopt forecasts",
+    description="HTTP/JSON mirror of the energyopt.v1 gRPC API: request and response bodies are the proto "
+                "messages in proto3 JSON form (field names as in forecast.proto).",
+)
+
+
+def _error_json(err: ApiError) -> JSONResponse:
+    return JSONResponse({"code": err.code.name, "message": err.message}, status_code=err.http_status)
+
+
+def _parse(body: Any, message: Any) -> Any:
+    try:
+        return json_format.ParseDict(body, message)
+    except json_format.ParseError as err:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"request body: {err}") from None
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "request body: not valid JSON") from None
+
+
+def _to_json(message: Any) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+@serve.deployment(name="Forecaster", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1},
+                  health_check_period_s=5)
+@serve.ingress(http_app)
+class Forecaster:
+    """A replica: the bundle and history loaded once; requests answered in dynamic batches."""
+
+    def __init__(self, args: dict) -> None:
+        self.args = AppArgs.model_validate(args)
+        if self.args.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.args.torch_threads)
+        self.histories = load_histories(self.args.data)
+        self.regions = {self.args.region: sorted(self.histories)} | self.args.regions
+        self.limits = Limits(self.args.max_series_per_request, self.args.max_points_per_request)
+        self.engine: Engine | None = None  # loaded by reconfigure(), which Serve calls before traffic
+        self.config = ReplicaConfig()
+        self.max_batch_series = self.config.max_batch_series
+        self.swap_error = ""
+        self._swap_lock = asyncio.Lock()
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (unit use)
+            self.replica = f"pid{os.getpid()}"
+        self._reset_stats()
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Apply a new user_config: batching at once; a different model is loaded off the event loop and
+        swapped in between batches (requests keep being answered by the old model meanwhile)."""
+        config = ReplicaConfig.model_validate(user_config or {})
+        self._run_batch.set_max_batch_size(config.max_batch_series)
+        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.max_batch_series = config.max_batch_series
+        async with self._swap_lock:
+            if self.engine is not None and config.model == self.config.model and not self.swap_error:
+                self.config = config
+                return
+            path = str(Path(config.model).expanduser().resolve())
+            try:
+                bundle = await asyncio.to_thread(load_bundle, path)
+                engine = Engine(bundle, self.histories, self.regions, self.limits, bundle_path=path)
+            except (BundleError, ValueError, OSError) as err:
+                if self.engine is None:  # nothing to keep serving: the replica cannot start
+                    raise RuntimeError(f"cannot serve model {config.model}: {err}") from None
+                self.swap_error = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {err}"
+                logger.error("model swap to %s failed, still serving %s %s: %s", path,
+                             self.engine.bundle.name, self.engine.bundle.version, err)
+                return
+            old = self.engine
+            self.engine, self.config, self.swap_error = engine, config, ""
+            self._reset_stats()
+            logger.info("serving model %s version %s from %s%s", bundle.name, bundle.version, path,
+                        f" (was version {old.bundle.version})" if old else "")
+
+    # ------------------------------------------------------------------------------------------ batching
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, batch_size_fn=_series_in)
+    async def _run_batch(self, jobs: list[Job]) -> list[Any]:
+        """Every waiting request's inputs in one forward pass (per model, should a swap be under way).
+
+        The pass runs on the replica's event loop on purpose: requests that arrive meanwhile queue up,
+        and the next batch takes all of them (up to max_batch_series), so batches grow with the load.
+        Run in a thread, Serve's batcher would keep cutting small batches every batch_wait_timeout_s
+        while the previous one computes, and they would wait in line for the model one after another.
+        """
+        return self._compute(jobs)
+
+    def _compute(self, jobs: list[Job]) -> list[Any]:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[id(job.engine)].append(i)
+        out: list[Any] = [None] * len(jobs)
+        computed = 0
+        for idx in groups.values():
+            responses, n = jobs[idx[0]].engine.run([jobs[i] for i in idx])
+            computed += n
+            for i, response in zip(idx, responses):
+                out[i] = response
+        self._record(len(jobs), _series_in(jobs), computed)
+        return out
+
+    async def _submit(self, job: Job) -> Any:
+        if job.n > self.max_batch_series:  # larger than a whole batch: a forward pass of its own
+            return self._compute([job])[0]
+        return await self._run_batch(job)
+
+    def _reset_stats(self) -> None:
+        self.stats = {"requests": 0, "batches": 0, "series": 0, "computed_series": 0, "max_batch_requests": 0}
+        self.histogram = [0] * HISTOGRAM_BINS
+        self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def _record(self, requests: int, series: int, computed: int) -> None:
+        s = self.stats
+        s["requests"] += requests
+        s["batches"] += 1
+        s["series"] += series
+        s["computed_series"] += computed
+        s["max_batch_requests"] = max(s["max_batch_requests"], requests)
+        self.histogram[min(requests, HISTOGRAM_BINS) - 1] += 1
+
+    def serving_stats(self) -> pb.ServingStats:
+        return pb.ServingStats(replica=self.replica, loaded_at=self.loaded_at, batch_histogram=self.histogram,
+                               max_batch_series=self.config.max_batch_series,
+                               batch_wait_timeout_s=self.config.batch_wait_timeout_s, **self.stats)
+
+    # ------------------------------------------------------------------------------------------ operations
+
+    async def _answer(self, make_job: Callable[[Engine], Job], request: Any) -> Any:
+        """Run one request; raises ApiError for anything the caller should see."""
+        engine = self.engine
+        if engine is None:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
+        try:
+            return await self._submit(make_job(engine, request))
+        except ApiError:
+            raise
+        except Exception:
+            logger.exception("forecast failed")
+            raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the forecaster replica; "
+                                                     "the replica log has the details") from None
+
+    async def _grpc(self, make_job: Callable, request: Any, empty: Any, grpc_context: Any) -> Any:
+        try:
+            return await self._answer(make_job, request)
+        except ApiError as err:
+            if grpc_context is None:
+                raise
+            grpc_context.set_code(err.code)
+            grpc_context.set_details(err.message)
+            return empty
+
+    async def ForecastRegion(self, request: pb.ForecastRegionRequest, grpc_context=None) -> pb.ForecastRegionResponse:
+        return await self._grpc(Engine.region_job, request, pb.ForecastRegionResponse(), grpc_context)
+
+    async def ForecastSeries(self, request: pb.ForecastSeriesRequest, grpc_context=None) -> pb.ForecastSeriesResponse:
+        return await self._grpc(Engine.series_job, request, pb.ForecastSeriesResponse(), grpc_context)
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:
+        try:
+            return self._model_info(request)
+        except ApiError as err:
+            if grpc_context is None:
+                raise
+            grpc_context.set_code(err.code)
+            grpc_context.set_details(err.message)
+            return pb.ModelInfo()
+
+    def _model_info(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
+        if self.engine is None:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
+        info = self.engine.model_info(request, self.serving_stats())
+        info.bundle_path, info.swap_error = self.engine.bundle_path, self.swap_error
+        return info
+
+    # grpc.health.v1.Health, answered by a replica (so SERVING means a model is loaded and answering).
+    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE):
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+                grpc_context.set_details(f"unknown service {request.service!r}; this server has {SERVICE!r}")
+            return health_pb2.HealthCheckResponse()
+        status = health_pb2.HealthCheckResponse.SERVING if self.engine else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
+        """Sends the current status once and ends (a replica cannot hold streams open forever behind
+        Serve's request timeout); poll Check to follow changes."""
+        yield await self.Check(request, grpc_context)
+
+    # ------------------------------------------------------------------------------------------ HTTP/JSON
+
+    async def _http(self, make_job: Callable, request: Any) -> JSONResponse:
+        try:
+            return JSONResponse(_to_json(await self._answer(make_job, request)))
+        except ApiError as err:
+            return _error_json(err)
+
+    @http_app.post("/v1/forecast/region", summary="ForecastRegion (body: ForecastRegionRequest as JSON)")
+    async def http_forecast_region(self, request: Request) -> JSONResponse:
+        try:
+            message = _parse(await _json(request), pb.ForecastRegionRequest())
+        except ApiError as err:
+            return _error_json(err)
+        return await self._http(Engine.region_job, message)
+
+    @http_app.get("/v1/forecast/region", summary="ForecastRegion with query parameters (for browsers)")
+    async def http_forecast_region_get(
+        self, region: str = DEFAULT_REGION, horizon: int = 48, quantiles: list[float] = Query(default=[]),
+        zones: list[str] = Query(default=[]), issue_time: str = "", model: str = "",
+    ) -> JSONResponse:
+        if horizon < 0:
+            return _error_json(ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"horizon: must be positive, got {horizon}"))
+        message = pb.ForecastRegionRequest(region=region, horizon=horizon, quantiles=quantiles, zones=zones,
+                                           issue_time=issue_time, model=model)
+        return await self._http(Engine.region_job, message)
+
+    @http_app.post("/v1/forecast/series", summary="ForecastSeries (body: ForecastSeriesRequest as JSON)")
+    async def http_forecast_series(self, request: Request) -> JSONResponse:
+        try:
+            message = _parse(await _json(request), pb.ForecastSeriesRequest())
+        except ApiError as err:
+            return _error_json(err)
+        return await self._http(Engine.series_job, message)
+
+    @http_app.get("/v1/model", summary="GetModelInfo")
+    async def http_model_info(self, model: str = "") -> JSONResponse:
+        try:
+            return JSONResponse(_to_json(self._model_info(pb.GetModelInfoRequest(model=model))))
+        except ApiError as err:
+            return _error_json(err)
+
+    @http_app.get("/healthz", summary="200 once a model is loaded (for load balancers)")
+    async def http_healthz(self) -> JSONResponse:
+        if self.engine is None:
+            return JSONResponse({"status": "NOT_SERVING"}, status_code=503)
+        return JSONResponse({"status": "SERVING", "model": self.engine.bundle.name,
+                             "version": self.engine.bundle.version})
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application builder named in serve.yaml (`import_path: serving.app:build_app`)."""
+    parsed = AppArgs.model_validate(args or {})
+    user_config = ReplicaConfig(model=parsed.model, max_batch_series=parsed.max_batch_series,
+                                batch_wait_timeout_s=parsed.batch_wait_timeout_s)
+    return Forecaster.options(user_config=user_config.model_dump()).bind(parsed.model_dump())

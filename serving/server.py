@@ -1,0 +1,187 @@
+"""Start, update and stop the forecasting service from Python, from a Ray Serve config file.
+
+This does what `serve run configs/serve.yaml` does (start Serve with the file's HTTP and gRPC options,
+then deploy its applications), with overrides for the options people change most (model, data, ports,
+replicas). The command line (`energyopt serve`), the tests and the benchmark all start the service here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve.yaml"
+APP_NAME = "energyopt"
+DEPLOYMENT = "Forecaster"
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    model: str | Path | None = None,
+    data: str | Path | None = None,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    replicas: int | None = None,
+    args: dict[str, Any] | None = None,
+    user_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Serve config (a dict in ServeDeploySchema form) from `path` (default configs/serve.yaml)
+    with overrides. Paths given here are made absolute, so replicas find them wherever they run.
+    `replicas` fixes the replica count (no autoscaling)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no Serve config at {path}")
+    config = yaml.safe_load(path.read_text())
+    app = _app(config)
+    deployment = _deployment(app)
+    if model is not None:
+        deployment.setdefault("user_config", {})["model"] = str(Path(model).expanduser().resolve())
+    if data is not None:
+        app.setdefault("args", {})["data"] = str(Path(data).expanduser().resolve())
+    if grpc_port is not None:
+        config.setdefault("grpc_options", {})["port"] = grpc_port
+    if http_port is not None:
+        config.setdefault("http_options", {})["port"] = http_port
+    if replicas is not None:
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = replicas
+    app.setdefault("args", {}).update(args or {})
+    deployment.setdefault("user_config", {}).update(user_config or {})
+    _validate(config)
+    return config
+
+
+def with_model(config: dict[str, Any], model: str | Path) -> dict[str, Any]:
+    """A copy of `config` serving another bundle (deploy it with `deploy` to swap models in place)."""
+    config = copy.deepcopy(config)
+    _deployment(_app(config)).setdefault("user_config", {})["model"] = str(Path(model).expanduser().resolve())
+    return config
+
+
+def start(config: dict[str, Any], *, timeout_s: float = 180.0, num_cpus: int | None = None) -> None:
+    """Start Serve (and a local Ray, unless connected to one or RAY_ADDRESS names a cluster) with the
+    config's proxies, deploy its application and wait until it is RUNNING."""
+    import ray
+    from ray.serve._private.api import serve_start  # what `serve run` uses; no public equivalent yet
+    from ray.serve.config import gRPCOptions
+
+    schema = _validate(config)
+    if not ray.is_initialized():
+        # Ray runs its workers at nice 15 so that its own daemons stay responsive; a replica answering
+        # latency-bound requests should not yield to every other process on the machine.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(namespace="serve", include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema)
+    wait_running(timeout_s=timeout_s)
+
+
+def deploy(config: dict[str, Any], *, timeout_s: float = 180.0) -> None:
+    """Apply a changed config to the running service (e.g. a new model in user_config) and wait until
+    it is RUNNING again. Replicas keep answering meanwhile."""
+    from ray.serve.context import _get_global_client
+
+    _get_global_client().deploy_apps(_validate(config))
+    time.sleep(0.5)  # let the controller pick the new target up before polling its status
+    wait_running(timeout_s=timeout_s)
+
+
+def wait_running(name: str = APP_NAME, timeout_s: float = 180.0) -> None:
+    """Block until the application is RUNNING; raise RuntimeError with Serve's message if it fails."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(name)
+        if status is not None:
+            if status.status == "RUNNING":
+                return
+            if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                messages = [status.message] + [d.message for d in status.deployments.values() if d.message]
+                raise RuntimeError(f"Serve application {name} is {status.status}: "
+                                   + " | ".join(m for m in messages if m))
+        time.sleep(0.25)
+    raise TimeoutError(f"Serve application {name} not RUNNING after {timeout_s:.0f} s "
+                       f"(last status: {status.status if status else 'not deployed'})")
+
+
+def shutdown() -> None:
+    """Stop Serve (the application and its proxies)."""
+    from ray import serve
+
+    serve.shutdown()
+
+
+def _app(config: dict[str, Any]) -> dict[str, Any]:
+    apps = [a for a in config.get("applications", []) if a.get("name") == APP_NAME]
+    if len(apps) != 1:
+        raise ValueError(f"the Serve config needs one application named {APP_NAME!r}")
+    return apps[0]
+
+
+def _deployment(app: dict[str, Any]) -> dict[str, Any]:
+    deployments = app.setdefault("deployments", [])
+    for d in deployments:
+        if d.get("name") == DEPLOYMENT:
+            return d
+    deployments.append({"name": DEPLOYMENT})
+    return deployments[-1]
+
+
+def _validate(config: dict[str, Any]):  # noqa: ANN202
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.app import AppArgs, ReplicaConfig
+
+    app = _app(config)
+    AppArgs.model_validate(app.get("args") or {})
+    ReplicaConfig.model_validate(_deployment(app).get("user_config") or {})
+    return ServeDeploySchema.model_validate(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m serving.server [--model DIR] ...`: start the service and block until interrupted."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Start the forecasting service (Ray Serve) in the foreground.")
+    parser.add_argument("--config", default=None, help="Ray Serve config file (default: configs/serve.yaml).")
+    parser.add_argument("--model", default=None, help="Model bundle directory (default: the config's).")
+    parser.add_argument("--data", default=None, help="Long-format history file (default: the config's).")
+    parser.add_argument("--grpc-port", type=int, default=None)
+    parser.add_argument("--http-port", type=int, default=None)
+    parser.add_argument("--replicas", type=int, default=None, help="Fixed replica count (no autoscaling).")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance.")
+    parser.add_argument("--user-config", default=None, help="JSON merged into the deployment's user_config.")
+    parser.add_argument("--args", default=None, help="JSON merged into the application's args.")
+    a = parser.parse_args(argv)
+    import json
+
+    config = load_config(a.config, model=a.model, data=a.data, grpc_port=a.grpc_port, http_port=a.http_port,
+                         replicas=a.replicas, args=json.loads(a.args) if a.args else None,
+                         user_config=json.loads(a.user_config) if a.user_config else None)
+    start(config, num_cpus=a.num_cpus)
+    print(f"READY grpc={config['grpc_options']['port']} http={config['http_options']['port']}", flush=True)
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    main()
