@@ -37,6 +37,8 @@ def serve(
                                                    "(default: the bundled PJM zones)."),
     replicas: Optional[int] = typer.Option(None, help="Fixed number of replicas (default: autoscaling as "
                                                       "in the config)."),
+    haproxy: bool = typer.Option(True, help="Ray Serve's high-throughput ingress (HAProxy in front of the "
+                                            "replicas); --no-haproxy uses Serve's Python proxies."),
 ) -> None:
     """Serve forecasts over gRPC and HTTP (Ray Serve, local Ray) in the foreground; Ctrl-C stops it."""
     from models.bundle import BundleError, load_bundle
@@ -63,7 +65,7 @@ def serve(
         _fail(str(err))
     console.print(f"starting Ray Serve with model [bold]{bundle.name}[/] {bundle.version} ({model_dir}) ...")
     try:
-        server.start(cfg)
+        server.start(cfg, haproxy=haproxy)
     except (RuntimeError, TimeoutError) as err:
         _fail(f"the service did not start: {err}")
     http_host = cfg.get("http_options", {}).get("host", "127.0.0.1")

@@ -53,7 +53,12 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Pat
 @pytest.fixture(scope="session")
 def ray_session():
     ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # see serving/server.py
+    from serving.server import configure_local_ray
+
+    # Serve runs as `energyopt serve` runs it: HAProxy ingress (ENERGYOPT_TEST_HAPROXY=0: Python proxies)
+    configure_local_ray(haproxy=os.environ.get("ENERGYOPT_TEST_HAPROXY", "1") != "0")
+    # a stopping replica behind HAProxy drains for 30 s by default: nobody sends it traffic in tests
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
