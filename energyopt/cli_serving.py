@@ -52,6 +52,9 @@ def serve(
         _fail(f"{err}.{hint}")
     if data is not None and not data.exists():
         _fail(f"no data file {data}")
+    for name, port in (("--grpc-port", grpc_port), ("--http-port", http_port)):
+        if _in_use(port):
+            _fail(f"port {port} is in use (another `energyopt serve`?); pick a free one with {name}")
 
     import signal
     import time
@@ -84,8 +87,20 @@ def serve(
         while not stop:
             time.sleep(0.2)
     finally:
-        console.print("stopping ...")
+        console.print("stopping (replicas finish their requests first; up to 30 s) ...")
         server.shutdown()
+
+
+def _in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
 
 
 def remote_forecast(
@@ -132,7 +147,8 @@ def print_region(response) -> None:  # noqa: ANN001  (a ForecastRegionResponse)
     for i, ts in enumerate(total.timestamps):
         if i % 3 and i != n - 1:
             continue
-        cells = [ts.replace("T", " ")[:16], *[f"{z.point[i]:,.0f}" for z in response.zones], f"{total.point[i]:,.0f}"]
+        cells = [ts[5:16].replace("T", " "), *[f"{z.point[i]:,.0f}" for z in response.zones],
+                 f"{total.point[i]:,.0f}"]
         if lo:
             cells.append(f"{lo.values[i]:,.0f}-{hi.values[i]:,.0f}")
         table.add_row(*cells)

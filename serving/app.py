@@ -65,7 +65,7 @@ class AppArgs(BaseModel):
     # serve.yaml sets them under deployments[].user_config, which can change without a restart.
     model: str = DEFAULT_MODEL
     max_batch_series: int = Field(256, ge=1)
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
 
 
 class ReplicaConfig(BaseModel):
@@ -76,7 +76,7 @@ class ReplicaConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model bundle directory (relative: from where Ray started).")
     max_batch_series: int = Field(256, ge=1, description="Series per forward pass (region requests count "
                                                           "one per zone): the dynamic batch size.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Longest wait for a batch to fill.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
 
 
 def _series_in(jobs: list[Job]) -> int:
@@ -168,7 +168,7 @@ class Forecaster:
 
     # ------------------------------------------------------------------------------------------ batching
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, batch_size_fn=_series_in)
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_series_in)
     async def _run_batch(self, jobs: list[Job]) -> list[Any]:
         """Every waiting request's inputs in one forward pass (per model, should a swap be under way).
 
@@ -302,7 +302,7 @@ class Forecaster:
         self, region: str = DEFAULT_REGION, horizon: int = 48, quantiles: list[float] = Query(default=[]),
         zones: list[str] = Query(default=[]), issue_time: str = "", model: str = "",
     ) -> JSONResponse:
-        if horizon < 0:
+        if not 0 <= horizon < 2**32:
             return _error_json(ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"horizon: must be positive, got {horizon}"))
         message = pb.ForecastRegionRequest(region=region, horizon=horizon, quantiles=quantiles, zones=zones,
                                            issue_time=issue_time, model=model)

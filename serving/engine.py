@@ -375,10 +375,10 @@ class Engine:
         if n > limit:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"series: {n} series exceed this server's limit of {limit} per request; split the request")
-        points = sum(len(s.history) for s in req.series)
+        points = sum(len(s.history) + sum(len(c.past) + len(c.future) for c in s.covariates) for s in req.series)
         if points > self.limits.max_points_per_request:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"series: {points:,} history values exceed this server's limit of "
+                           f"series: {points:,} values (histories and covariates) exceed this server's limit of "
                            f"{self.limits.max_points_per_request:,} per request; send fewer or shorter histories")
         horizon = self.check_horizon(req.horizon)
         levels, columns = self.quantile_columns(req.quantiles)

@@ -436,3 +436,14 @@ def test_cli_serve_without_a_model_says_what_to_do(monkeypatch, tmp_path: Path):
     assert result.exit_code == 2
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "no model bundle" in output and "Run `energyopt demo` first" in output
+
+
+def test_cli_serve_refuses_a_busy_port(tiny_bundle_dir: Path):
+    from typer.testing import CliRunner
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir), "--grpc-port", str(port)])
+    assert result.exit_code == 2 and f"port {port} is in use" in " ".join(result.output.split())
