@@ -150,9 +150,9 @@ class Forecaster:
                 self.config = config
                 return
             path = str(Path(config.model).expanduser().resolve())
-            try:
-                bundle = await asyncio.to_thread(load_bundle, path)
-                engine = Engine(bundle, self.histories, self.regions, self.limits, bundle_path=path)
+            try:  # off the event loop: requests keep being answered by the current model meanwhile
+                engine = await asyncio.to_thread(
+                    lambda: Engine(load_bundle(path), self.histories, self.regions, self.limits, bundle_path=path))
             except (BundleError, ValueError, OSError) as err:
                 if self.engine is None:  # nothing to keep serving: the replica cannot start
                     raise RuntimeError(f"cannot serve model {config.model}: {err}") from None
@@ -163,7 +163,7 @@ class Forecaster:
             old = self.engine
             self.engine, self.config, self.swap_error = engine, config, ""
             self._reset_stats()
-            logger.info("serving model %s version %s from %s%s", bundle.name, bundle.version, path,
+            logger.info("serving model %s version %s from %s%s", engine.bundle.name, engine.bundle.version, path,
                         f" (was version {old.bundle.version})" if old else "")
 
     # ------------------------------------------------------------------------------------------ batching

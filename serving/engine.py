@@ -35,6 +35,7 @@ TOTAL = "TOTAL"
 # HTTP status for each gRPC status the API uses (the HTTP/JSON mirror answers with these).
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -136,6 +137,8 @@ class Job:
     # Per series, a key naming its model inputs when they come from the server's own history
     # (region, issue time, zone); series with equal keys in one batch are computed once.
     keys: Sequence[Hashable] | None = None
+    # Names the whole answer (region requests): jobs of one batch with equal keys share one response.
+    answer_key: Hashable | None = None
 
     @property
     def n(self) -> int:
@@ -178,6 +181,7 @@ class Engine:
                 raise ValueError(f"region {region!r}: zones {missing or zones} are not in the data "
                                  f"(it has {sorted(self.histories)})")
         self._calendar = _LRU(512)  # last observed hour -> (past [L, C], future [H, C], timestamps)
+        self._grid_calendar()
         self._windows = _LRU(256)  # (region, issue time) -> history windows [zones, L]
         self.levels = np.array(self.bundle.quantiles or (0.5,), dtype=np.float64)
         self.median = self.bundle.model.median_index
@@ -236,14 +240,44 @@ class Engine:
             where.append(np.asarray(index))
         out = self.forward(*(np.concatenate([getattr(job, k)[rows] for job, rows in parts])
                              for k in ("history", "past", "future")))
-        return [job.respond(out[index]) for job, index in zip(jobs, where)], n_out
+        answers: dict[Hashable, Any] = {}
+        responses = []
+        for job, index in zip(jobs, where):
+            if job.answer_key is None:
+                responses.append(job.respond(out[index]))
+            else:
+                if job.answer_key not in answers:
+                    answers[job.answer_key] = job.respond(out[index])
+                responses.append(answers[job.answer_key])
+        return responses, n_out
+
+    def _grid_calendar(self) -> None:
+        """Calendar features and ISO timestamps of every hour the histories span (plus a horizon after),
+        computed once: a request's covariates are then a slice. The features are a function of each
+        hour alone, so a slice equals what `calendar_features` gives for the window."""
+        self._grid_start, self._grid = None, None
+        if not self.histories:
+            return
+        start = min(h.start for h in self.histories.values())
+        end = max(h.end for h in self.histories.values()) + self.bundle.max_horizon * HOUR
+        hours = pd.date_range(start, end, freq="h")
+        if hours.tz is not None or len(hours) > 5_000_000:  # offsets in the strings, or absurd spans: no grid
+            return
+        self._grid_start = start
+        self._grid = calendar_features(hours, self.bundle.features)
+        self._grid_iso = np.datetime_as_string(hours.to_numpy(), unit="s")
 
     def calendar(self, last: pd.Timestamp) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Calendar covariates of the L hours up to `last` and the H_max hours after, and the ISO
         timestamps of those H_max hours (as `Bundle.predict` builds them)."""
+        length, full_h = self.bundle.input_length, self.bundle.max_horizon
+        if self._grid is not None and last.tz is None:
+            first = (last - self._grid_start) // HOUR - length + 1  # grid row of the window's first hour
+            if 0 <= first and first + length + full_h <= len(self._grid):
+                return (self._grid[first : first + length], self._grid[first + length : first + length + full_h],
+                        self._grid_iso[first + length : first + length + full_h].tolist())
 
         def make() -> tuple[np.ndarray, np.ndarray, list[str]]:
-            length, full_h = self.bundle.input_length, self.bundle.max_horizon
             hours = future_timestamps(last - length * HOUR, length + full_h)
             feats = calendar_features(hours, self.bundle.features)
             return feats[:length], feats[length:], [t.isoformat() for t in hours[length:]]
@@ -308,6 +342,10 @@ class Engine:
 
     def region_job(self, req: pb.ForecastRegionRequest) -> Job:
         self.check_model(req.model)
+        if self.bundle.features.covariates:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model: {self.bundle.name} needs covariates {list(self.bundle.features.covariates)} "
+                           "for every hour, which the server's history does not hold; use ForecastSeries")
         if not req.region:
             raise invalid(f"region: required; this server has {sorted(self.regions)}")
         if req.region not in self.regions:
@@ -342,7 +380,8 @@ class Engine:
             return resp
 
         return Job(self, windows, np.broadcast_to(past, (n, *past.shape)),
-                   np.broadcast_to(future, (n, *future.shape)), respond, keys=[(region, issue, z) for z in zones])
+                   np.broadcast_to(future, (n, *future.shape)), respond, keys=[(region, issue, z) for z in zones],
+                   answer_key=(region, issue, tuple(zones), horizon, tuple(levels)))
 
     def _region_windows(self, region: str, issue: pd.Timestamp) -> np.ndarray:
         length = self.bundle.input_length

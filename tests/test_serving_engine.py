@@ -223,6 +223,25 @@ def test_covariates_reach_the_model(covariate_engine: Engine):
     assert not np.allclose(changed.forecasts[0].point, response.forecasts[0].point)
 
 
+def test_region_forecasts_need_a_model_without_covariates(covariate_engine: Engine):
+    with pytest.raises(ApiError) as err:
+        covariate_engine.region_job(pb.ForecastRegionRequest(region="SYN", horizon=6))
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "ForecastSeries" in err.value.message
+
+
+def test_calendar_slices_equal_computed_features(engine: Engine):
+    from models.features import calendar_features, future_timestamps
+
+    for last in (pd.Timestamp("2020-03-01T05:00:00"), pd.Timestamp("2021-05-10T23:00:00"),
+                 pd.Timestamp("2030-01-01T00:00:00")):  # inside the history's span, near its end, far out
+        past, future, stamps = engine.calendar(last)
+        hours = future_timestamps(last - 336 * pd.Timedelta(hours=1), 336 + 48)
+        want = calendar_features(hours, engine.bundle.features)
+        np.testing.assert_array_equal(past, want[:336])
+        np.testing.assert_array_equal(future, want[336:])
+        assert stamps == [t.isoformat() for t in hours[336:]]
+
+
 @pytest.mark.parametrize("what, field", [
     ("past_len", "series[0].covariates[0].past"), ("future_len", "series[0].covariates[0].future"),
     ("missing", "series[0].covariates"), ("unknown", "series[0].covariates[1].name"),
