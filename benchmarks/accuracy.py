@@ -113,15 +113,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("pjm", "etth1"), default="pjm")
     parser.add_argument("--models", nargs="+", default=list(PJM_MODELS), help="PJM: models to train and score")
-    parser.add_argument("--workdir", default="runs/bench/pjm", help="PJM: where the trained bundles go")
+    parser.add_argument("--workdir", default=None, help="where trained models go (default runs/bench/<dataset>)")
     parser.add_argument("--reuse", action="store_true", help="PJM: score existing bundles instead of training")
     parser.add_argument("--max-epochs", type=int, default=None, help="override each model's max_epochs")
     args = parser.parse_args()
+    args.workdir = args.workdir or f"runs/bench/{args.dataset}"
     if args.dataset == "pjm":
         run_pjm(args)
     else:
         from benchmarks.accuracy_etth1 import run_etth1
 
+        args.epochs = args.max_epochs
         run_etth1(args)
 
 
