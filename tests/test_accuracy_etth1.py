@@ -25,4 +25,4 @@ def test_split_borders_scaling_and_windows():
     assert len(windows) == 7 * (2880 - 96 + 1)
     history, past, future, target = windows[0]
     assert history.shape == (INPUT,) and past.shape == (INPUT, 0) and future.shape == (96, 0)
-    np.testing.assert_array_equal(target.numpy(), test.load[INPUT : INPUT + 96])
+    np.testing.assert_array_equal(target.numpy(), split.test[0].load[INPUT : INPUT + 96])
