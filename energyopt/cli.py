@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
 data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect load data.")
@@ -121,7 +123,8 @@ def evaluate(
 @app.command()
 @_guard
 def forecast(
-    model: Path = typer.Option(..., help="Model bundle directory."),
+    model: Optional[Path] = typer.Option(None, help="Model bundle directory (in-process forecast)."),
+    server: Optional[str] = typer.Option(None, help="HOST:PORT of a running `energyopt serve`: ask it instead."),
     data: Optional[Path] = typer.Option(None, help="Recent history (default: the bundled PJM zones)."),
     horizon: int = typer.Option(48, help="Hours ahead."),
     zone: Optional[list[str]] = typer.Option(None, help="Only these zones (repeatable)."),
@@ -129,9 +132,17 @@ def forecast(
     plot: Optional[Path] = typer.Option(None, help="Draw history, forecast and bands to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the forecast as JSON records."),
 ) -> None:
-    """Forecast every zone of the data and the region total from the end of the history."""
+    """Forecast every zone of the data and the region total from the end of the history, in process with
+    --model, or from a running server with --server."""
     from models.bundle import load_bundle
 
+    if server:
+        from energyopt.cli_serving import remote_forecast
+
+        remote_forecast(server=server, region=region, horizon=horizon, zones=zone, as_json=json_out, timeout=30.0)
+        return
+    if model is None:
+        _fail("pass --model DIR (forecast in process) or --server HOST:PORT (ask a running server)")
     bundle = load_bundle(model)
     histories = _histories(data, zone)
     result = _forecast(bundle, histories, horizon, region)
@@ -144,6 +155,9 @@ def forecast(
 
         plot_region(result, histories, plot)
         console.print(f"wrote {plot}")
+
+
+app.command()(serve)
 
 
 @app.command()

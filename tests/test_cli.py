@@ -94,3 +94,10 @@ def test_demo_forecasts_the_bundled_region(tiny_bundle_dir, tmp_path):
         assert name in result.output
     assert "2018-08-03 01:00" in result.output  # the hour after the last bundled hour
     assert (tmp_path / "forecast.png").exists()
+
+
+def test_forecast_needs_a_model_or_a_server(tmp_path):
+    result = run("forecast", "--horizon", "24")
+    assert result.exit_code == 2 and "--model DIR" in result.output and "--server HOST:PORT" in result.output
+    result = run("forecast", "--server", "127.0.0.1:9", "--region", "PJM", "--horizon", "24")
+    assert result.exit_code == 2 and "UNAVAILABLE" in result.output and "energyopt serve" in result.output
