@@ -81,8 +81,9 @@ def configure_local_ray(haproxy: bool = True) -> None:
             os.environ.setdefault(key, value)
         # HAProxy's stats and metrics listeners have fixed default ports: free ones let several
         # services (tests, a benchmark) run side by side on one machine.
-        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
-        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+        stats, metrics = _free_ports(2)
+        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats))
+        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics))
 
 
 def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 180.0,
@@ -144,12 +145,18 @@ def shutdown() -> None:
     serve.shutdown()
 
 
-def _free_port() -> int:
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on all interfaces (held open together, so none is handed out twice)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("0.0.0.0", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _app(config: dict[str, Any]) -> dict[str, Any]:
