@@ -25,10 +25,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import models  # noqa: F401  (registers every backbone)
+from models.autoencoder import AutoencoderConfig, ConvAutoencoder
 from models.features import FeatureSpec, calendar_features, future_timestamps
 from models.forecaster import ForecasterConfig, QuantileForecaster
 
 BUNDLE_FORMAT = 1
+# What a bundle holds (config.json "kind"; absent means a forecaster): how to rebuild its module.
+KINDS = {
+    "forecaster": lambda d: QuantileForecaster(ForecasterConfig.from_dict(d)),
+    "autoencoder": lambda d: ConvAutoencoder(AutoencoderConfig.from_dict(d)),  # anomaly detection
+}
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
 
 
@@ -40,12 +46,16 @@ class BundleError(ValueError):
 class Bundle:
     """A loaded model with its metadata; `predict` turns histories into quantile forecasts."""
 
-    model: QuantileForecaster
+    model: QuantileForecaster  # or a ConvAutoencoder when kind == "autoencoder"
     features: FeatureSpec
     name: str
     version: str
     meta: dict[str, Any] = field(default_factory=dict)  # zones, scaling, data, training, versions
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.model, "bundle_kind", "forecaster")
 
     @property
     def config(self) -> ForecasterConfig:
@@ -129,7 +139,7 @@ class Bundle:
 
 def save_bundle(
     path: str | Path,
-    model: QuantileForecaster,
+    model: QuantileForecaster | ConvAutoencoder,
     features: FeatureSpec,
     *,
     name: str,
@@ -142,6 +152,7 @@ def save_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": BUNDLE_FORMAT,
+        "kind": getattr(model, "bundle_kind", "forecaster"),
         "name": name,
         "version": version,
         "model": model.config.to_dict(),
@@ -185,7 +196,10 @@ def load_bundle(path: str | Path) -> Bundle:
         config = json.loads((path / CONFIG_FILE).read_text())
         if config.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"bundle {path} has format {config.get('format')!r}; this version reads {BUNDLE_FORMAT}")
-        model = QuantileForecaster(ForecasterConfig.from_dict(config["model"]))
+        kind = config.get("kind", "forecaster")
+        if kind not in KINDS:
+            raise BundleError(f"bundle {path} holds a {kind!r} model; this version reads {sorted(KINDS)}")
+        model = KINDS[kind](config["model"])
         features = FeatureSpec.from_dict(config["features"])
     except BundleError:
         raise
@@ -207,7 +221,7 @@ def load_bundle(path: str | Path) -> Bundle:
             metrics = json.loads((path / METRICS_FILE).read_text())
         except json.JSONDecodeError as err:
             raise BundleError(f"corrupt {METRICS_FILE} in bundle {path}: {err}") from None
-    meta = {k: v for k, v in config.items() if k not in ("format", "name", "version", "model", "features")}
+    meta = {k: v for k, v in config.items() if k not in ("format", "kind", "name", "version", "model", "features")}
     return Bundle(model=model, features=features, name=config["name"], version=str(config["version"]),
                   meta=meta, metrics=metrics)
 

@@ -1,0 +1,231 @@
+"""From residuals to anomaly events: scores, per-series normalization, calibrated thresholds, events.
+
+Every detector here (the autoencoder in `models.autoencoder`, the forecast-residual detector below)
+produces, for each hour, what was expected and the *relative residual* r = (observed - expected) / level,
+where level is the series' recent typical load. One residual stream is scored at three time scales,
+because the faults operators care about show up at different ones:
+
+    point   |r|                              spikes, dips, zero readings
+    level   |24 h centred mean of r|          level shifts, drift, dropouts
+    shape   24 h centred std of r            flat lines (stuck meter), lost daily pattern
+
+Each component is divided by its typical size on the series' own validation data (per-series
+normalization: a noisy zone is not flagged for being noisy), and by a threshold fitted on the pooled
+validation scores with peaks-over-threshold (a generalized Pareto tail, extrapolated to a small hourly
+risk), or a plain quantile. The hour's score is the largest of the three ratios, so 1 is the alarm line.
+Contiguous flagged hours (joined across short breaks) become one event with zone, start, end, severity
+and the expected and observed energy. The calibration is plain numbers kept in the model bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+COMPONENTS = ("point", "level", "shape")
+DAY = 24
+
+
+@dataclass
+class Event:
+    """Contiguous anomalous hours of one series."""
+
+    zone: str
+    start: pd.Timestamp  # first anomalous hour
+    end: pd.Timestamp  # last anomalous hour (inclusive)
+    severity: float  # the largest score in the event (1 = the alarm threshold)
+    expected: float  # energy the detector expected over the event, MWh (sum of hourly MW)
+    observed: float  # energy observed over the event, MWh
+    component: str = ""  # which score component was largest: point, level or shape
+
+    @property
+    def hours(self) -> int:
+        return int((self.end - self.start) // pd.Timedelta(hours=1)) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["start"], d["end"] = self.start.isoformat(), self.end.isoformat()
+        d["severity"], d["expected"], d["observed"] = (round(float(d[k]), 3) for k in ("severity", "expected", "observed"))
+        return d
+
+
+def score_components(residual: np.ndarray) -> np.ndarray:
+    """[T] relative residuals (NaN where not scored) -> [T, 3] point, level and shape components."""
+    r = pd.Series(np.asarray(residual, dtype=np.float64))
+    rolling = r.rolling(DAY, center=True, min_periods=DAY // 2)
+    point = r.abs().to_numpy()
+    level = rolling.mean().abs().to_numpy()
+    shape = rolling.std().to_numpy()
+    out = np.stack([point, level, shape], axis=1)
+    out[~np.isfinite(r.to_numpy())] = np.nan
+    return out
+
+
+@dataclass
+class Calibration:
+    """Per-series scales and global thresholds that turn residuals into scores (1 = alarm)."""
+
+    thresholds: list[float]  # per component, in units of the series' scale
+    default_scale: list[float]  # per component, for series not seen in calibration
+    scales: dict[str, list[float]] = field(default_factory=dict)  # zone -> per component typical size
+    method: str = "pot"
+    risk: float = 1e-4  # hourly exceedance probability each threshold was fitted for
+    merge_gap_hours: int = 6  # flagged hours at most this far apart belong to one event
+    validation: dict[str, Any] = field(default_factory=dict)  # false alarms on the calibration data
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
+        return cls(**dict(d))
+
+    def scale_of(self, zone: str | None, components: np.ndarray | None = None) -> np.ndarray:
+        """The zone's scales; for an unknown series, its own median components when long enough
+        (at least two weeks scored), else the default."""
+        if zone in self.scales:
+            return np.asarray(self.scales[zone])
+        if components is not None and np.isfinite(components[:, 0]).sum() >= 14 * DAY:
+            own = np.nanmedian(components, axis=0)
+            return np.maximum(own, 0.25 * np.asarray(self.default_scale))
+        return np.asarray(self.default_scale)
+
+    def score(self, residual: np.ndarray, zone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Hourly score [T] (NaN where not scored) and the index of the component behind it [T]."""
+        comps = score_components(residual)
+        ratio = comps / (self.scale_of(zone, comps) * np.asarray(self.thresholds))
+        filled = np.where(np.isfinite(ratio), ratio, -np.inf)
+        which = filled.argmax(axis=1)
+        score = filled.max(axis=1)
+        return np.where(np.isfinite(score), score, np.nan), which
+
+
+def fit_threshold(scores: np.ndarray, *, method: Literal["pot", "quantile"] = "pot", risk: float = 1e-4,
+                  tail_quantile: float = 0.98) -> float:
+    """The score exceeded with probability `risk` per hour.
+
+    "quantile": the empirical (1 - risk) quantile. "pot" (peaks over threshold): a generalized Pareto
+    distribution fitted to the excesses over the `tail_quantile` quantile, so risks smaller than one
+    over the sample size are extrapolated from the tail's shape instead of read off its last points.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 100:
+        raise ValueError(f"need at least 100 scored hours to fit a threshold, got {len(x)}")
+    if not 0 < risk < 1 - tail_quantile:
+        raise ValueError(f"risk must be in (0, {1 - tail_quantile:g}), got {risk}")
+    if method == "quantile":
+        return float(np.quantile(x, 1 - risk))
+    if method != "pot":
+        raise ValueError(f"unknown threshold method {method!r}; use 'pot' or 'quantile'")
+    from scipy.stats import genpareto
+
+    u = float(np.quantile(x, tail_quantile))
+    excess = x[x > u] - u
+    if len(excess) < 30 or excess.std() == 0:
+        return float(np.quantile(x, 1 - risk))
+    shape, _, scale = genpareto.fit(excess, floc=0.0)
+    shape = float(np.clip(shape, -0.5, 0.5))  # keep the extrapolation sane on short samples
+    tail_risk = risk / (1 - tail_quantile)  # P(excess > y | x > u) we need
+    return u + float(genpareto.isf(tail_risk, shape, loc=0.0, scale=scale))
+
+
+def calibrate(
+    residuals: Mapping[str, Sequence[np.ndarray]],
+    *,
+    method: Literal["pot", "quantile"] = "pot",
+    risk: float = 1e-4,
+    merge_gap_hours: int = 6,
+    max_false_alarms_per_month: float | None = 0.5,
+) -> Calibration:
+    """Fit scales and thresholds on residuals of normal (validation) data, zone -> list of segments.
+
+    With `max_false_alarms_per_month`, thresholds are then raised together (never lowered) until the
+    events found on this same data are at most that many per zone and month: the hourly risk of the
+    fit does not say how exceedances cluster into events, which is what an operator counts.
+    """
+    comps = {z: [score_components(r) for r in segs] for z, segs in residuals.items()}
+    scales = {z: np.nanmedian(np.concatenate(c), axis=0) for z, c in comps.items()}
+    for z, s in scales.items():
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError(f"zone {z!r}: cannot calibrate, too few scored hours or constant residuals")
+    pooled = np.concatenate([np.concatenate(c) / scales[z] for z, c in comps.items()])
+    thresholds = [fit_threshold(pooled[:, k], method=method, risk=risk) for k in range(len(COMPONENTS))]
+    cal = Calibration(thresholds=thresholds, default_scale=np.median(np.stack(list(scales.values())), 0).tolist(),
+                      scales={z: s.tolist() for z, s in scales.items()}, method=method, risk=risk,
+                      merge_gap_hours=merge_gap_hours)
+    months = sum(np.isfinite(r).sum() for segs in residuals.values() for r in segs) / (DAY * 365.25 / 12)
+    factor = 1.0
+    while True:
+        counts = {z: sum(len(_flagged_runs(cal.score(r, z)[0] / factor, merge_gap_hours)) for r in segs)
+                  for z, segs in residuals.items()}
+        rate = sum(counts.values()) / max(months, 1e-9)
+        if max_false_alarms_per_month is None or rate <= max_false_alarms_per_month or factor > 10:
+            break
+        factor *= 1.05
+    cal.thresholds = [t * factor for t in thresholds]
+    cal.validation = {"false_alarm_events": counts, "zone_months": round(months, 2),
+                      "false_alarms_per_zone_month": round(rate, 3), "threshold_factor": round(factor, 3)}
+    return cal
+
+
+def _flagged_runs(score: np.ndarray, merge_gap_hours: int) -> list[tuple[int, int]]:
+    """[a, b) index runs where score > 1, runs separated by at most `merge_gap_hours` joined."""
+    flagged = np.nan_to_num(score, nan=0.0) > 1.0
+    edges = np.diff(np.r_[0, flagged.astype(np.int8), 0])
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    runs: list[tuple[int, int]] = []
+    for a, b in zip(starts, ends):
+        if runs and a - runs[-1][1] <= merge_gap_hours:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((a, b))
+    return runs
+
+
+def find_events(zone: str, timestamps: pd.DatetimeIndex, score: np.ndarray, which: np.ndarray,
+                expected: np.ndarray, observed: np.ndarray, merge_gap_hours: int = 6) -> list[Event]:
+    """Events of one series from its hourly score (1 = alarm), as `Calibration.score` returns it."""
+    events = []
+    for a, b in _flagged_runs(score, merge_gap_hours):
+        k = a + int(np.nanargmax(score[a:b]))
+        events.append(Event(zone=zone, start=timestamps[a], end=timestamps[b - 1], severity=float(score[k]),
+                            expected=float(np.nansum(expected[a:b])), observed=float(np.nansum(observed[a:b])),
+                            component=COMPONENTS[int(which[k])]))
+    return events
+
+
+# ---------------------------------------------------------------------------------------------- forecast residuals
+
+def forecast_expected(bundle: Any, load: np.ndarray, timestamps: pd.DatetimeIndex, *, horizon: int = 24,
+                      origin_hour: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """What a forecaster bundle expected for each hour: median forecasts issued daily at `origin_hour`
+    for the next `horizon` hours from the observed history (anomalies included, as in operation).
+
+    Returns expected [T] (NaN where no forecast covers the hour) and the level [T] (mean of each
+    forecast's history window) that relative residuals are taken against.
+    """
+    load = np.asarray(load, dtype=np.float32)
+    length = bundle.input_length
+    origins = np.flatnonzero(timestamps.hour == origin_hour)
+    origins = origins[(origins >= length) & (origins < len(load))]
+    expected = np.full(len(load), np.nan, np.float32)
+    level = np.full(len(load), np.nan, np.float32)
+    if not len(origins):
+        return expected, level
+    histories = np.stack([load[o - length : o] for o in origins])
+    q = bundle.predict(histories, timestamps[origins - 1], horizon)
+    median = q[:, :, bundle.model.median_index]
+    for o, m, h in zip(origins, median, histories):
+        n = min(horizon, len(load) - o)
+        expected[o : o + n], level[o : o + n] = m[:n], max(float(h.mean()), 1e-3)
+    return expected, level
+
+
+def relative_residual(observed: np.ndarray, expected: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """(observed - expected) / level, NaN where nothing was expected."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.asarray(observed, np.float64) - expected) / level
