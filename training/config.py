@@ -7,15 +7,17 @@ error naming the field rather than a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from models.autoencoder import AutoencoderConfig
 from models.features import FeatureSpec
 from models.forecaster import BACKBONES, DEFAULT_QUANTILES, ForecasterConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+AUTOENCODER = "autoencoder"  # the anomaly detector (models/autoencoder.py); every other type forecasts
 
 
 class _Strict(BaseModel):
@@ -32,8 +34,8 @@ class ModelSection(_Strict):
     @field_validator("type")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in BACKBONES:
-            raise ValueError(f"unknown model type {v!r}; choose one of {sorted(BACKBONES)}")
+        if v not in BACKBONES and v != AUTOENCODER:
+            raise ValueError(f"unknown model type {v!r}; choose one of {sorted([*BACKBONES, AUTOENCODER])}")
         return v
 
     @field_validator("quantiles")
@@ -74,12 +76,26 @@ class TrainingSection(_Strict):
     num_threads: int | None = None  # torch CPU threads; None: torch's default
 
 
+class DetectionSection(_Strict):
+    """Anomaly threshold calibration on validation data (autoencoder only; see models/anomaly.py)."""
+
+    method: Literal["pot", "quantile"] = "pot"  # generalized Pareto tail fit, or the plain quantile
+    risk: float = Field(1e-4, gt=0, lt=0.02)  # hourly exceedance probability per score component
+    merge_gap_hours: int = Field(6, ge=0)  # flagged hours this close are one event
+    max_false_alarms_per_month: Optional[float] = Field(0.5, gt=0)  # per zone, on validation data
+
+
 class TrainConfig(_Strict):
     name: str = "forecaster"
     model: ModelSection = Field(default_factory=ModelSection)
     features: FeatureSection = Field(default_factory=FeatureSection)
     data: DataSection = Field(default_factory=DataSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    detection: DetectionSection = Field(default_factory=DetectionSection)
+
+    def autoencoder_config(self) -> AutoencoderConfig:
+        return AutoencoderConfig(input_length=self.model.input_length, n_covariates=self.features.spec().size,
+                                 params=dict(self.model.params))
 
     def forecaster_config(self) -> ForecasterConfig:
         m = self.model
