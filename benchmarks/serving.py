@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,18 +41,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import write_result  # noqa: E402
 
 QUANTILES = (0.1, 0.5, 0.9)
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (held open together, so none is handed out twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("0.0.0.0", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def percentiles(latencies_s: list[float]) -> dict[str, float | None]:
@@ -309,6 +296,8 @@ def main() -> None:
     requests = build_requests(a.horizon, a.series_per_call, 8)
     print("reference (in-process, no RPC):", flush=True)
     rows = in_process(model, requests, a.cases, min(a.duration, 10.0), a.torch_threads)
+
+    from serving.server import free_ports
 
     grpc_port, http_port = free_ports(2)
     user_config = {"max_batch_series": a.max_batch_series, "batch_wait_timeout_s": a.batch_wait_timeout_s}

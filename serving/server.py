@@ -81,7 +81,7 @@ def configure_local_ray(haproxy: bool = True) -> None:
             os.environ.setdefault(key, value)
         # HAProxy's stats and metrics listeners have fixed default ports: free ones let several
         # services (tests, a benchmark) run side by side on one machine.
-        stats, metrics = _free_ports(2)
+        stats, metrics = free_ports(2)
         os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats))
         os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics))
 
@@ -145,7 +145,7 @@ def shutdown() -> None:
     serve.shutdown()
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """`n` distinct ports free on all interfaces (held open together, so none is handed out twice)."""
     import socket
 

@@ -28,18 +28,6 @@ from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
 QUANTILES = [0.1, 0.5, 0.9]
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (held open together, so none is handed out twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("0.0.0.0", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @dataclass
 class Service:
     config: dict
@@ -52,7 +40,7 @@ class Service:
 def service(ray_session, tiny_bundle_dir: Path, synthetic_csv: Path) -> Service:  # noqa: ANN001
     from serving import server
 
-    grpc_port, http_port = free_ports(2)
+    grpc_port, http_port = server.free_ports(2)
     config = server.load_config(
         model=tiny_bundle_dir, data=synthetic_csv, grpc_port=grpc_port, http_port=http_port, replicas=1,
         args={"region": "SYN", "regions": {"PAIR": ["Z000", "Z001"]}, "max_series_per_request": 64,
