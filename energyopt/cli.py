@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
+from energyopt import cli_scale  # score, sweep, distributed train: imports Ray lazily
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
@@ -158,6 +159,7 @@ def forecast(
 
 
 app.command()(serve)
+app.command()(cli_scale.score)
 
 
 @app.command()

@@ -1,0 +1,52 @@
+"""`energyopt score`, `energyopt sweep` and distributed `energyopt train --num-workers N`: the Ray scale-out
+commands. Plain functions with typer annotations, registered on the app in `energyopt/cli.py`.
+
+All of them run on a local Ray instance by default and on a cluster unchanged: set RAY_ADDRESS (or run
+them as a RayJob, see cluster/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def score(
+    model: Path = typer.Option(..., help="Model bundle directory."),
+    input: str = typer.Option(..., help="Parquet file or folder (local path or pyarrow filesystem URI such as "  # noqa: A002
+                                        "s3://bucket/prefix) with long-format rows zone, timestamp, load_mw."),
+    output: str = typer.Option(..., help="Output folder for the forecasts (Parquet); replaced atomically."),
+    num_workers: Optional[int] = typer.Option(None, help="Model actors (default: one per CPU, or per GPU "
+                                                         "with --use-gpu)."),
+    batch_size: int = typer.Option(1024, help="Series per forward pass."),
+    horizon: Optional[int] = typer.Option(None, help="Hours ahead (default: the model's horizon)."),
+    use_gpu: bool = typer.Option(False, help="One GPU per model actor."),
+    progress: bool = typer.Option(True, help="Ray Data progress bars."),
+) -> None:
+    """Forecast every series of a Parquet data set on Ray Data and write zone, origin, timestamp, horizon,
+    mean, q<level>... as Parquet."""
+    from serving.score import ScoringError, score as run_score
+
+    try:
+        result = run_score(model, input, output, num_workers=num_workers, batch_size=batch_size,
+                           horizon=horizon, use_gpu=use_gpu, progress=progress, log=console.print)
+    except ScoringError as err:
+        _fail(str(err))
+    console.print(f"[bold green]wrote[/] {result.rows:,} forecast rows for {result.series:,} series to "
+                  f"{result.output} in {result.seconds:.1f} s ({result.series / result.seconds:,.0f} series/s)")
+    if result.skipped:
+        shown = "; ".join(f"{z}: {r}" for z, r in result.skipped[:5])
+        more = f" (and {len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
+        console.print(f"[yellow]skipped {len(result.skipped)} series[/] (listed in _skipped.parquet): "
+                      f"{shown}{more}", highlight=False)

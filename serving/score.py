@@ -1,0 +1,321 @@
+"""Batch scoring on Ray Data: Parquet histories in, Parquet forecasts out.
+
+    energyopt score --model DIR --input PATH --output DIR [--num-workers N] [--batch-size B]
+
+The pipeline streams; no stage holds the whole input in one process:
+
+    read_parquet(zone, timestamp, load_mw)          local path or any pyarrow filesystem URI
+      -> groupby(zone).map_groups(_last_window)      one row per series: its last `input_length` hours
+      -> map_batches(_Forecaster, actor pool)        the bundle deserialized once per actor, B series
+                                                     per forward pass (`Bundle.predict`, GPU if asked)
+      -> write_parquet(<temp dir beside the output>) zone, origin, timestamp, horizon, mean, q<level>...
+      -> swap the temp dir into place                a half-written result never looks complete
+
+Each series is forecast from its end: `origin` is the first forecast hour (the hour after the series'
+last observation, as `issue_time` elsewhere in energyopt), `horizon` is 1 for that hour, and `mean` is
+the point forecast (the model's median, like `point` in region forecasts). A series whose last
+`input_length` hours are not all present and finite cannot be forecast; it is skipped and listed in
+`_skipped.parquet` (files starting with `_` are ignored by Parquet readers), and the job fails only if
+no series at all can be scored. `_SUCCESS` (JSON: counts, model, timings) is written last.
+
+The forecasts equal `load_bundle(model).predict(...)` in one process row for row: the same bundle object
+(loaded and validated by the driver, shipped through the object store, so nodes need no shared
+filesystem), the same float32 windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from models.bundle import Bundle, load_bundle
+from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE, SeriesError
+
+HOUR_NS = 3_600_000_000_000
+SUCCESS_FILE, SKIPPED_FILE = "_SUCCESS", "_skipped.parquet"
+
+
+class ScoringError(ValueError):
+    """Input, model or output that a scoring job cannot use; the message says what to fix."""
+
+
+@dataclass
+class ScoreResult:
+    output: str
+    series: int  # series forecast
+    rows: int  # forecast rows written
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (zone, reason)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+def _last_window(group: pa.Table, length: int, skip_log: Any) -> dict[str, np.ndarray]:
+    """One series (all rows of one zone) -> one row: zone, last hour (int64 ns), its last `length` loads.
+
+    Duplicate hours (daylight saving) are averaged, as ingest does. A series without `length` contiguous,
+    finite hours at its end is reported to `skip_log` and yields no row."""
+    zone = group.column(ZONE)[0].as_py()
+    stamps = group.column(TIMESTAMP)
+    stamps = pc.cast(stamps, pa.timestamp("ns", stamps.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    loads = group.column(LOAD).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    hours, inverse = np.unique(stamps, return_inverse=True)
+    if len(hours) < len(stamps):
+        loads = np.bincount(inverse, weights=loads) / np.bincount(inverse)
+    else:
+        loads = loads[np.argsort(stamps, kind="stable")]
+    problem = None
+    if len(hours) < length:
+        problem = f"{len(hours)} hours of history; the model reads {length}"
+    elif hours[-1] - hours[-length] != (length - 1) * HOUR_NS or np.any(np.diff(hours[-length:]) != HOUR_NS):
+        problem = f"the last {length} hours are not contiguous hourly values (gaps or sub-hourly stamps)"
+    elif not np.isfinite(loads[-length:]).all():
+        problem = f"missing (NaN) or infinite load in the last {length} hours"
+    if problem is not None:
+        skip_log.add.remote(str(zone), problem)  # fire and forget: the driver collects the list at the end
+        return {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
+                "history": np.zeros((0, length), np.float32)}
+    return {"zone": np.array([zone], dtype=object), "last": hours[-1:],
+            "history": loads[None, -length:].astype(np.float32)}
+
+
+class _Forecaster:
+    """Actor-pool UDF: the bundle arrives once per actor; each call forecasts a batch of series."""
+
+    def __init__(self, bundle: Any, horizon: int, tz: str | None, device: str) -> None:
+        import ray
+        import torch
+
+        self.bundle: Bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
+        self.horizon, self.tz, self.device = horizon, tz, device
+        if device == "cpu":  # one intra-op thread per CPU Ray gave this actor: no oversubscription
+            torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        import pandas as pd
+
+        last = pd.DatetimeIndex(batch["last"].astype("datetime64[ns]"))
+        if self.tz:
+            last = last.tz_localize("UTC").tz_convert(self.tz)
+        history = np.stack(batch["history"]) if batch["history"].dtype == object else batch["history"]
+        q = self.bundle.predict(history, last, self.horizon, device=self.device)  # [B, H, Q]
+        return forecast_table(batch["zone"], batch["last"], q, self.bundle, self.tz)
+
+
+def forecast_table(zones: np.ndarray, last_ns: np.ndarray, quantiles: np.ndarray, bundle: Bundle,
+                   tz: str | None) -> pa.Table:
+    """Long forecast rows for B series: zone, origin, timestamp, horizon, mean, q<level>..."""
+    n, horizon = quantiles.shape[:2]
+    steps = np.arange(1, horizon + 1, dtype=np.int64)
+    origin = np.repeat(np.asarray(last_ns, np.int64) + HOUR_NS, horizon)
+    stamp_type = pa.timestamp("ns", tz)
+    columns = {
+        "zone": pa.array(np.repeat(np.asarray(zones, dtype=object), horizon), pa.string()),
+        "origin": pa.array(origin, pa.int64()).cast(stamp_type),
+        "timestamp": pa.array(origin + np.tile(steps - 1, n) * HOUR_NS, pa.int64()).cast(stamp_type),
+        "horizon": pa.array(np.tile(steps, n).astype(np.int16)),
+        "mean": pa.array(quantiles[..., bundle.model.median_index].reshape(-1)),
+    }
+    for j, level in enumerate(bundle.quantiles):
+        columns[f"q{level:g}"] = pa.array(quantiles[..., j].reshape(-1))
+    return pa.table(columns)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def _resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(str(uri) if "://" in str(uri) else str(Path(uri).resolve()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+        raise ScoringError(f"cannot open {uri}: {err}") from None
+
+
+def inspect_input(path: str | Path) -> tuple[pafs.FileSystem, str, pa.Schema, int]:
+    """Check the input before any work starts: it exists, is Parquet, has the columns, has rows."""
+    fs, where = _resolve(path)
+    info = fs.get_file_info(where)
+    if info.type == pafs.FileType.NotFound:
+        raise ScoringError(f"input {path} does not exist")
+    try:
+        dataset = pads.dataset(where, filesystem=fs, format="parquet", exclude_invalid_files=False)
+        schema = dataset.schema
+        rows = dataset.count_rows()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ScoringError(f"input {path} is not readable Parquet: {err}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise ScoringError(f"input {path} lacks column(s) {missing}; it has {schema.names}. Scoring needs "
+                           f"long-format rows {list(REQUIRED_COLUMNS)} (one per zone and hour)")
+    if not pa.types.is_timestamp(schema.field(TIMESTAMP).type):
+        raise ScoringError(f"input column {TIMESTAMP!r} is {schema.field(TIMESTAMP).type}, not a timestamp; "
+                           "write it as a Parquet timestamp (pandas datetime64)")
+    if not (pa.types.is_floating(schema.field(LOAD).type) or pa.types.is_integer(schema.field(LOAD).type)):
+        raise ScoringError(f"input column {LOAD!r} is {schema.field(LOAD).type}, not numeric")
+    if rows == 0:
+        raise ScoringError(f"input {path} has no rows")
+    return fs, where, schema, rows
+
+
+def _prepare_output(path: str | Path) -> tuple[pafs.FileSystem, str, str]:
+    """The output's filesystem, its path, and a fresh temporary directory beside it (same filesystem,
+    so the final swap is a rename)."""
+    fs, where = _resolve(path)
+    info = fs.get_file_info(where)
+    if info.type == pafs.FileType.File:
+        raise ScoringError(f"output {path} is a file; pass a directory path (it is replaced as a whole)")
+    parent, name = where.rstrip("/").rsplit("/", 1) if "/" in where.rstrip("/") else ("", where)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.create_dir(tmp, recursive=True)
+        probe = f"{tmp}/.probe"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as err:
+        raise ScoringError(f"cannot write the output beside {path} (in {parent or '.'}): {err}") from None
+    return fs, where, tmp
+
+
+def _swap_into_place(fs: pafs.FileSystem, tmp: str, target: str) -> None:
+    """Replace `target` by `tmp`: the old result moves aside, the new one is renamed in, the old deleted.
+    On a local or HDFS filesystem each step is a rename; readers see the old or the new result, whole."""
+    old = None
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        old = f"{tmp.rsplit('.tmp-', 1)[0]}.old-{uuid.uuid4().hex[:8]}"
+        fs.move(target, old)
+    fs.move(tmp, target)
+    if old is not None:
+        fs.delete_dir(old)
+
+
+def ensure_ray() -> None:
+    """Join the cluster in RAY_ADDRESS if set, else start (or reuse) a local Ray instance."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
+
+
+def score(
+    model: str | Path,
+    input: str | Path,  # noqa: A002 - the CLI option's name
+    output: str | Path,
+    *,
+    num_workers: int | None = None,
+    batch_size: int = 1024,
+    horizon: int | None = None,
+    use_gpu: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> ScoreResult:
+    """Forecast every series in `input` with the bundle at `model` and write them to `output` (replaced
+    atomically). Raises ScoringError (a ValueError) naming the problem for unusable inputs."""
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    started = time.perf_counter()
+    try:
+        bundle = load_bundle(model)
+    except ValueError as err:
+        raise ScoringError(str(err)) from None
+    if bundle.features.covariates:
+        raise ScoringError(f"model {model} needs covariates {list(bundle.features.covariates)}; batch scoring "
+                           "serves calendar-only models")
+    horizon = horizon or bundle.max_horizon
+    if not 1 <= horizon <= bundle.max_horizon:
+        raise ScoringError(f"horizon must be between 1 and {bundle.max_horizon} hours, got {horizon}")
+    if batch_size < 1 or (num_workers is not None and num_workers < 1):
+        raise ScoringError("--batch-size and --num-workers must be at least 1")
+    in_fs, in_path, schema, rows = inspect_input(input)
+    out_fs, out_path, tmp = _prepare_output(output)
+    tz = schema.field(TIMESTAMP).type.tz
+    try:
+        ensure_ray()
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        workers = num_workers or max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
+        skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
+        log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
+            f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
+        ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=list(REQUIRED_COLUMNS))
+        # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
+        partitions = max(workers, min(200, rows // 1_000_000 + 1))
+        windows = ds.groupby(ZONE, num_partitions=partitions).map_groups(
+            _last_window, batch_format="pyarrow", fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
+        # Forecasting actors reserve half a CPU each (torch runs one thread in each): a pool as wide as
+        # the machine must leave logical CPUs for the read, shuffle and windowing tasks that feed it, or
+        # the pipeline waits on itself.
+        actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 0.5}
+        forecasts = windows.map_batches(
+            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
+            fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),
+            **actor_resources)
+        forecasts.write_parquet(tmp, filesystem=out_fs)
+        skipped = ray.get(skip_log.items.remote())
+        written = _count_rows(out_fs, tmp)
+        series = written // horizon
+        if series == 0:
+            reasons = "; ".join(f"{z}: {r}" for z, r in skipped[:3])
+            raise ScoringError(f"no series in {input} could be scored ({len(skipped)} skipped; {reasons})")
+        if skipped:
+            table = pa.table({"zone": [z for z, _ in skipped], "reason": [r for _, r in skipped]})
+            with out_fs.open_output_stream(f"{tmp}/{SKIPPED_FILE}") as out:
+                import pyarrow.parquet as pq
+
+                pq.write_table(table, out)
+        seconds = time.perf_counter() - started
+        manifest = {"model": str(model), "model_name": bundle.name, "model_version": bundle.version,
+                    "input": str(input), "input_rows": rows, "series": series, "rows": written,
+                    "skipped": len(skipped), "horizon": horizon, "quantiles": list(bundle.quantiles),
+                    "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with out_fs.open_output_stream(f"{tmp}/{SUCCESS_FILE}") as out:
+            out.write(json.dumps(manifest, indent=2).encode())
+        _swap_into_place(out_fs, tmp, out_path)
+    except BaseException as err:
+        try:
+            out_fs.delete_dir(tmp)
+        except OSError:
+            pass
+        if isinstance(err, ray.exceptions.RayError):
+            raise ScoringError(f"scoring failed: {_root_cause(err)}") from None
+        raise
+    return ScoreResult(output=str(output), series=series, rows=written, skipped=skipped, seconds=seconds)
+
+
+def _count_rows(fs: pafs.FileSystem, path: str) -> int:
+    try:
+        return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+    except (pa.ArrowInvalid, OSError):  # nothing written: every series was skipped
+        return 0
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost exception's message: Ray wraps a UDF's error in several layers."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}".split("\n")[0]
+
+
+class _SkipLog:
+    """A tiny actor collecting (zone, reason) for the series the windowing stage could not use."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str]] = []
+
+    def add(self, zone: str, reason: str) -> None:
+        self._items.append((zone, reason))
+
+    def items(self) -> list[tuple[str, str]]:
+        return sorted(self._items)

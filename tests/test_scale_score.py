@@ -1,0 +1,145 @@
+"""Batch scoring on Ray Data (serving/score.py): real Ray (the session instance), real Parquet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.bundle import load_bundle
+from serving.score import SKIPPED_FILE, SUCCESS_FILE, ScoringError, score
+from training.synthetic import synthetic_load
+
+N_SERIES, HOURS = 2000, 360
+
+
+@pytest.fixture(scope="module")
+def histories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """2,000 synthetic series as two Parquet files (a folder), rows shuffled; three series are unusable."""
+    table = synthetic_load(n_zones=N_SERIES, hours=HOURS, seed=3)[["zone", "timestamp", "load_mw"]]
+    table = table[~((table.zone == "Z0007") & (table.timestamp == table.timestamp.max() - pd.Timedelta(hours=5)))]
+    table.loc[(table.zone == "Z0011") & (table.timestamp == table.timestamp.max()), "load_mw"] = np.nan
+    table = table[(table.zone != "Z0013") | (table.timestamp > table.timestamp.max() - pd.Timedelta(hours=100))]
+    table = table.sample(frac=1.0, random_state=0)  # scoring must not rely on the input's order
+    folder = tmp_path_factory.mktemp("scoring") / "input"
+    folder.mkdir()
+    half = len(table) // 2
+    table.iloc[:half].to_parquet(folder / "part-0.parquet", index=False)
+    table.iloc[half:].to_parquet(folder / "part-1.parquet", index=False)
+    return folder, table
+
+
+def in_process(bundle_dir: Path, table: pd.DataFrame, horizon: int) -> tuple[list[str], np.ndarray, pd.DatetimeIndex]:
+    """The reference: one `Bundle.predict` call over every usable series' last input_length hours."""
+    bundle = load_bundle(bundle_dir)
+    zones, windows, lasts = [], [], []
+    for zone, g in table.sort_values("timestamp").groupby("zone"):
+        if zone in ("Z0007", "Z0011", "Z0013"):
+            continue
+        zones.append(zone)
+        windows.append(g.load_mw.to_numpy(np.float32)[-bundle.input_length:])
+        lasts.append(g.timestamp.iloc[-1])
+    return zones, bundle.predict(np.stack(windows), pd.DatetimeIndex(lasts), horizon), pd.DatetimeIndex(lasts)
+
+
+def test_scoring_2000_series_equals_in_process_forecasts_row_for_row(ray_session, tiny_bundle_dir: Path,
+                                                                    histories, tmp_path: Path) -> None:
+    folder, table = histories
+    out = tmp_path / "forecasts"
+    result = score(tiny_bundle_dir, folder, out, num_workers=2, batch_size=256, horizon=24)
+    assert result.series == N_SERIES - 3 and result.rows == (N_SERIES - 3) * 24
+    assert [z for z, _ in result.skipped] == ["Z0007", "Z0011", "Z0013"]
+
+    got = pd.read_parquet(out)  # Parquet readers skip _SUCCESS and _skipped.parquet
+    assert list(got.columns) == ["zone", "origin", "timestamp", "horizon", "mean", "q0.1", "q0.5", "q0.9"]
+    got = got.sort_values(["zone", "horizon"]).reset_index(drop=True)
+    zones, expected, lasts = in_process(tiny_bundle_dir, table, 24)
+    assert got.zone.unique().tolist() == zones
+    quantiles = got[["q0.1", "q0.5", "q0.9"]].to_numpy().reshape(len(zones), 24, 3)
+    np.testing.assert_array_equal(quantiles, expected)
+    np.testing.assert_array_equal(got["mean"].to_numpy(), got["q0.5"].to_numpy())
+    origin = np.repeat((lasts + pd.Timedelta(hours=1)).to_numpy(), 24)
+    np.testing.assert_array_equal(got.origin.to_numpy(), origin)
+    np.testing.assert_array_equal(got.timestamp.to_numpy(),
+                                  origin + np.tile(np.arange(24), len(zones)).astype("timedelta64[h]"))
+    np.testing.assert_array_equal(got.horizon.to_numpy(), np.tile(np.arange(1, 25), len(zones)))
+
+    manifest = json.loads((out / SUCCESS_FILE).read_text())
+    assert manifest["series"] == N_SERIES - 3 and manifest["skipped"] == 3
+    skipped = pd.read_parquet(out / SKIPPED_FILE)
+    assert "contiguous" in skipped.set_index("zone").loc["Z0007", "reason"]
+    assert "NaN" in skipped.set_index("zone").loc["Z0011", "reason"]
+    assert "hours of history" in skipped.set_index("zone").loc["Z0013", "reason"]
+
+
+def test_rerun_replaces_the_output_and_a_failed_run_leaves_it_intact(ray_session, tiny_bundle_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    table = synthetic_load(n_zones=20, hours=400, seed=5)[["zone", "timestamp", "load_mw"]]
+    table.to_parquet(tmp_path / "in.parquet", index=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.parquet").write_bytes(b"left over from an older run")
+    score(tiny_bundle_dir, tmp_path / "in.parquet", out, num_workers=1, horizon=6)
+    assert not (out / "stale.parquet").exists() and (out / SUCCESS_FILE).is_file()
+    before = sorted(p.name for p in out.iterdir())
+
+    table.groupby("zone").tail(100).to_parquet(tmp_path / "short.parquet", index=False)  # nothing scorable
+    with pytest.raises(ScoringError, match="no series .* could be scored"):
+        score(tiny_bundle_dir, tmp_path / "short.parquet", out, num_workers=1, horizon=6)
+    assert sorted(p.name for p in out.iterdir()) == before  # the previous result, whole
+    assert len(pd.read_parquet(out)) == 20 * 6
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary left behind
+
+
+def test_bad_inputs_give_clear_errors(ray_session, tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.parquet"
+    synthetic_load(n_zones=2, hours=400, seed=1)[["zone", "timestamp", "load_mw"]].to_parquet(good, index=False)
+    out = tmp_path / "out"
+
+    no_load = tmp_path / "no_load.parquet"
+    pd.read_parquet(good).drop(columns="load_mw").to_parquet(no_load, index=False)
+    with pytest.raises(ScoringError, match=r"lacks column\(s\) \['load_mw'\]"):
+        score(tiny_bundle_dir, no_load, out)
+
+    with pytest.raises(ScoringError, match="no model bundle at"):
+        score(tmp_path / "no-such-model", good, out)
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ScoringError, match="cannot write the output"):
+        score(tiny_bundle_dir, good, blocker / "out")
+
+    empty = tmp_path / "empty.parquet"
+    pd.read_parquet(good).iloc[:0].to_parquet(empty, index=False)
+    with pytest.raises(ScoringError, match="has no rows"):
+        score(tiny_bundle_dir, empty, out)
+
+    with pytest.raises(ScoringError, match="does not exist"):
+        score(tiny_bundle_dir, tmp_path / "missing.parquet", out)
+
+    text_stamps = tmp_path / "text.parquet"
+    pd.read_parquet(good).astype({"timestamp": str}).to_parquet(text_stamps, index=False)
+    with pytest.raises(ScoringError, match="not a timestamp"):
+        score(tiny_bundle_dir, text_stamps, out)
+    assert not out.exists()
+
+
+def test_cli_score_prints_a_summary_and_fails_with_one_line(ray_session, tiny_bundle_dir: Path,
+                                                           tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from energyopt.cli import app
+
+    good = tmp_path / "in.parquet"
+    synthetic_load(n_zones=4, hours=400, seed=2)[["zone", "timestamp", "load_mw"]].to_parquet(good, index=False)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["score", "--model", str(tiny_bundle_dir), "--input", str(good), "--output",
+                             str(tmp_path / "out"), "--num-workers", "1", "--no-progress"])
+    assert ok.exit_code == 0, ok.output
+    assert "for 4 series" in ok.output
+    bad = runner.invoke(app, ["score", "--model", str(tmp_path / "nope"), "--input", str(good), "--output",
+                              str(tmp_path / "out")])
+    assert bad.exit_code == 2 and "no model bundle at" in bad.output and "Traceback" not in bad.output
