@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
 from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
 from energyopt import cli_scale  # score, sweep, distributed train: imports Ray lazily
 
@@ -22,7 +23,7 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-MODEL_CHOICES = ("lstm", "transformer", "linear", "seasonal_naive")
+MODEL_CHOICES = ("lstm", "transformer", "linear", "seasonal_naive", "autoencoder")
 
 
 def _fail(message: str) -> None:
@@ -159,6 +160,7 @@ def forecast(
 
 
 app.command()(serve)
+app.command()(detect)
 app.command()(cli_scale.score)
 
 

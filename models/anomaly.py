@@ -6,6 +6,7 @@ where level is the series' recent typical load. One residual stream is scored at
 because the faults operators care about show up at different ones:
 
     point   |r|                              spikes, dips, zero readings
+    jump    |r(t) - r(t-1)|                  abrupt changes: the edges of spikes, dips, shifts, dropouts
     level   |24 h centred mean of r|          level shifts, drift, dropouts
     shape   24 h centred std of r            flat lines (stuck meter), lost daily pattern
 
@@ -25,7 +26,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-COMPONENTS = ("point", "level", "shape")
+COMPONENTS = ("point", "jump", "level", "shape")
 DAY = 24
 
 
@@ -53,14 +54,16 @@ class Event:
 
 
 def score_components(residual: np.ndarray) -> np.ndarray:
-    """[T] relative residuals (NaN where not scored) -> [T, 3] point, level and shape components."""
+    """[T] relative residuals (NaN where not scored) -> [T, 4] point, jump, level and shape components."""
     r = pd.Series(np.asarray(residual, dtype=np.float64))
     rolling = r.rolling(DAY, center=True, min_periods=DAY // 2)
     point = r.abs().to_numpy()
+    jump = r.diff().abs().to_numpy()
     level = rolling.mean().abs().to_numpy()
     shape = rolling.std().to_numpy()
-    out = np.stack([point, level, shape], axis=1)
+    out = np.stack([point, jump, level, shape], axis=1)
     out[~np.isfinite(r.to_numpy())] = np.nan
+    out[0, 1] = np.nan if len(out) else 0.0
     return out
 
 
@@ -143,9 +146,10 @@ def calibrate(
 ) -> Calibration:
     """Fit scales and thresholds on residuals of normal (validation) data, zone -> list of segments.
 
-    With `max_false_alarms_per_month`, thresholds are then raised together (never lowered) until the
-    events found on this same data are at most that many per zone and month: the hourly risk of the
-    fit does not say how exceedances cluster into events, which is what an operator counts.
+    With `max_false_alarms_per_month`, the fitted thresholds keep their ratios and are then scaled
+    together to the lowest level at which the events found on this same data are at most that many per
+    zone and month: the hourly risk of the tail fit does not say how exceedances cluster into events,
+    which is what an operator counts.
     """
     comps = {z: [score_components(r) for r in segs] for z, segs in residuals.items()}
     scales = {z: np.nanmedian(np.concatenate(c), axis=0) for z, c in comps.items()}
@@ -158,14 +162,20 @@ def calibrate(
                       scales={z: s.tolist() for z, s in scales.items()}, method=method, risk=risk,
                       merge_gap_hours=merge_gap_hours)
     months = sum(np.isfinite(r).sum() for segs in residuals.values() for r in segs) / (DAY * 365.25 / 12)
+    scores = {z: [cal.score(r, z)[0] for r in segs] for z, segs in residuals.items()}
+
+    def alarms(factor: float) -> tuple[dict[str, int], float]:
+        counts = {z: sum(len(_flagged_runs(s / factor, merge_gap_hours)) for s in segs) for z, segs in scores.items()}
+        return counts, sum(counts.values()) / max(months, 1e-9)
+
     factor = 1.0
-    while True:
-        counts = {z: sum(len(_flagged_runs(cal.score(r, z)[0] / factor, merge_gap_hours)) for r in segs)
-                  for z, segs in residuals.items()}
-        rate = sum(counts.values()) / max(months, 1e-9)
-        if max_false_alarms_per_month is None or rate <= max_false_alarms_per_month or factor > 10:
-            break
-        factor *= 1.05
+    if max_false_alarms_per_month is not None:  # bisection on log(factor) between 1/8 and 8
+        lo, hi = -3.0, 3.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if alarms(2.0**mid)[1] <= max_false_alarms_per_month else (mid, hi)
+        factor = 2.0**hi
+    counts, rate = alarms(factor)
     cal.thresholds = [t * factor for t in thresholds]
     cal.validation = {"false_alarm_events": counts, "zone_months": round(months, 2),
                       "false_alarms_per_zone_month": round(rate, 3), "threshold_factor": round(factor, 3)}
@@ -229,3 +239,52 @@ def relative_residual(observed: np.ndarray, expected: np.ndarray, level: np.ndar
     """(observed - expected) / level, NaN where nothing was expected."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return (np.asarray(observed, np.float64) - expected) / level
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+def detection_segments(table: pd.DataFrame, *, max_interpolate_hours: int = 6) -> tuple[list[Any], list[str]]:
+    """Gap-free hourly segments of a long table (zone, timestamp, load_mw) for detection, and notes on
+    what was repaired.
+
+    Unlike `models.data.clean`, which prepares training data, zero, negative and absurd readings are kept:
+    they are what a detector is looking for. Duplicate hours (the daylight-saving fall-back hour) are
+    merged by their mean; missing hours (absent rows, NaN) are interpolated when a run is at most
+    `max_interpolate_hours` long, and longer runs split the series.
+    """
+    from models.data import Series
+    from models.series import LOAD, TIMESTAMP, ZONE, SeriesError
+
+    missing = [c for c in (ZONE, TIMESTAMP, LOAD) if c not in table.columns]
+    if missing:
+        raise SeriesError(f"detection input lacks column(s) {missing}; expected {[ZONE, TIMESTAMP, LOAD]}")
+    stamps = pd.DatetimeIndex(table[TIMESTAMP])
+    if (stamps != stamps.floor("h")).any():
+        bad = stamps[stamps != stamps.floor("h")][0]
+        raise SeriesError(f"timestamp {bad} is not on the hour; resample the data to hourly means first")
+    segments, notes = [], []
+    frame = pd.DataFrame({ZONE: table[ZONE].astype(str).to_numpy(), TIMESTAMP: stamps,
+                          LOAD: pd.to_numeric(table[LOAD], errors="coerce").to_numpy(np.float64)})
+    frame.loc[~np.isfinite(frame[LOAD]), LOAD] = np.nan
+    for zone, rows in frame.groupby(ZONE, sort=True):
+        dup = int(rows[TIMESTAMP].duplicated().sum())
+        hourly = rows.groupby(TIMESTAMP)[LOAD].mean()
+        grid = pd.date_range(hourly.index[0], hourly.index[-1], freq="h")
+        values = hourly.reindex(grid)
+        gaps = values.isna()
+        run_id = (~gaps).cumsum()
+        run_len = gaps.groupby(run_id).transform("sum")
+        long_gap = gaps & (run_len > max_interpolate_hours)
+        filled = values.interpolate(limit_area="inside")
+        filled[long_gap] = np.nan
+        n_filled = int((gaps & filled.notna()).sum())
+        ok = filled.notna().to_numpy()
+        edges = np.diff(np.r_[0, ok.astype(np.int8), 0])
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        for a, b in zip(starts, ends):
+            segments.append(Series(zone=str(zone), timestamps=grid[a:b],
+                                   load=filled.to_numpy(np.float32)[a:b]))
+        if dup or n_filled or len(starts) > 1:
+            notes.append(f"{zone}: {dup} duplicate hours merged (mean), {n_filled} missing hours interpolated, "
+                         f"{len(starts) - 1} gaps longer than {max_interpolate_hours} h split the series")
+    return segments, notes

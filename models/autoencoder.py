@@ -26,7 +26,7 @@ Shapes: B windows, W hours, C calendar features.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anomaly import Calibration, Event, find_events, relative_residual
+from models.anomaly import Calibration, Event, calibrate, find_events, relative_residual
 from models.features import FeatureSpec, calendar_features
 
 WEEK = 168
@@ -115,7 +115,9 @@ class ConvAutoencoder(nn.Module):
         days = y.clamp(-clip, clip).view(b, w // DAY, DAY)
         shape = (days - days.mean(dim=-1, keepdim=True)).view(b, w)
         cal = cal.transpose(1, 2)  # [B, C, W]
-        code = self.encoder(torch.cat([shape.unsqueeze(1), r.unsqueeze(1), cal], dim=1))  # [B, latent, W/24]
+        # [B, latent, W/24]; bounded, so an input unlike any normal week (a flat line) maps to the edge of
+        # the normal codes instead of to a code that reproduces it
+        code = torch.tanh(self.encoder(torch.cat([shape.unsqueeze(1), r.unsqueeze(1), cal], dim=1)))
         code = code.repeat_interleave(DAY, dim=-1)
         out = self.decoder(torch.cat([code, r.unsqueeze(1), cal], dim=1)).squeeze(1)
         return r + out, y, level  # the decoder corrects the reference week
@@ -194,3 +196,45 @@ def detect_series(model: ConvAutoencoder, features: FeatureSpec, calibration: Ca
     rec.events = find_events(zone, timestamps, rec.score, rec.which, rec.expected, rec.observed,
                              calibration.merge_gap_hours)
     return rec
+
+
+def calibrate_detector(model: ConvAutoencoder, features: FeatureSpec, segments: Sequence[Any],
+                       **calibrate_kwargs: Any) -> Calibration:
+    """Fit the scales and thresholds on normal data: `segments` are gap-free series (models.data.Series)
+    whose hours before `target_start` serve as reference only."""
+    residuals: dict[str, list[np.ndarray]] = {}
+    for s in segments:
+        if len(s.load) < min_hours(model.config):
+            continue
+        r = reconstruct(model, features, s.load, s.timestamps, s.zone).residual
+        if getattr(s, "target_start", None) is not None:
+            r[: int(s.timestamps.searchsorted(s.target_start))] = np.nan
+        residuals.setdefault(s.zone, []).append(r)
+    if not residuals:
+        raise ValueError(f"no calibration segment is long enough: each needs {min_hours(model.config)} hours")
+    return calibrate(residuals, **calibrate_kwargs)
+
+
+def detector_of(bundle: Any) -> tuple[ConvAutoencoder, Calibration]:
+    """The autoencoder and calibration of an anomaly bundle (models.bundle.load_bundle); a clear error
+    for any other bundle."""
+    if getattr(bundle, "kind", "forecaster") != "autoencoder" or "detector" not in bundle.meta:
+        raise ValueError(f"model {bundle.name!r} is a {bundle.kind} bundle, not an anomaly detector; "
+                         f"train one with `energyopt train --model autoencoder`")
+    return bundle.model, Calibration.from_dict(bundle.meta["detector"])
+
+
+def detect_segments(bundle: Any, segments: Sequence[Any]) -> tuple[list[Reconstruction], list[str]]:
+    """Detect anomalies in gap-free segments (models.anomaly.detection_segments); segments too short
+    to score are skipped with a note."""
+    model, calibration = detector_of(bundle)
+    need = min_hours(model.config)
+    out, notes = [], []
+    for s in segments:
+        if len(s.load) < need:
+            notes.append(f"{s.zone}: {len(s.load)} h segment from {s.timestamps[0]} skipped: the detector needs "
+                         f"at least {need} h ({need // WEEK - model.config.input_length // WEEK} weeks of reference "
+                         f"before a {model.config.input_length} h window)")
+            continue
+        out.append(detect_series(model, bundle.features, calibration, s.load, s.timestamps, s.zone))
+    return out, notes

@@ -1,4 +1,5 @@
-"""Fit a forecaster on a long-format table and write a model bundle (local, single process)."""
+"""Fit a forecaster (or the anomaly autoencoder) on a long-format table and write a model bundle (local, single
+process)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
+from models.anomaly import COMPONENTS
+from models.autoencoder import WEEK, AutoencoderParams, ConvAutoencoder, calibrate_detector
 from models.bundle import Bundle, load_bundle, save_bundle
 from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
 from models.forecaster import QuantileForecaster
 from models.series import BUNDLED_PJM
-from training.config import TrainConfig
+from training.config import AUTOENCODER, TrainConfig
 from training.evaluate import backtest, score
-from training.module import ForecastModule, WindowDataModule
+from training.module import AutoencoderModule, ForecastModule, WindowDataModule
 
 
 class EpochLog(Callback):
@@ -54,8 +57,11 @@ def prepare_data(config: TrainConfig, data: str | Path | None) -> tuple[Split, R
     """Read, repair and split the data as the config says; also returns the raw data's fingerprint."""
     table = read_table(data if data is not None else BUNDLED_PJM)
     series, report = clean(table, max_interpolate_hours=config.data.max_interpolate_hours)
+    context = config.model.input_length
+    if config.model.type == AUTOENCODER:  # windows read their reference weeks before them
+        context = WEEK * AutoencoderParams(**config.model.params).reference_weeks
     split = split_by_time(series, val_hours=config.data.val_days * 24, test_hours=config.data.test_days * 24,
-                          context_hours=config.model.input_length)
+                          context_hours=context)
     return split, report, fingerprint(table)
 
 
@@ -116,6 +122,9 @@ def train(
     for line in report.summary_lines():
         log(f"  {line}")
     features = cfg.features.spec()
+    if cfg.model.type == AUTOENCODER:
+        return _train_autoencoder(cfg, split, report, data_fp, data, out, progress=progress, evaluate=evaluate,
+                                  log=log)
     model = build_model(cfg)
     dm = WindowDataModule(split, model.config, features, batch_size=min(tr.batch_size, tr.samples_per_epoch),
                           samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
@@ -127,19 +136,7 @@ def train(
     if any(p.requires_grad for p in model.parameters()):
         module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)
         module.model = model
-        with tempfile.TemporaryDirectory(prefix=".ckpt-", dir=out.parent if out.parent.exists() else None) as ckpt:
-            best = ModelCheckpoint(dirpath=ckpt, monitor="val_loss", mode="min", save_top_k=1)
-            trainer = pl.Trainer(
-                max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=1, precision=_precision(tr),
-                gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=progress,
-                enable_model_summary=progress,
-                callbacks=[best, EarlyStopping("val_loss", patience=tr.patience), epochs],
-            )
-            trainer.fit(module, datamodule=dm)
-            if best.best_model_path:
-                state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-                module.load_state_dict(state)
-        model = module.model.cpu().float()
+        model = _fit(module, dm, tr, out, progress, epochs)
     scales = calibrate_intervals(model, dm.val_set)
     log(f"interval calibration on validation: {dict(zip(model.config.quantiles, np.round(scales, 3)))}")
     meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
@@ -149,6 +146,61 @@ def train(
         frame = backtest(bundle, split.test)
         metrics = score(frame, [bundle.name], split.train)
     save_bundle(out, model, features, name=cfg.name, version=bundle.version, meta=meta, metrics=metrics)
+    return load_bundle(out)
+
+
+def _fit(module: pl.LightningModule, dm: WindowDataModule, tr: Any, out: Path, progress: bool,
+         epochs: EpochLog) -> torch.nn.Module:
+    """The Lightning loop with early stopping; returns the module's model at its best validation loss."""
+    with tempfile.TemporaryDirectory(prefix=".ckpt-", dir=out.parent if out.parent.exists() else None) as ckpt:
+        best = ModelCheckpoint(dirpath=ckpt, monitor="val_loss", mode="min", save_top_k=1)
+        trainer = pl.Trainer(
+            max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=1, precision=_precision(tr),
+            gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=progress,
+            enable_model_summary=progress,
+            callbacks=[best, EarlyStopping("val_loss", patience=tr.patience), epochs],
+        )
+        trainer.fit(module, datamodule=dm)
+        if best.best_model_path:
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+    return module.model.cpu().float()
+
+
+def _train_autoencoder(cfg: TrainConfig, split: Split, report: RepairReport, data_fp: str, data: Any, out: Path, *,
+                       progress: bool, evaluate: bool, log: Callable[[str], None]) -> Bundle:
+    """Train the anomaly autoencoder, calibrate its threshold on the validation period, save the bundle
+    (the calibration is in config.json under "detector"), and evaluate it on the test period."""
+    from training.anomalies import evaluate_detector
+
+    tr, features = cfg.training, cfg.features.spec()
+    model = ConvAutoencoder(cfg.autoencoder_config())
+    dm = WindowDataModule(split, model.config, features, batch_size=min(tr.batch_size, tr.samples_per_epoch),
+                          samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
+    dm.setup()
+    log(f"windows: {len(dm.train_set):,} training starts ({tr.samples_per_epoch:,} drawn per epoch), "
+        f"{len(dm.val_set):,} validation")
+    epochs = EpochLog(None if progress else log)
+    started = time.perf_counter()
+    module = AutoencoderModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)
+    module.model = model
+    model = _fit(module, dm, tr, out, progress, epochs).eval()
+    d = cfg.detection
+    calibration = calibrate_detector(model, features, split.val, method=d.method, risk=d.risk,
+                                     merge_gap_hours=d.merge_gap_hours,
+                                     max_false_alarms_per_month=d.max_false_alarms_per_month)
+    log(f"threshold calibration on validation ({d.method}, risk {d.risk:g}/h): thresholds "
+        f"{dict(zip(COMPONENTS, np.round(calibration.thresholds, 2)))}, "
+        f"{calibration.validation['false_alarms_per_zone_month']} false alarms per zone-month")
+    meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
+    meta["detector"] = calibration.to_dict()
+    version = _version()
+    metrics = None
+    if evaluate:
+        metrics = evaluate_detector(model, features, calibration, split.test, seed=tr.seed)
+        log(f"test period: event F1 {metrics['summary']['f1']:.3f} on injected anomalies, "
+            f"{metrics['summary']['false_alarms_per_zone_month']:.2f} false alarms per zone-month untouched")
+    save_bundle(out, model, features, name=cfg.name, version=version, meta=meta, metrics=metrics)
     return load_bundle(out)
 
 

@@ -8,10 +8,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
+from models.autoencoder import AutoencoderConfig, AutoencoderParams, ConvAutoencoder
 from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster, forecast_loss
 from models.data import Split
-from training.windows import WindowDataset
+from training.windows import ReferenceWindowDataset, WindowDataset
 
 
 class ForecastModule(pl.LightningModule):
@@ -43,27 +44,47 @@ class ForecastModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class AutoencoderModule(ForecastModule):
+    """Trains a ConvAutoencoder to reconstruct normal weeks (Huber loss in reference-level units);
+    optimizer and schedule as for the forecasters."""
+
+    def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
+        pl.LightningModule.__init__(self)
+        self.save_hyperparameters({"model_config": model_config, "lr": lr, "weight_decay": weight_decay})
+        self.model = ConvAutoencoder(AutoencoderConfig.from_dict(model_config))
+
+    def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.model.loss(*batch)
+
+
 class WindowDataModule(pl.LightningDataModule):
     """Random training windows (a fresh draw of `samples_per_epoch` each epoch) and a fixed validation subset."""
 
-    def __init__(self, split: Split, model_config: ForecasterConfig, features: FeatureSpec, *, batch_size: int,
-                 samples_per_epoch: int, val_samples: int, seed: int = 0) -> None:
+    def __init__(self, split: Split, model_config: ForecasterConfig | AutoencoderConfig, features: FeatureSpec, *,
+                 batch_size: int, samples_per_epoch: int, val_samples: int, seed: int = 0) -> None:
         super().__init__()
         self.split, self.model_config, self.features = split, model_config, features
         self.batch_size, self.samples_per_epoch, self.val_samples, self.seed = (
             batch_size, samples_per_epoch, val_samples, seed)
-        self.train_set: WindowDataset | None = None
+        self.train_set: WindowDataset | ReferenceWindowDataset | None = None
         self.val_set: Subset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        length, horizon = self.model_config.input_length, self.model_config.horizon
-        self.train_set = WindowDataset(self.split.train, length, horizon, self.features)
-        val = WindowDataset(self.split.val, length, horizon, self.features)
+        if isinstance(self.model_config, AutoencoderConfig):  # autoencoder: windows with their reference
+            weeks = AutoencoderParams(**self.model_config.params).reference_weeks
+            self.train_set, val = (ReferenceWindowDataset(part, self.model_config.input_length, weeks, self.features)
+                                   for part in (self.split.train, self.split.val))
+            need = f"{weeks} reference weeks + {self.model_config.input_length} h"
+        else:
+            length, horizon = self.model_config.input_length, self.model_config.horizon
+            self.train_set = WindowDataset(self.split.train, length, horizon, self.features)
+            val = WindowDataset(self.split.val, length, horizon, self.features)
+            need = f"{length} h history + {horizon} h horizon"
         if len(self.train_set) == 0 or len(val) == 0:
             raise ValueError(
-                f"not enough data for {length} h history + {horizon} h horizon windows: "
+                f"not enough data for {need} windows: "
                 f"{len(self.train_set)} training and {len(val)} validation windows"
             )
         pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(self.seed))[: self.val_samples]

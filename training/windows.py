@@ -64,3 +64,33 @@ class WindowDataset(Dataset):
         start, end = origin - self.input_length, origin + self.horizon
         load, cov = self.loads[i], self.covs[i]
         return load[start:origin], cov[start:origin], cov[origin:end], load[origin:end]
+
+
+class ReferenceWindowDataset(Dataset):
+    """Autoencoder windows: (load [W], reference [W], calendar [W, C]) for every window start that has
+    `reference_weeks` weeks of the same segment before it (models.autoencoder.reference) and whose
+    window lies at or after the segment's `target_start`."""
+
+    def __init__(self, series: Sequence[Series], window: int, reference_weeks: int, features: FeatureSpec) -> None:
+        from models.autoencoder import WEEK, reference
+
+        self.window = window
+        self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
+        self.refs = [torch.from_numpy(reference(s.load, reference_weeks)) for s in series]
+        self.covs = [torch.from_numpy(series_covariates(s, features)) for s in series]
+        index = []
+        for i, s in enumerate(series):
+            first = WEEK * reference_weeks
+            if getattr(s, "target_start", None) is not None:
+                first = max(first, int(s.timestamps.searchsorted(s.target_start)))
+            starts = np.arange(first, len(s.load) - window + 1)
+            index.append(np.stack([np.full(len(starts), i), starts], axis=1))
+        self.index = np.concatenate(index) if index else np.zeros((0, 2), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
+        i, start = self.index[item]
+        sl = slice(start, start + self.window)
+        return self.loads[i][sl], self.refs[i][sl], self.covs[i][sl]
