@@ -34,6 +34,8 @@ from ray import serve
 
 from models.bundle import BundleError, load_bundle
 from models.series import DEFAULT_REGION
+from serving.anomaly import AnomalyDetector
+from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.engine import ApiError, Engine, Job, Limits, load_histories
 
@@ -42,6 +44,7 @@ logger = logging.getLogger("ray.serve")
 SERVICE = pb.DESCRIPTOR.services_by_name["ForecastService"].full_name  # "energyopt.v1.ForecastService"
 GRPC_SERVICER_FUNCTIONS = [
     "serving.api.energyopt.v1.forecast_pb2_grpc.add_ForecastServiceServicer_to_server",
+    "serving.api.energyopt.v1.anomaly_pb2_grpc.add_AnomalyServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 DEFAULT_MODEL = "runs/demo/model"
@@ -77,6 +80,9 @@ class ReplicaConfig(BaseModel):
     max_batch_series: int = Field(256, ge=1, description="Series per forward pass (region requests count "
                                                           "one per zone): the dynamic batch size.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
+    anomaly_model: Optional[str] = Field(None, description="Anomaly model bundle (`energyopt train --model "
+                                                           "autoencoder`) for DetectAnomalies; none: it answers "
+                                                           "FAILED_PRECONDITION.")
 
 
 def _series_in(jobs: list[Job]) -> int:
@@ -128,6 +134,7 @@ class Forecaster:
         self.regions = {self.args.region: sorted(self.histories)} | self.args.regions
         self.limits = Limits(self.args.max_series_per_request, self.args.max_points_per_request)
         self.engine: Engine | None = None  # loaded by reconfigure(), which Serve calls before traffic
+        self.anomaly = AnomalyDetector(self.args.data, self.limits)  # DetectAnomalies (serving/anomaly.py)
         self.config = ReplicaConfig()
         self.max_batch_series = self.config.max_batch_series
         self.swap_error = ""
@@ -142,6 +149,7 @@ class Forecaster:
         """Apply a new user_config: batching at once; a different model is loaded off the event loop and
         swapped in between batches (requests keep being answered by the old model meanwhile)."""
         config = ReplicaConfig.model_validate(user_config or {})
+        await self.anomaly.configure(config.anomaly_model)
         self._run_batch.set_max_batch_size(config.max_batch_series)
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.max_batch_series = config.max_batch_series
@@ -249,6 +257,17 @@ class Forecaster:
     async def ForecastSeries(self, request: pb.ForecastSeriesRequest, grpc_context=None) -> pb.ForecastSeriesResponse:
         return await self._grpc(Engine.series_job, request, pb.ForecastSeriesResponse(), grpc_context)
 
+    async def DetectAnomalies(self, request: apb.DetectAnomaliesRequest,
+                              grpc_context=None) -> apb.DetectAnomaliesResponse:
+        try:
+            return await self.anomaly.detect(request)
+        except ApiError as err:
+            if grpc_context is None:
+                raise
+            grpc_context.set_code(err.code)
+            grpc_context.set_details(err.message)
+            return apb.DetectAnomaliesResponse()
+
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:
         try:
             return self._model_info(request)
@@ -315,6 +334,14 @@ class Forecaster:
         except ApiError as err:
             return _error_json(err)
         return await self._http(Engine.series_job, message)
+
+    @http_app.post("/v1/anomalies", summary="DetectAnomalies (body: DetectAnomaliesRequest as JSON)")
+    async def http_detect_anomalies(self, request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(_to_json(await self.anomaly.detect(
+                _parse(await _json(request), apb.DetectAnomaliesRequest()))))
+        except ApiError as err:
+            return _error_json(err)
 
     @http_app.get("/v1/model", summary="GetModelInfo")
     async def http_model_info(self, model: str = "") -> JSONResponse:

@@ -24,6 +24,7 @@ def load_config(
     path: str | Path | None = None,
     *,
     model: str | Path | None = None,
+    anomaly_model: str | Path | None = None,
     data: str | Path | None = None,
     grpc_port: int | None = None,
     http_port: int | None = None,
@@ -42,6 +43,8 @@ def load_config(
     deployment = _deployment(app)
     if model is not None:
         deployment.setdefault("user_config", {})["model"] = str(Path(model).expanduser().resolve())
+    if anomaly_model is not None:  # DetectAnomalies' bundle
+        deployment.setdefault("user_config", {})["anomaly_model"] = str(Path(anomaly_model).expanduser().resolve())
     if data is not None:
         app.setdefault("args", {})["data"] = str(Path(data).expanduser().resolve())
     if grpc_port is not None:

@@ -1,0 +1,224 @@
+"""DetectAnomalies: what an anomaly request means, and the replica-side holder of the anomaly model.
+
+The forecasting deployment (`serving.app`) delegates the `energyopt.v1.AnomalyService` methods here:
+`AnomalyDetector` holds an optional autoencoder bundle (the replica's `user_config.anomaly_model`) and
+the server's history of every zone, *as recorded* (zero and absurd readings kept: they are what the
+detector looks for; duplicate hours merged, short gaps interpolated as for `energyopt detect`).
+Validation follows the forecasting API: INVALID_ARGUMENT naming the field, NOT_FOUND for unknown zones
+or models, RESOURCE_EXHAUSTED for oversized requests, and FAILED_PRECONDITION when no anomaly model is
+configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+
+from models.anomaly import Event, detection_segments
+from models.autoencoder import Reconstruction, detect_series, detector_of, min_hours
+from models.bundle import Bundle, BundleError, load_bundle
+from models.data import read_table
+from models.series import BUNDLED_PJM
+from serving.api.energyopt.v1 import anomaly_pb2 as apb
+from serving.api.energyopt.v1 import forecast_pb2 as pb
+from serving.engine import HOUR, ApiError, Limits, ZoneHistory, invalid, not_found
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_RANGE = pd.Timedelta(days=30)  # range scanned when a request names no start
+
+
+def raw_histories(data: str | Path | None) -> dict[str, ZoneHistory]:
+    """Every zone's load on a dense hourly grid as recorded (NaN in gaps longer than 6 h)."""
+    segments, _ = detection_segments(read_table(data if data is not None else BUNDLED_PJM))
+    by_zone: dict[str, list] = {}
+    for s in segments:
+        by_zone.setdefault(s.zone, []).append(s)
+    out = {}
+    for zone, segs in by_zone.items():
+        start, end = segs[0].timestamps[0], segs[-1].timestamps[-1]
+        values = np.full((end - start) // HOUR + 1, np.nan, dtype=np.float32)
+        for s in segs:
+            i = (s.timestamps[0] - start) // HOUR
+            values[i : i + len(s)] = s.load
+        out[zone] = ZoneHistory(start, values)
+    return out
+
+
+def _time(text: str, name: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError, OverflowError):
+        stamp = pd.NaT
+    if stamp is pd.NaT:
+        raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-06-01T00:00:00")
+    if stamp != stamp.floor("h"):
+        raise invalid(f"{name}: {text!r} is not on the hour; detection is hourly")
+    if stamp.tz is not None:
+        raise invalid(f"{name}: {text!r} has a UTC offset; pass naive local time, as the data holds it")
+    return stamp
+
+
+@dataclass
+class AnomalyEngine:
+    """An anomaly bundle plus the server's raw history: turns requests into responses (no Ray)."""
+
+    bundle: Bundle
+    histories: dict[str, ZoneHistory]
+    limits: Limits
+    bundle_path: str = ""
+
+    def __post_init__(self) -> None:
+        self.model, self.calibration = detector_of(self.bundle)
+        self.min_hours = min_hours(self.model.config)
+        self.reference_hours = self.min_hours - self.model.config.input_length
+
+    def detect(self, req: apb.DetectAnomaliesRequest) -> apb.DetectAnomaliesResponse:
+        if req.model and req.model != self.bundle.name:
+            raise not_found(f"model: {req.model!r} is not served here; this server detects with "
+                            f"{self.bundle.name!r} (version {self.bundle.version})")
+        if req.series and (req.zones or req.start or req.end):
+            raise invalid("series: send either client series or zones/start/end of the server's history, not both")
+        scanned = self._series(req) if req.series else self._zones(req)
+        resp = apb.DetectAnomaliesResponse(model=pb.ModelRef(name=self.bundle.name, version=self.bundle.version),
+                                           reference_hours=self.reference_hours)
+        events: list[Event] = []
+        for rec, first in scanned:
+            score = rec.score.copy()
+            score[:first] = np.nan
+            events += [e for e in rec.events if e.end >= rec.timestamps[first]]
+            resp.scored_hours += int(np.isfinite(score).sum())
+            if req.include_scores:
+                resp.scores.add(name=rec.zone, start=rec.timestamps[first].isoformat(), score=score[first:].tolist(),
+                                expected=rec.expected[first:].astype(np.float64).tolist(),
+                                observed=rec.observed[first:].astype(np.float64).tolist())
+        for e in sorted(events, key=lambda e: (e.start, e.zone)):
+            resp.events.add(zone=e.zone, start=e.start.isoformat(), end=e.end.isoformat(), severity=e.severity,
+                            expected=e.expected, observed=e.observed, component=e.component, hours=e.hours)
+        return resp
+
+    def _run(self, zone: str, values: np.ndarray, start: pd.Timestamp) -> Reconstruction:
+        stamps = pd.date_range(start, periods=len(values), freq="h")
+        return detect_series(self.model, self.bundle.features, self.calibration, values, stamps, zone)
+
+    def _series(self, req: apb.DetectAnomaliesRequest) -> list[tuple[Reconstruction, int]]:
+        n = len(req.series)
+        if n > self.limits.max_series_per_request:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"series: {n} series exceed this server's limit of {self.limits.max_series_per_request} "
+                           "per request; split the request")
+        points = sum(len(s.values) for s in req.series)
+        if points > self.limits.max_points_per_request:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"series: {points:,} values exceed this server's limit of "
+                           f"{self.limits.max_points_per_request:,} per request; send fewer or shorter series")
+        checked = []
+        for i, s in enumerate(req.series):
+            where = f"series[{i}]"
+            values = np.asarray(s.values, dtype=np.float64)
+            if len(values) < self.min_hours:
+                raise invalid(f"{where}.values: {len(values)} values; the detector reads {self.reference_hours} "
+                              f"hours of reference before a {self.model.config.input_length} h window, so send "
+                              f"at least {self.min_hours}")
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad):
+                raise invalid(f"{where}.values: contains NaN or infinite values at positions {bad[:5].tolist()}; "
+                              "send one finite value per hour (fill gaps first)")
+            if not s.start:
+                raise invalid(f"{where}.start: required (the hour of the first value)")
+            checked.append((s.name or where, values.astype(np.float32), _time(s.start, f"{where}.start")))
+        return [(self._run(name, values, start), self.reference_hours) for name, values, start in checked]
+
+    def _zones(self, req: apb.DetectAnomaliesRequest) -> list[tuple[Reconstruction, int]]:
+        zones = list(req.zones) or sorted(self.histories)
+        for i, z in enumerate(zones):
+            if z not in self.histories:
+                raise not_found(f"zones[{i}]: unknown zone {z!r}; this server holds {sorted(self.histories)}")
+            if z in zones[:i]:
+                raise invalid(f"zones[{i}]: zone {z!r} is listed twice")
+        end = _time(req.end, "end") if req.end else min(self.histories[z].end for z in zones)
+        start = _time(req.start, "start") if req.start else end - DEFAULT_RANGE + HOUR
+        if start > end:
+            raise invalid(f"start: {start.isoformat()} is after end {end.isoformat()}")
+        hours = (end - start) // HOUR + 1 + self.reference_hours
+        if hours * len(zones) > self.limits.max_points_per_request:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"end: {len(zones)} zone(s) x {hours:,} hours exceed this server's limit of "
+                           f"{self.limits.max_points_per_request:,} values per request; scan a shorter range")
+        out = []
+        for z in zones:
+            h = self.histories[z]
+            first = start - self.reference_hours * HOUR
+            if end > h.end:
+                raise invalid(f"end: {end.isoformat()} is after the last hour held for zone {z} ({h.end.isoformat()})")
+            if first < h.start:
+                raise invalid(f"start: the detector reads the {self.reference_hours} hours before start, and zone {z}'s "
+                              f"history begins {h.start.isoformat()}, so start can be "
+                              f"{(h.start + self.reference_hours * HOUR).isoformat()} or later")
+            a = (first - h.start) // HOUR
+            values = h.values[a : a + hours]
+            gap = np.flatnonzero(~np.isfinite(values))
+            if len(gap):
+                raise invalid(f"start: zone {z}'s history has a gap at {(first + int(gap[0]) * HOUR).isoformat()}, "
+                              f"inside the range scanned or the {self.reference_hours} hours of reference before "
+                              "it; scan a range after the gap")
+            out.append((self._run(z, values, first), self.reference_hours))
+        return out
+
+
+class AnomalyDetector:
+    """The replica's anomaly model, configured (and swapped) from user_config; absent until one is named."""
+
+    def __init__(self, data: str | None, limits: Limits) -> None:
+        self.data, self.limits = data, limits
+        self.engine: AnomalyEngine | None = None
+        self.path: str | None = None
+        self.error = ""
+        self._histories: dict[str, ZoneHistory] | None = None
+
+    async def configure(self, path: str | None) -> None:
+        """Load the bundle at `path` off the event loop (None: no anomaly model). A bundle that fails to
+        load leaves the previous one in service and is reported in `error`."""
+        if path is None:
+            self.engine, self.path, self.error = None, None, ""
+            return
+        resolved = str(Path(path).expanduser().resolve())
+        if resolved == self.path and self.engine is not None:
+            return
+
+        def load() -> AnomalyEngine:
+            if self._histories is None:
+                self._histories = raw_histories(self.data)
+            return AnomalyEngine(load_bundle(resolved), self._histories, self.limits, resolved)
+
+        try:
+            self.engine, self.path, self.error = await asyncio.to_thread(load), resolved, ""
+            logger.info("anomaly model %s version %s from %s", self.engine.bundle.name, self.engine.bundle.version,
+                        resolved)
+        except (BundleError, ValueError, OSError) as err:
+            self.error = f"cannot load anomaly model {resolved}: {err}"
+            logger.error(self.error)
+
+    async def detect(self, request: Any) -> apb.DetectAnomaliesResponse:
+        """Answer one request (in a worker thread: forecasts keep flowing meanwhile); raises ApiError."""
+        engine = self.engine
+        if engine is None:
+            why = f" ({self.error})" if self.error else ""
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "model: this server has no anomaly model configured; set user_config.anomaly_model to a "
+                           f"bundle from `energyopt train --model autoencoder`{why}")
+        try:
+            return await asyncio.to_thread(engine.detect, request)
+        except ApiError:
+            raise
+        except Exception:
+            logger.exception("anomaly detection failed")
+            raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the anomaly detector; "
+                                                     "the replica log has the details") from None
