@@ -162,6 +162,7 @@ def forecast(
 app.command()(serve)
 app.command()(detect)
 app.command()(cli_scale.score)
+app.command()(cli_scale.sweep)
 
 
 @app.command()

@@ -50,3 +50,30 @@ def score(
         more = f" (and {len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
         console.print(f"[yellow]skipped {len(result.skipped)} series[/] (listed in _skipped.parquet): "
                       f"{shown}{more}", highlight=False)
+
+
+def sweep(
+    config: Path = typer.Option(..., help="Sweep config (configs/sweep/<model>.yaml)."),
+    trials: int = typer.Option(20, help="Finished (completed or pruned) trials the study should end with."),
+    parallel: int = typer.Option(2, help="Trials running at the same time (Ray tasks)."),
+    out: Path = typer.Option(Path("runs/sweep"), help="Folder for the study (SQLite), trial bundles and best/."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage: an RDB URL (postgresql://..., "
+                                                     "sqlite:///...) or a journal file path (default: "
+                                                     "sqlite:///<out>/study.db)."),
+    study: Optional[str] = typer.Option(None, help="Study name (default: the config's name)."),
+    data: Optional[Path] = typer.Option(None, help="Training data (default: the bundled PJM zones)."),
+    heartbeat: int = typer.Option(10, help="Seconds between trial heartbeats; a trial silent for 3 of them "
+                                           "is failed and re-queued."),
+) -> None:
+    """Run or resume an Optuna study (TPE, median pruning on per-epoch validation loss), trials in parallel
+    on Ray; the best trial is exported as a model bundle to <out>/best."""
+    from models.series import SeriesError
+    from training.sweep import run_sweep
+
+    try:
+        result = run_sweep(config, out, trials=trials, parallel=parallel, storage=storage, study_name=study,
+                           data=data, heartbeat_s=heartbeat, log=lambda m: console.print(m, highlight=False))
+    except (SeriesError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(f"study {result.study}: {result.finished} trials finished, {result.failed} failed; "
+                  f"open it with `optuna-dashboard {result.storage}`")

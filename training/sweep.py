@@ -1,0 +1,417 @@
+"""Hyper-parameter sweeps: an Optuna study whose trials run K at a time as Ray tasks.
+
+    energyopt sweep --config configs/sweep/lstm.yaml --trials 40 --parallel 4 [--storage URL] [--study NAME]
+
+Why Optuna driving Ray tasks rather than Ray Tune with OptunaSearch: the Optuna storage is then the one
+source of truth. Every trial, its per-epoch validation losses and its state live in the study's storage
+(SQLite by default, any RDB URL such as PostgreSQL on a shared cluster, or a journal file), so
+
+- resuming is re-running the same command: finished trials are kept; a trial whose process died stops
+  sending heartbeats, is marked FAIL and re-queued with the same parameters (Optuna's
+  `RetryFailedTrialCallback`) — Tune's OptunaSearch keeps its study in memory and resumes from Tune's
+  own experiment state instead;
+- pruning is Optuna's pruner (median of earlier trials at the same epoch), fed every epoch's validation
+  loss from inside the trial — with Tune the Optuna pruners do not apply (Tune has its own schedulers);
+- `optuna-dashboard <storage URL>` shows the study live, and several `energyopt sweep` drivers (or
+  machines) can work on one study at once.
+
+Ray contributes what Optuna lacks: placing trials on a cluster with per-trial CPU/GPU requests and
+shipping the prepared data to them once (object store). Each Ray task runs
+`study.optimize(objective, n_trials=1)` against the shared storage, so sampling (TPE with the
+constant liar for parallel trials), heartbeats and stale-trial recovery are Optuna's own code. With
+SQLite, all trials must run on the machine that holds the file: use PostgreSQL (or a journal file on a
+shared filesystem) on a multi-node cluster. Journal files have no heartbeats: a new run then assumes
+no other driver is working on the study and retries every trial it finds still running.
+
+Each completed trial's model is sent back to the driver (not written by the worker, so workers need no
+shared filesystem) and saved as a bundle under `<out>/trials/<number>`; the best trial's bundle is
+copied to `<out>/best` at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import optuna
+import yaml
+from optuna.exceptions import ExperimentalWarning
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.config import CONFIG_DIR, ConfigError, TrainConfig, load_config
+
+STUDY_FILE = "study.db"
+# heartbeats and stale-trial recovery are marked experimental in Optuna; they are what resume relies on
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Dimension(_Strict):
+    """One searched setting: a float or int range (`low`, `high`, optional `log`/`step`) or `choices`."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Dimension":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either non-empty `choices` or `low` and `high`")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs `low` < `high`")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs `low` > 0")
+        return self
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, self.choices)
+        if all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):  # written as integers
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+
+class SweepConfig(_Strict):
+    """configs/sweep/<model>.yaml: the base training config, fixed overrides and the search space."""
+
+    name: str = "sweep"
+    base: str = "lstm"  # a configs/models/<name>.yaml, or a path to a training config
+    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to every trial
+    space: dict[str, Dimension]  # dotted keys, e.g. training.lr or model.params.hidden_size
+    sampler_seed: int = 42
+    sampler_startup_trials: int = Field(5, ge=1)  # random trials before TPE takes over
+    pruner_startup_trials: int = Field(2, ge=0)  # trials that are never pruned
+    pruner_warmup_epochs: int = Field(1, ge=0)  # epochs of every trial that are never pruned
+    max_retries: int = Field(2, ge=0)  # how often a trial whose process died is re-run
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _fixed_split(self) -> "SweepConfig":
+        fixed = [k for k in self.space if k.startswith("data.") or k == "model.input_length" or k == "model.type"]
+        if fixed:
+            raise ValueError(f"{fixed} cannot be searched: the data split is prepared once per sweep")
+        return self
+
+    def base_config(self, data_overrides: dict[str, Any] | None = None) -> TrainConfig:
+        path = Path(self.base)
+        if not path.suffix:
+            path = CONFIG_DIR / "models" / f"{self.base}.yaml"
+        return load_config(path, **{**self.overrides, **(data_overrides or {})})
+
+    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        cfg = self.base_config(params)
+        cfg.name = self.name
+        return cfg
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"sweep config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep config {path} is not valid YAML: {err}") from None
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid sweep config {path}: {problems}") from None
+    cfg.base_config()  # a broken base config or override fails now, not in every trial
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+def storage_url(storage: str | None, out: Path) -> str:
+    """Default: SQLite file in the output folder. A path ending in .log/.jsonl is an Optuna journal file."""
+    if storage is None:
+        return f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    return storage
+
+
+def open_storage(url: str, *, heartbeat_s: int, max_retries: int) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    retry = _retry_callback(max_retries)
+    if "://" not in url:  # a journal file
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    try:
+        # heartbeats: a trial whose process stopped beating for 3 intervals is failed and re-queued
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+                          heartbeat_stale_trial_callback=retry, engine_kwargs=_engine_kwargs(url))
+    except (optuna.exceptions.StorageInternalError, ValueError, ImportError) as err:
+        raise ConfigError(f"cannot open the study storage {url}: {err}") from None
+
+
+def _retry_callback(max_retries: int) -> Any:
+    """Optuna's re-queue of a failed trial with the same parameters (`failed_trial` system attribute)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    # SQLite: wait for the lock rather than failing when two trials write at the same moment
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+
+
+def _recover(study: Any, url: str, heartbeat_s: int, max_retries: int) -> int:
+    """Mark trials of dead processes failed (re-queueing those that had started); returns how many."""
+    import datetime
+
+    from optuna.trial import TrialState
+
+    if "://" not in url:
+        return _retry_orphans(study, max_retries)
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    optuna.storages.fail_stale_trials(study)  # heartbeats stopped: FAIL, and re-queued by the callback
+    # A process killed between creating a trial and its first heartbeat leaves a RUNNING trial that no
+    # heartbeat check ever sees; it had not sampled parameters yet (the objective's first step), so
+    # past the grace period it is dead and there is nothing to re-run.
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=3 * heartbeat_s)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not t.params and t.datetime_start is not None and t.datetime_start < cutoff:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+
+
+def _retry_orphans(study: Any, max_retries: int) -> int:
+    """Journal storages have no heartbeats: fail and re-queue every trial left RUNNING by an earlier run."""
+    from optuna.trial import TrialState
+
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in orphans:
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        _retry_callback(max_retries)(study, study._storage.get_trial(t._trial_id))
+    return len(orphans)
+
+
+# ----------------------------------------------------------------------------------------------- trial
+
+def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_ref: Any, heartbeat_s: int,
+               data: str | None) -> dict[str, Any]:
+    """Ray task: one `study.optimize(n_trials=1)`; returns the trial's number and state, and for a
+    completed trial the trained model as a bundle object (saved by the driver)."""
+    import optuna
+    import ray
+    import torch
+
+    from models.bundle import Bundle
+    from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals
+    from training.module import ForecastModule, WindowDataModule
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    split, report, data_fp = ray.get(split_ref) if isinstance(split_ref, ray.ObjectRef) else split_ref
+    storage = open_storage(url, heartbeat_s=heartbeat_s, max_retries=sweep.max_retries)
+    study = optuna.load_study(
+        study_name=study_name, storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.sampler_startup_trials,
+                                           constant_liar=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
+                                           n_warmup_steps=sweep.pruner_warmup_epochs))
+    result: dict[str, Any] = {}
+
+    class ReportToOptuna(pl.Callback):
+        """Feeds each epoch's validation loss to the pruner; a pruned trial stops training at once."""
+
+        def __init__(self, trial: optuna.Trial) -> None:
+            self.trial = trial
+
+        def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            if trainer.sanity_checking:
+                return
+            self.trial.report(float(trainer.callback_metrics["val_loss"]), step=trainer.current_epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {trainer.current_epoch}")
+
+    def objective(trial: optuna.Trial) -> float:
+        result["trial_id"] = trial._trial_id
+        params = {key: dim.suggest(trial, key) for key, dim in sweep.space.items()}
+        cfg = sweep.trial_config(params)
+        tr = cfg.training
+        torch.set_num_threads(max(1, int(sweep.cpus_per_trial)))
+        pl.seed_everything(tr.seed, verbose=False)
+        model = build_model(cfg)
+        features = cfg.features.spec()
+        dm = WindowDataModule(split, model.config, features, batch_size=min(tr.batch_size, tr.samples_per_epoch),
+                              samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
+        module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)
+        module.model = model
+        epochs = EpochLog()
+        best = BestState()
+        started = time.perf_counter()
+        trainer = pl.Trainer(
+            max_epochs=tr.max_epochs, accelerator="gpu" if sweep.gpus_per_trial else "cpu", devices=1,
+            precision=_precision(tr), gradient_clip_val=tr.gradient_clip or None, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+            callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, best,
+                       ReportToOptuna(trial)])
+        trainer.fit(module, datamodule=dm)
+        module.load_state_dict(best.state)
+        model = module.model.cpu().float().eval()
+        calibrate_intervals(model, dm.val_set)
+        meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
+        meta["sweep"] = {"study": study_name, "trial": trial.number, "params": params}
+        result["bundle"] = Bundle(model=model, features=features, name=cfg.name, version=_version(), meta=meta)
+        return best.loss
+
+    study.optimize(objective, n_trials=1, catch=(ValueError, RuntimeError))
+    if "trial_id" not in result:
+        return {"trial": None, "state": None, "value": None}
+    trial = storage.get_trial(result.pop("trial_id"))
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        result.pop("bundle", None)
+    return {"trial": trial.number, "state": trial.state.name, "value": trial.value, **result}
+
+
+class BestState(pl.Callback):
+    """Keeps the weights of the best validation epoch in memory (no checkpoint files on the worker)."""
+
+    def __init__(self) -> None:
+        self.loss, self.state = float("inf"), None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        loss = float(trainer.callback_metrics.get("val_loss", float("inf")))
+        if not trainer.sanity_checking and loss < self.loss:
+            self.loss = loss
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+@dataclass
+class SweepResult:
+    study: str
+    storage: str
+    finished: int  # completed + pruned trials
+    failed: int
+    best_trial: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_bundle: Path | None
+
+
+def run_sweep(
+    config: str | Path,
+    out: str | Path,
+    *,
+    trials: int,
+    parallel: int = 2,
+    storage: str | None = None,
+    study_name: str | None = None,
+    data: str | Path | None = None,
+    heartbeat_s: int = 10,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run (or resume) the study until it has `trials` finished (completed or pruned) trials, at most
+    `parallel` at a time, then export the best trial's bundle to `<out>/best`."""
+    import optuna
+    import ray
+    from optuna.trial import TrialState
+
+    from models.bundle import save_bundle
+    from training.fit import prepare_data
+
+    if trials < 1 or parallel < 1:
+        raise ConfigError("--trials and --parallel must be at least 1")
+    sweep = load_sweep_config(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url(storage, out)
+    name = study_name or sweep.name
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(url, heartbeat_s=heartbeat_s, max_retries=sweep.max_retries)
+    study = optuna.create_study(study_name=name, storage=store, direction="minimize", load_if_exists=True)
+    recovered = _recover(study, url, heartbeat_s, sweep.max_retries)
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Trials left running: by a live driver elsewhere (they keep beating) or by a dead one (their
+        # heartbeats stop). Wait out the grace period once, so the dead ones are failed and re-queued
+        # before new trials start, and the study ends with the target count.
+        log(f"waiting {3 * heartbeat_s} s for trials marked running to go stale or prove alive ...")
+        time.sleep(3 * heartbeat_s + 1)
+        recovered += _recover(study, url, heartbeat_s, sweep.max_retries)
+    if recovered:
+        log(f"{recovered} trial(s) of an interrupted run marked failed; those that had started are re-queued")
+
+    def counts() -> tuple[int, int, int]:
+        ts = study.get_trials(deepcopy=False)
+        return (sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts),
+                sum(t.state == TrialState.RUNNING for t in ts), sum(t.state == TrialState.FAIL for t in ts))
+
+    done, running, failed = counts()
+    log(f"study {name!r} in {url}: {done} finished, {running} running elsewhere or interrupted, {failed} failed; "
+        f"target {trials} trials, {parallel} at a time")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
+    split_ref = ray.put(prepare_data(sweep.base_config(), data))
+    task = ray.remote(_run_trial).options(num_cpus=sweep.cpus_per_trial, num_gpus=sweep.gpus_per_trial,
+                                          max_retries=0)
+    in_flight: list[Any] = []
+    launched = 0
+    while True:
+        done, running, failed = counts()
+        if done >= trials and not in_flight:
+            break
+        while done + len(in_flight) < trials and len(in_flight) < parallel:
+            seed = sweep.sampler_seed + done + launched  # distinct per task: parallel TPE samples differ
+            in_flight.append(task.remote(sweep, url, name, seed, split_ref, heartbeat_s,
+                                         None if data is None else str(data)))
+            launched += 1
+        if not in_flight:  # others are running the remaining trials: wait for them, or for them to go stale
+            time.sleep(heartbeat_s)
+            _recover(study, url, heartbeat_s, sweep.max_retries)
+            continue
+        ready, in_flight = ray.wait(in_flight, num_returns=1)
+        outcome = ray.get(ready[0])
+        bundle = outcome.pop("bundle", None)
+        if bundle is not None:
+            save_bundle(out / "trials" / str(outcome["trial"]), bundle.model, bundle.features, name=bundle.name,
+                        version=bundle.version, meta=bundle.meta)
+        _recover(study, url, heartbeat_s, sweep.max_retries)
+        done, running, failed = counts()
+        best = _best(study)
+        value = "" if outcome["value"] is None else f", val_loss {outcome['value']:.4f}"
+        best_text = "" if best is None else f"; best #{best.number} {best.value:.4f}"
+        log(f"trial {done}/{trials}: #{outcome['trial']} {outcome['state']}{value}{best_text}")
+    best = _best(study)
+    best_dir = None
+    if best is not None:
+        source = out / "trials" / str(best.number)
+        if not source.is_dir():
+            raise ConfigError(f"the best trial #{best.number} has no saved model in {source} (its run stopped "
+                              "before saving it); delete the trial or re-run it")
+        best_dir = out / "best"
+        tmp = out / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        shutil.rmtree(best_dir, ignore_errors=True)
+        os.replace(tmp, best_dir)
+        log(f"best trial #{best.number}: val_loss {best.value:.4f} {best.params} -> {best_dir}")
+    return SweepResult(study=name, storage=url, finished=done, failed=failed,
+                       best_trial=best.number if best else None, best_value=best.value if best else None,
+                       best_params=dict(best.params) if best else {}, best_bundle=best_dir)
+
+
+def _best(study: Any) -> Any:
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(complete, key=lambda t: t.value) if complete else None
+
