@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.kernels import kernel_mode, kernels_enabled, quantile_epilogue
+
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -30,6 +32,7 @@ class ForecasterConfig:
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # empty: a single point output trained with MSE
     n_covariates: int = 0  # known-future covariates per hour (models.features.FeatureSpec.size)
     params: dict[str, Any] = field(default_factory=dict)  # backbone hyper-parameters
+    kernels: str = "auto"  # Triton inference kernels: auto (on CUDA), on, off (see models.kernels)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -48,6 +51,23 @@ class ForecasterConfig:
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+@dataclass
+class HeadInputs:
+    """What a backbone's last layer reads, so the quantile head can be fused with what follows it:
+    outputs = head(features) + base, each part optional."""
+
+    features: torch.Tensor | None  # [B, H, K] input of the final quantile head
+    head: nn.Linear | None  # K -> Q
+    base: torch.Tensor | None  # [B, H, Q] added to the head's output (a skip path, another head)
+
+    def outputs(self) -> torch.Tensor:
+        """The backbone's unconstrained outputs [B, H, Q], computed in PyTorch."""
+        out = self.head(self.features) if self.head is not None else None
+        if self.base is not None:
+            out = self.base if out is None else out + self.base
+        return out
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -73,6 +93,7 @@ class QuantileForecaster(nn.Module):
             raise ValueError(f"unknown model type {config.type!r}; choose one of {sorted(BACKBONES)}")
         if list(config.quantiles) != sorted(set(config.quantiles)) or not all(0 < q < 1 for q in config.quantiles):
             raise ValueError(f"quantiles must be distinct, increasing and inside (0, 1), got {config.quantiles}")
+        kernel_mode(config.kernels)  # a typo is an error here, not on the first GPU forward
         self.config = config
         self.backbone = BACKBONES[config.type](
             input_length=config.input_length, horizon=config.horizon, n_covariates=config.n_covariates,
@@ -88,8 +109,31 @@ class QuantileForecaster(nn.Module):
         return qs.index(0.5) if 0.5 in qs else len(qs) // 2
 
     def forward(self, history: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+        if self.uses_kernels(history.device):
+            return self._forward_kernels(history, past_cov, future_cov)
         q, loc, scale = self.forward_normalized(history, past_cov, future_cov)
         return q * scale.unsqueeze(-1) + loc.unsqueeze(-1)
+
+    def uses_kernels(self, device: torch.device) -> bool:
+        """Whether a forward pass on `device` now takes the Triton kernels (inference only)."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return False
+        return kernels_enabled(device, self.config.kernels)
+
+    def _forward_kernels(self, history: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+        """`forward` with the backbone's kernel path and the fused epilogue (same result within fp error)."""
+        loc, scale = window_stats(history)
+        x = (history - loc) / scale
+        if hasattr(self.backbone, "head_inputs"):
+            parts = self.backbone.head_inputs(x, past_cov, future_cov, kernels=True)
+        else:  # baselines: only monotone quantiles, intervals and de-normalization are fused
+            parts = HeadInputs(None, None, self.backbone(x, past_cov, future_cov))
+        head = parts.head
+        return quantile_epilogue(
+            parts.features, head.weight if head else None, head.bias if head else None, parts.base,
+            loc, scale, self.interval_scale, self.median_index,
+            monotone=not getattr(self.backbone, "outputs_sorted_quantiles", False),
+        )
 
     def forward_normalized(
         self, history: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.forecaster import register
+from models.forecaster import HeadInputs, register
+from models.kernels import lstm_forward, lstm_unsupported_reason
 
 
 @dataclass
@@ -71,19 +72,34 @@ class MQLSTM(nn.Module):
         hours = torch.cat([x.unsqueeze(-1), past_cov], dim=-1)[:, L - n * self.patch_len :]
         return hours.reshape(B, n, -1)
 
-    def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
+    def encode(self, steps: torch.Tensor, kernels: bool = False) -> torch.Tensor:
+        """Encoder input [B, N, patch_len * (1 + C)] -> last layer's final hidden state [B, hidden]."""
+        if kernels:
+            # under CUDA autocast to bf16 the recurrence runs in bf16 (fp32 state), as cuDNN would
+            autocast_bf16 = steps.is_cuda and torch.is_autocast_enabled("cuda") and \
+                torch.get_autocast_dtype("cuda") == torch.bfloat16
+            dtype = torch.bfloat16 if autocast_bf16 else steps.dtype
+            if lstm_unsupported_reason(self.encoder, dtype) is None:  # else: nn.LSTM below
+                _, h, _ = lstm_forward(self.encoder, steps, dtype=dtype)
+                return h[-1].to(dtype)
         # oneDNN's LSTM fails under CPU autocast on CPUs without native bf16/fp16, so on CPU the encoder
         # runs in the input's dtype (fp32); GPU autocast is unaffected and uses cuDNN in low precision.
         with torch.autocast("cpu", enabled=False):
-            _, (h, _) = self.encoder(self.steps(x, past_cov))  # h [layers, B, hidden]
-        context = self.to_context(h[-1])  # [B, context]
+            _, (h, _) = self.encoder(steps)  # h [layers, B, hidden]
+        return h[-1]
+
+    def head_inputs(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor, *,
+                    kernels: bool = False) -> HeadInputs:
+        """Everything up to the quantile head; `kernels` runs the encoder through the Triton LSTM kernel."""
+        B = x.shape[0]
+        context = self.to_context(self.encode(self.steps(x, past_cov), kernels))  # [B, context]
         per_step = torch.cat([
             context.unsqueeze(1).expand(B, self.horizon, -1),
             future_cov,
             self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1),
         ], dim=-1)  # [B, H, context + C + step_embed]
-        out = self.decoder(per_step)  # [B, H, Q]
-        if self.skip is not None:
-            out = out + self.skip(x).view(B, self.horizon, self.n_outputs)
-        return out
+        skip = self.skip(x).view(B, self.horizon, self.n_outputs) if self.skip is not None else None
+        return HeadInputs(self.decoder[:-1](per_step), self.decoder[-1], skip)  # decoder[-1]: the quantile head
+
+    def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+        return self.head_inputs(x, past_cov, future_cov).outputs()  # [B, H, Q]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.forecaster import register
+from models.forecaster import HeadInputs, register
 
 
 @dataclass
@@ -163,7 +163,10 @@ class PatchTST(nn.Module):
         z = z.unfold(1, self.patch_len, self.stride)  # [B, N, 1 + C, patch_len]
         return z.flatten(start_dim=2)
 
-    def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+    def head_inputs(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor, *,
+                    kernels: bool = False) -> HeadInputs:
+        """Everything up to the quantile head: the covariate decoder's last Linear is the head, the flatten
+        head's output its base (with no covariates the flatten head's output is all there is)."""
         B = x.shape[0]
         z = self.embed_dropout(self.embed(self.patches(x, past_cov)) + self.pos)  # [B, N, D]
         scores = None
@@ -171,12 +174,15 @@ class PatchTST(nn.Module):
             z, layer_scores = layer(z, scores)
             scores = layer_scores if self.res_attention else None
         out = self.head(z).view(B, self.horizon, self.n_outputs)
-        if self.decoder is not None:
-            context = self.to_context(z.flatten(start_dim=1))  # [B, context]
-            per_step = torch.cat([
-                context.unsqueeze(1).expand(B, self.horizon, -1),
-                future_cov,
-                self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1),
-            ], dim=-1)  # [B, H, context + C + step_embed]
-            out = out + self.decoder(per_step)
-        return out
+        if self.decoder is None:
+            return HeadInputs(None, None, out)
+        context = self.to_context(z.flatten(start_dim=1))  # [B, context]
+        per_step = torch.cat([
+            context.unsqueeze(1).expand(B, self.horizon, -1),
+            future_cov,
+            self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1),
+        ], dim=-1)  # [B, H, context + C + step_embed]
+        return HeadInputs(self.decoder[:-1](per_step), self.decoder[-1], out)
+
+    def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
+        return self.head_inputs(x, past_cov, future_cov).outputs()  # [B, H, Q]

@@ -9,6 +9,13 @@ import pytest
 
 os.environ.setdefault("PYTORCH_LIGHTNING_SUPPRESS_TIPS", "1")
 
+# Without CUDA, Triton kernels run on CPU tensors through Triton's interpreter; it must be switched on
+# before any module defining a kernel is imported (DESIGN.md section 5).
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(scope="session")
 def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
