@@ -30,6 +30,7 @@ class ModelSection(_Strict):
     horizon: int = Field(168, ge=1, le=24 * 31)
     quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
     params: dict[str, Any] = Field(default_factory=dict)
+    kernels: Literal["auto", "on", "off"] = "auto"  # Triton inference kernels (models/kernels): auto = on CUDA
 
     @field_validator("type")
     @classmethod
@@ -101,7 +102,7 @@ class TrainConfig(_Strict):
         m = self.model
         return ForecasterConfig(type=m.type, input_length=m.input_length, horizon=m.horizon,
                                 quantiles=tuple(m.quantiles), n_covariates=self.features.spec().size,
-                                params=dict(m.params))
+                                params=dict(m.params), kernels=m.kernels)
 
 
 class ConfigError(ValueError):
