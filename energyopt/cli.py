@@ -86,6 +86,9 @@ def train(
     max_epochs: Optional[int] = typer.Option(None, help="Override training.max_epochs."),
     seed: Optional[int] = typer.Option(None, help="Override training.seed."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    num_workers: Optional[int] = typer.Option(None, help="Train on Ray Train with this many DDP workers "
+                                                         "(local Ray, or the cluster in RAY_ADDRESS)."),
+    use_gpu: bool = typer.Option(False, help="With --num-workers: one GPU per worker (NCCL)."),
 ) -> None:
     """Train a forecaster and write a model bundle (config.json, model.safetensors, metrics.json)."""
     from training.config import load_config
@@ -95,7 +98,10 @@ def train(
     if config is None:
         cfg.name = model
     console.print(f"training [bold]{cfg.model.type}[/] on {data or 'the bundled PJM data'} -> {out}")
-    bundle = fit(cfg, data, out, progress=not quiet, log=console.print)
+    if num_workers:
+        bundle = cli_scale.train_distributed(cfg, data, out, num_workers=num_workers, use_gpu=use_gpu)
+    else:
+        bundle = fit(cfg, data, out, progress=not quiet, log=console.print)
     console.print(f"wrote model bundle {out} (version {bundle.version})")
     _print_metrics(bundle.metrics)
 

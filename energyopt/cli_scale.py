@@ -77,3 +77,11 @@ def sweep(
         _fail(str(err))
     console.print(f"study {result.study}: {result.finished} trials finished, {result.failed} failed; "
                   f"open it with `optuna-dashboard {result.storage}`")
+
+
+def train_distributed(cfg, data: Optional[Path], out: Path, *, num_workers: int, use_gpu: bool):  # noqa: ANN001, ANN201
+    """`energyopt train ... --num-workers N [--use-gpu]`: the same training on Ray Train (DDP)."""
+    from training.distributed import train_distributed as fit_on_ray
+
+    return fit_on_ray(cfg, data, out, num_workers=num_workers, use_gpu=use_gpu,
+                      log=lambda m: console.print(m, highlight=False))

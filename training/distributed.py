@@ -1,0 +1,181 @@
+"""Distributed fit on Ray Train: the same LightningModule and DataModule as `training/fit.py`, run by N
+workers with Lightning's DDP through Ray's strategy and cluster environment, checkpointed through Ray
+Train, ending in the same model bundle as a local run.
+
+    energyopt train --model lstm --out DIR --num-workers 4 [--use-gpu]
+
+What stays equal to a local run: the optimizer steps. Each worker draws `samples_per_epoch / N` random
+windows per epoch (its own seed) in batches of `batch_size / N`, so the global batch, the number of
+steps and the one-cycle schedule are those of `energyopt train`. Validation loss is averaged over the
+workers (`sync_dist`). The best epoch's weights (lowest validation loss) come back from Ray Train's
+checkpoints; the driver then calibrates, evaluates and saves the bundle exactly as `train()` does.
+
+Fault tolerance: with `--max-failures K`, a failed worker group restarts from the latest Ray Train
+checkpoint (the Lightning checkpoint holds the optimizer and early-stopping state). CPU workers talk
+through gloo, GPU workers through NCCL. The data is read and cleaned once by the driver and shipped to
+the workers through the object store, so workers need no shared filesystem; checkpoints go to
+`--storage` (a local folder by default; use a shared path or s3:// URI on a multi-node cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from models.bundle import Bundle, load_bundle, save_bundle
+from training.config import TrainConfig
+from training.evaluate import backtest, score
+from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals, prepare_data
+from training.module import ForecastModule, WindowDataModule
+
+CHECKPOINT_FILE, EPOCHS_FILE = "checkpoint.ckpt", "epochs.json"
+
+
+class ReportCheckpoint(pl.Callback):
+    """Each epoch: save a Lightning checkpoint (rank 0 writes it) and report it with the validation loss
+    and the epoch log to Ray Train."""
+
+    def __init__(self, epochs: EpochLog) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        import ray.train
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["epoch"] = trainer.current_epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)  # collective; rank 0 writes
+            checkpoint = None
+            if trainer.global_rank == 0:
+                (Path(tmp) / EPOCHS_FILE).write_text(json.dumps(self.epochs.epochs))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    cfg = TrainConfig.model_validate(config["config"])
+    tr = cfg.training
+    split = ray.get(config["split"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    pl.seed_everything(tr.seed, verbose=False)  # identical initial weights (DDP also broadcasts rank 0's)
+    model = build_model(cfg)
+    module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)
+    module.model = model
+    per_worker = max(1, tr.samples_per_epoch // world)
+    batch = max(1, min(tr.batch_size, tr.samples_per_epoch) // world)
+    dm = WindowDataModule(split, model.config, cfg.features.spec(), batch_size=batch, samples_per_epoch=per_worker,
+                          val_samples=tr.val_samples, seed=tr.seed)
+    torch.manual_seed(tr.seed + 1000 * (rank + 1))  # each worker draws its own training windows
+    epochs = EpochLog()
+    trainer = pl.Trainer(
+        max_epochs=tr.max_epochs, accelerator="gpu" if config["use_gpu"] else "cpu", devices="auto",
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], precision=_precision(tr),
+        gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
+        callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, ReportCheckpoint(epochs)],
+    )
+    trainer = prepare_trainer(trainer)
+    resume = ray.train.get_checkpoint()
+    if resume:
+        with resume.as_directory() as ckpt:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt) / CHECKPOINT_FILE))
+    else:
+        trainer.fit(module, datamodule=dm)
+
+
+def train_distributed(
+    config: TrainConfig,
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    num_workers: int,
+    use_gpu: bool = False,
+    storage: str | Path | None = None,
+    max_failures: int = 0,
+    evaluate: bool = True,
+    log: Callable[[str], None] = print,
+) -> Bundle:
+    """Train with `num_workers` Ray Train workers and write the bundle at `out` (as `training.fit.train`)."""
+    import ray
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if num_workers < 1:
+        raise ValueError("--num-workers must be at least 1")
+    if config.model.type not in ("lstm", "transformer", "linear"):
+        raise ValueError(f"distributed training serves the trained forecasters (lstm, transformer, linear), "
+                         f"not {config.model.type!r}; train it with `energyopt train` without --num-workers")
+    out = Path(out)
+    started = time.perf_counter()
+    split, report, data_fp = prepare_data(config, data)
+    for line in report.summary_lines():
+        log(f"  {line}")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    threads = config.training.num_threads or max(1, int(cpus // num_workers))
+    storage_path = str(storage) if storage else str(Path(tempfile.gettempdir()) / "energyopt-ray-train")
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config.model_dump(), "split": ray.put(split), "use_gpu": use_gpu,
+                           "threads": 0 if use_gpu else threads},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": min(1.0, cpus / num_workers)}),
+        run_config=RunConfig(
+            name=f"{config.name}-{_version()}", storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    log(f"Ray Train: {num_workers} worker(s) ({'GPU, nccl' if use_gpu else 'CPU, gloo'}), checkpoints in "
+        f"{storage_path}")
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"distributed training failed: {result.error}")
+    best_ckpt, _ = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
+    model = build_model(config)
+    module = ForecastModule(model.config.to_dict())
+    with best_ckpt.as_directory() as ckpt:
+        state = torch.load(Path(ckpt) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    with result.checkpoint.as_directory() as ckpt:  # the latest checkpoint holds the whole epoch log
+        epochs = EpochLog()
+        epochs.epochs = json.loads((Path(ckpt) / EPOCHS_FILE).read_text())
+    for e in epochs.epochs:
+        log(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f}, val_loss {e['val_loss']:.4f}")
+    model = module.model.cpu().float().eval()
+    tr = config.training
+    dm = WindowDataModule(split, model.config, config.features.spec(), batch_size=tr.batch_size,
+                          samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
+    dm.setup()
+    scales = calibrate_intervals(model, dm.val_set)
+    log(f"interval calibration on validation: {dict(zip(model.config.quantiles, np.round(scales, 3)))}")
+    meta = _metadata(config, split, report, data_fp, data, epochs, time.perf_counter() - started)
+    meta["training"]["distributed"] = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers,
+                                       "use_gpu": use_gpu, "backend": "nccl" if use_gpu else "gloo"}
+    features = config.features.spec()
+    bundle = Bundle(model=model, features=features, name=config.name, version=_version(), meta=meta)
+    metrics = None
+    if evaluate:
+        frame = backtest(bundle, split.test)
+        metrics = score(frame, [bundle.name], split.train)
+    save_bundle(out, model, features, name=config.name, version=bundle.version, meta=meta, metrics=metrics)
+    return load_bundle(out)
