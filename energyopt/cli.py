@@ -15,6 +15,7 @@ from rich.table import Table
 from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
 from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
 from energyopt import cli_scale  # score, sweep, distributed train: imports Ray lazily
+from energyopt.cli_optimize import optimize  # typer options only; the solver is imported when it runs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
@@ -167,6 +168,7 @@ def forecast(
 
 app.command()(serve)
 app.command()(detect)
+app.command()(optimize)
 app.command()(cli_scale.score)
 app.command()(cli_scale.sweep)
 

@@ -24,11 +24,14 @@ structure. The sequential part (the Thomas sweeps) is a fused Triton kernel on t
 Per site: convergence on the relative primal residual, dual residual and duality gap (all <= tol);
 converged sites are frozen (their step is zero) and dropped from the working batch once enough have
 finished; infeasible sites are found before solving (`problem.diagnose`, with the reason) or, for the
-rarer joint cases, by the iterations themselves (primal residual stalled while the dual diverges).
+rarer joint cases, by the iterations themselves (the dual objective diverging while the primal residual
+stays: a Farkas certificate in the limit).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -49,7 +52,7 @@ class Solution:
     """Per-site results. `x` and `peak` are in the scaled units of `standard_form`; `schedule()` gives kW/kWh."""
 
     site: list[str]
-    status: list[str]                 # "optimal", "infeasible" or "iteration_limit"
+    status: list[str]                 # "optimal", "infeasible", "iteration_limit" or "numerical_error"
     reason: list[Optional[str]]       # why a site is infeasible (None otherwise)
     objective: np.ndarray             # (N,) cost in currency (nan when infeasible)
     iterations: np.ndarray            # (N,)
@@ -393,6 +396,32 @@ def _iterate(b: _Batch, st: _State, rp: torch.Tensor, rp_day: torch.Tensor, rd: 
 # The driver
 # ----------------------------------------------------------------------------------------------------------
 
+KERNEL_MODES = ("auto", "on", "off")
+
+
+def choose_kkt_solve(device: torch.device, kernel: Optional[bool] = None) -> tuple[Callable, bool]:
+    """The structured solve to use on `device`: the Triton kernel or the PyTorch reference.
+
+    kernel=None follows ENERGYOPT_KERNELS (as the models' kernels do): auto (default) = the kernel for CUDA,
+    PyTorch elsewhere; on = the kernel wherever Triton runs (CUDA, or CPU under TRITON_INTERPRET=1);
+    off = always PyTorch. kernel=True/False decides directly.
+    """
+    if kernel is None:
+        mode = os.environ.get("ENERGYOPT_KERNELS", "auto").strip().lower() or "auto"
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"environment variable ENERGYOPT_KERNELS must be one of {', '.join(KERNEL_MODES)}; "
+                             f"got {mode!r}")
+        interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+        have_triton = importlib.util.find_spec("triton") is not None
+        kernel = have_triton and (mode == "on" and (device.type == "cuda" or interpreted)
+                                  or mode == "auto" and device.type == "cuda")
+    if not kernel:
+        return kkt_solve, False
+    from optimization.kernel import kkt_solve_kernel
+
+    return kkt_solve_kernel, True
+
+
 def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol: float = 1e-8, max_iter: int = 100,
           kernel: Optional[bool] = None, progress: Optional[Callable[[int, int, int], None]] = None) -> Solution:
     """Solve every site's dispatch LP together.
@@ -401,8 +430,6 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
     (default: on CUDA unless ENERGYOPT_KERNELS=off). progress(done, total, iteration) is called after each
     iteration. Infeasible sites are reported with a reason and never stop the others.
     """
-    from optimization.kernel import choose_kkt_solve
-
     started = time.perf_counter()
     device = torch.device(device)
     sf = standard_form(problems)
@@ -422,7 +449,6 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
     b = _Batch(sf.take(work.numpy()), device) if len(work) else None
     st = _initial_state(b) if b is not None else None
     work = work.to(device)
-    stalled = torch.zeros(len(work), dtype=torch.long, device=device)
     finished = torch.zeros(len(work), dtype=torch.bool, device=device)
 
     def record(sel: torch.Tensor, m: _Measures, label: str, it: int) -> None:
@@ -433,6 +459,8 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
         iterations[ids] = it
         for i in ids:
             status[i] = label
+            if label == "numerical_error":
+                reasons[i] = "the iterations broke down numerically (please report this site's data)"
             if label == "infeasible":
                 reasons[i] = ("no schedule meets the flexible load, the battery and the grid limits together "
                               "(the solver's primal residual stalls while its dual diverges)")
@@ -442,14 +470,16 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
     while b is not None and it <= max_iter:
         m, rp, rp_day, rd = _measure(b, st)
         done = (m.primal <= tol) & (m.dual <= tol) & (m.gap <= tol) & ~finished
-        # a site is primal infeasible when its dual objective runs away while the primal residual stays
-        diverged = (~finished & ~done & (m.primal > 1e3 * tol)
-                    & ((m.dobj > 1e8 * (1 + m.pobj.abs())) | (stalled >= 10)))
+        # primal infeasible: the dual objective runs away (a Farkas ray) while the dual stays feasible and
+        # the primal residual stays; by weak duality no feasible schedule could cost that much
+        diverged = (~finished & ~done & (m.primal > 1e3 * tol) & (m.dual < 1e-3)
+                    & (m.dobj - m.pobj > 1e6 * (1 + m.pobj.abs())))
+        broken = ~finished & ~done & ~diverged & ~torch.isfinite(m.primal + m.dual + m.gap)
         if it == max_iter:
-            limit = ~finished & ~done & ~diverged
+            limit = ~finished & ~done & ~diverged & ~broken
             record(limit, m, "iteration_limit", it)
             finished |= limit
-        for mask, label in ((done, "optimal"), (diverged, "infeasible")):
+        for mask, label in ((done, "optimal"), (diverged, "infeasible"), (broken, "numerical_error")):
             if mask.any():
                 record(mask, m, label, it)
                 finished |= mask
@@ -461,11 +491,10 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
         # drop finished sites from the working batch once they are a quarter of it
         if finished.float().mean() >= 0.25:
             keep = torch.nonzero(~finished)[:, 0]
-            b, st, work, stalled = b.take(keep), st.take(keep), work[keep], stalled[keep]
+            b, st, work = b.take(keep), st.take(keep), work[keep]
             finished = finished[keep]
             m, rp, rp_day, rd = _measure(b, st)
-        ap, _ = _iterate(b, st, rp, rp_day, rd, finished, kkt)
-        stalled = torch.where(ap < 1e-6, stalled + 1, 0)
+        _iterate(b, st, rp, rp_day, rd, finished, kkt)
         it += 1
 
     x = out_x[:, :-1].reshape(n, NV, t)
