@@ -4,6 +4,7 @@ reads), solved one at a time by HiGHS's simplex, optionally spread over worker p
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,17 +74,28 @@ def _solve_range(args: tuple[StandardForm, int, int]) -> list[tuple[str, float, 
     return [solve_one(part, i) for i in range(part.n)]
 
 
-def solve_reference(problems: DispatchProblems | StandardForm, workers: int = 1) -> ReferenceSolutions:
-    """Every site with HiGHS, in turn (workers=1) or spread over `workers` processes."""
+def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+    """Worker processes for `solve_reference(pool=...)` (spawned: safe beside threads and CUDA)."""
+    return multiprocessing.get_context("spawn").Pool(workers)
+
+
+def solve_reference(problems: DispatchProblems | StandardForm, workers: int = 1,
+                    pool: multiprocessing.pool.Pool | None = None) -> ReferenceSolutions:
+    """Every site with HiGHS, in turn (workers=1), or spread over `workers` processes (a `pool` of them
+    given here is reused, so its start-up is not paid again)."""
     sf = problems if isinstance(problems, StandardForm) else standard_form(problems)
     n, t = sf.n, sf.horizon
-    if workers <= 1:
+    if workers <= 1 and pool is None:
         answers = _solve_range((sf, 0, n))
     else:
-        bounds = np.linspace(0, n, 4 * workers + 1).astype(int)
+        size = pool._processes if pool is not None else workers  # noqa: SLF001
+        bounds = np.linspace(0, n, 4 * size + 1).astype(int)
         chunks = [(sf.take(slice(a, b)), 0, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        if pool is not None:
             answers = [a for part in pool.map(_solve_range, chunks) for a in part]
+        else:
+            with worker_pool(workers) as own:
+                answers = [a for part in own.map(_solve_range, chunks) for a in part]
     cols = np.stack([a[2] for a in answers])
     return ReferenceSolutions(status=[a[0] for a in answers],
                               objective=np.array([a[1] for a in answers]) * sf.cost_scale,
