@@ -36,6 +36,7 @@ from models.bundle import BundleError, load_bundle
 from models.series import DEFAULT_REGION
 from serving.anomaly import AnomalyDetector
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
+from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.engine import ApiError, Engine, Job, Limits, load_histories
 
@@ -45,6 +46,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["ForecastService"].full_name  # "energy
 GRPC_SERVICER_FUNCTIONS = [
     "serving.api.energyopt.v1.forecast_pb2_grpc.add_ForecastServiceServicer_to_server",
     "serving.api.energyopt.v1.anomaly_pb2_grpc.add_AnomalyServiceServicer_to_server",
+    "serving.api.energyopt.v1.dispatch_pb2_grpc.add_DispatchServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 DEFAULT_MODEL = "runs/demo/model"
@@ -268,6 +270,35 @@ class Forecaster:
             grpc_context.set_details(err.message)
             return apb.DetectAnomaliesResponse()
 
+    async def OptimizeDispatch(self, request: dpb.OptimizeDispatchRequest,
+                               grpc_context=None) -> dpb.OptimizeDispatchResponse:
+        try:
+            return await self._dispatch(request)
+        except ApiError as err:
+            if grpc_context is None:
+                raise
+            grpc_context.set_code(err.code)
+            grpc_context.set_details(err.message)
+            return dpb.OptimizeDispatchResponse()
+
+    async def _dispatch(self, request: dpb.OptimizeDispatchRequest) -> dpb.OptimizeDispatchResponse:
+        """serving/dispatch.py does the work; zone loads come from this replica's own forecasts."""
+        from serving import dispatch
+
+        zone_load = {}
+        for zone, horizon in dispatch.zones_needed(request, list(self.histories)).items():
+            forecast = await self._answer(Engine.region_job, pb.ForecastRegionRequest(
+                region=self.args.region, horizon=horizon, zones=[zone]))
+            zone_load[zone] = list(forecast.zones[0].point)
+        try:  # off the event loop: forecasts keep being answered during a solve
+            return await asyncio.to_thread(dispatch.optimize, request, zone_load)
+        except ApiError:
+            raise
+        except Exception:
+            logger.exception("dispatch failed")
+            raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the dispatch solver; "
+                                                     "the replica log has the details") from None
+
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:
         try:
             return self._model_info(request)
@@ -340,6 +371,14 @@ class Forecaster:
         try:
             return JSONResponse(_to_json(await self.anomaly.detect(
                 _parse(await _json(request), apb.DetectAnomaliesRequest()))))
+        except ApiError as err:
+            return _error_json(err)
+
+    @http_app.post("/v1/dispatch", summary="OptimizeDispatch (body: OptimizeDispatchRequest as JSON)")
+    async def http_optimize_dispatch(self, request: Request) -> JSONResponse:
+        try:
+            message = _parse(await _json(request), dpb.OptimizeDispatchRequest())
+            return JSONResponse(_to_json(await self._dispatch(message)))
         except ApiError as err:
             return _error_json(err)
 
