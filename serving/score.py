@@ -5,7 +5,8 @@
 The pipeline streams; no stage holds the whole input in one process:
 
     read_parquet(zone, timestamp, load_mw)          local path or any pyarrow filesystem URI
-      -> groupby(zone).map_groups(_last_window)      one row per series: its last `input_length` hours
+      -> repartition(keys=[zone]).map_batches(_last_windows)
+                                                     one row per series: its last `input_length` hours
       -> map_batches(_Forecaster, actor pool)        the bundle deserialized once per actor, B series
                                                      per forward pass (`Bundle.predict`, GPU if asked)
       -> write_parquet(<temp dir beside the output>) zone, origin, timestamp, horizon, mean, q<level>...
@@ -61,33 +62,54 @@ class ScoreResult:
 
 # ------------------------------------------------------------------------------------------------ stages
 
-def _last_window(group: pa.Table, length: int, skip_log: Any) -> dict[str, np.ndarray]:
-    """One series (all rows of one zone) -> one row: zone, last hour (int64 ns), its last `length` loads.
+def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.ndarray]:
+    """Every series of a block (whole series: the block comes from a hash partition on zone) -> one row
+    each: zone, last hour (int64 ns), its last `length` loads; vectorized over the block's series.
 
-    Duplicate hours (daylight saving) are averaged, as ingest does. A series without `length` contiguous,
-    finite hours at its end is reported to `skip_log` and yields no row."""
-    zone = group.column(ZONE)[0].as_py()
-    stamps = group.column(TIMESTAMP)
+    Duplicate hours (daylight saving) are averaged, as ingest does. A series without `length`
+    contiguous, finite hours at its end is reported to `skip_log` and yields no row."""
+    empty = {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
+             "history": np.zeros((0, length), np.float32)}
+    if block.num_rows == 0:
+        return empty
+    zone_codes = pc.dictionary_encode(block.column(ZONE)).combine_chunks()
+    names = zone_codes.dictionary.to_numpy(zero_copy_only=False)
+    codes = zone_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    stamps = block.column(TIMESTAMP)
     stamps = pc.cast(stamps, pa.timestamp("ns", stamps.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    loads = group.column(LOAD).cast(pa.float64()).to_numpy(zero_copy_only=False)
-    hours, inverse = np.unique(stamps, return_inverse=True)
-    if len(hours) < len(stamps):
-        loads = np.bincount(inverse, weights=loads) / np.bincount(inverse)
-    else:
-        loads = loads[np.argsort(stamps, kind="stable")]
-    problem = None
-    if len(hours) < length:
-        problem = f"{len(hours)} hours of history; the model reads {length}"
-    elif hours[-1] - hours[-length] != (length - 1) * HOUR_NS or np.any(np.diff(hours[-length:]) != HOUR_NS):
-        problem = f"the last {length} hours are not contiguous hourly values (gaps or sub-hourly stamps)"
-    elif not np.isfinite(loads[-length:]).all():
-        problem = f"missing (NaN) or infinite load in the last {length} hours"
-    if problem is not None:
-        skip_log.add.remote(str(zone), problem)  # fire and forget: the driver collects the list at the end
-        return {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
-                "history": np.zeros((0, length), np.float32)}
-    return {"zone": np.array([zone], dtype=object), "last": hours[-1:],
-            "history": loads[None, -length:].astype(np.float32)}
+    loads = block.column(LOAD).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    order = np.lexsort((stamps, codes))
+    codes, stamps, loads = codes[order], stamps[order], loads[order]
+    # one value per (zone, hour): duplicates averaged
+    first = np.ones(len(codes), bool)
+    first[1:] = (codes[1:] != codes[:-1]) | (stamps[1:] != stamps[:-1])
+    starts = np.flatnonzero(first)
+    if len(starts) < len(codes):
+        counts = np.diff(np.append(starts, len(codes)))
+        loads = np.add.reduceat(loads, starts) / counts
+        codes, stamps = codes[starts], stamps[starts]
+    # series boundaries [begin, end)
+    begin = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    end = np.append(begin[1:], len(codes))
+    n_hours = end - begin
+    ok = n_hours >= length
+    last_idx = end - 1
+    first_idx = np.where(ok, end - length, begin)
+    # unique sorted hours: the last `length` are contiguous iff they span exactly length - 1 hours
+    contiguous = stamps[last_idx] - stamps[first_idx] == (length - 1) * HOUR_NS
+    windows_idx = first_idx[:, None] + np.arange(length)
+    windows = loads[np.minimum(windows_idx, len(loads) - 1)]
+    finite = np.isfinite(windows).all(axis=1)
+    good = ok & contiguous & finite
+    for k in np.flatnonzero(~good):  # rare: report and skip (fire and forget; collected at the end)
+        reason = (f"{n_hours[k]} hours of history; the model reads {length}" if not ok[k] else
+                  f"the last {length} hours are not contiguous hourly values (gaps or sub-hourly stamps)"
+                  if not contiguous[k] else f"missing (NaN) or infinite load in the last {length} hours")
+        skip_log.add.remote(str(names[codes[begin[k]]]), reason)
+    if not good.any():
+        return empty
+    return {"zone": names[codes[begin[good]]].astype(object), "last": stamps[last_idx[good]],
+            "history": windows[good].astype(np.float32)}
 
 
 class _Forecaster:
@@ -252,8 +274,11 @@ def score(
         ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=list(REQUIRED_COLUMNS))
         # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
         partitions = max(workers, min(200, rows // 1_000_000 + 1))
-        windows = ds.groupby(ZONE, num_partitions=partitions).map_groups(
-            _last_window, batch_format="pyarrow", fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
+        # Every row of a zone lands in the same block (this is what `groupby().map_groups()` builds on),
+        # so one vectorized call per block finds all its series' windows, rather than a call per series.
+        windows = ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
+            _last_windows, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
         # Forecasting actors reserve half a CPU each (torch runs one thread in each): a pool as wide as
         # the machine must leave logical CPUs for the read, shuffle and windowing tasks that feed it, or
         # the pipeline waits on itself.
