@@ -91,7 +91,8 @@ def train(
                                                          "(local Ray, or the cluster in RAY_ADDRESS)."),
     use_gpu: bool = typer.Option(False, help="With --num-workers: one GPU per worker (NCCL)."),
 ) -> None:
-    """Train a forecaster and write a model bundle (config.json, model.safetensors, metrics.json)."""
+    """Train a forecaster (or the anomaly autoencoder) and write a model bundle (config.json,
+    model.safetensors, metrics.json)."""
     from training.config import load_config
     from training.fit import train as fit
 
@@ -104,6 +105,11 @@ def train(
     else:
         bundle = fit(cfg, data, out, progress=not quiet, log=console.print)
     console.print(f"wrote model bundle {out} (version {bundle.version})")
+    if bundle.kind == "autoencoder":
+        from energyopt.cli_detect import print_detection_metrics
+
+        print_detection_metrics(bundle.metrics)
+        return
     _print_metrics(bundle.metrics)
 
 

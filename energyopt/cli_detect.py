@@ -101,3 +101,18 @@ def _print_events(events: list) -> None:
     console.print(table)
     if len(events) > 200:
         console.print(f"... and {len(events) - 200} more (all of them in --json)")
+
+
+def print_detection_metrics(metrics: Optional[dict]) -> None:
+    """The test-period evaluation that training stores in an anomaly bundle's metrics.json."""
+    if not metrics or "by_kind" not in metrics:
+        return
+    table = Table(title="test period: planted anomalies (event metrics, overlap matching)")
+    for col in ("anomalies", "precision", "recall", "F1", "PR-AUC", "median delay h"):
+        table.add_column(col, justify="left" if col == "anomalies" else "right")
+    for name, m in [("all kinds", metrics["summary"]), *metrics["by_kind"].items()]:
+        table.add_row(name, *(f"{m[k]:.3f}" for k in ("precision", "recall", "f1", "pr_auc")),
+                      "-" if m["delay_median_h"] is None else f"{m['delay_median_h']:.0f}")
+    console.print(table)
+    console.print(f"false alarms on the untouched test period: "
+                  f"{metrics['summary']['false_alarms_per_zone_month']} per zone-month")

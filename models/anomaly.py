@@ -6,9 +6,11 @@ where level is the series' recent typical load. One residual stream is scored at
 because the faults operators care about show up at different ones:
 
     point   |r|                              spikes, dips, zero readings
-    jump    |r(t) - r(t-1)|                  abrupt changes: the edges of spikes, dips, shifts, dropouts
+    jump    |r(t) - r(t-1)| (either side)    abrupt changes: the edges of spikes, dips, shifts, dropouts
     level   |24 h centred mean of r|          level shifts, drift, dropouts
-    shape   24 h centred std of r            flat lines (stuck meter), lost daily pattern
+    shape   24 h centred std of r            a daily shape unlike the expected one
+    flat    log(expected / observed 24 h std) flat lines (stuck meter), lost daily pattern: the observed
+                                             load varies far less over a day than the expectation says
 
 Each component is divided by its typical size on the series' own validation data (per-series
 normalization: a noisy zone is not flagged for being noisy), and by a threshold fitted on the pooled
@@ -26,8 +28,10 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-COMPONENTS = ("point", "jump", "level", "shape")
+COMPONENTS = ("point", "jump", "level", "shape", "flat")
 DAY = 24
+CORE_FACTOR = 3.0  # an hour deviates on its own when |r| is this many times the zone's median |r|
+FLAT_EPS = 0.005  # relative units: a day whose load varies less than this is as flat as a stuck meter
 
 
 @dataclass
@@ -53,17 +57,32 @@ class Event:
         return d
 
 
-def score_components(residual: np.ndarray) -> np.ndarray:
-    """[T] relative residuals (NaN where not scored) -> [T, 4] point, jump, level and shape components."""
-    r = pd.Series(np.asarray(residual, dtype=np.float64))
+def residual_features(observed: np.ndarray, expected: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """[T, 2]: the relative residual (observed - expected) / level, and the flatness log(expected 24 h
+    std / observed 24 h std) in the same relative units (positive: flatter than expected). NaN where
+    nothing was expected."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        o = pd.Series(np.asarray(observed, np.float64) / level)
+        e = pd.Series(np.asarray(expected, np.float64) / level)
+    std = {k: v.rolling(DAY, center=True, min_periods=DAY // 2).std() for k, v in (("o", o), ("e", e))}
+    flat = np.log((std["e"] + FLAT_EPS) / (std["o"] + FLAT_EPS)).to_numpy().copy()
+    r = (o - e).to_numpy()
+    flat[~np.isfinite(r)] = np.nan
+    return np.stack([r, flat], axis=1)
+
+
+def score_components(features: np.ndarray) -> np.ndarray:
+    """[T, 2] residual features (`residual_features`) -> [T, 5] components (COMPONENTS), NaN where not scored."""
+    r = pd.Series(np.asarray(features[:, 0], dtype=np.float64))
     rolling = r.rolling(DAY, center=True, min_periods=DAY // 2)
     point = r.abs().to_numpy()
-    jump = r.diff().abs().to_numpy()
+    step = r.diff().abs()
+    jump = np.fmax(step.to_numpy(), step.shift(-1).to_numpy())  # a step belongs to the hours on both sides
     level = rolling.mean().abs().to_numpy()
     shape = rolling.std().to_numpy()
-    out = np.stack([point, jump, level, shape], axis=1)
+    flat = np.clip(features[:, 1], 0.0, None)
+    out = np.stack([point, jump, level, shape, flat], axis=1)
     out[~np.isfinite(r.to_numpy())] = np.nan
-    out[0, 1] = np.nan if len(out) else 0.0
     return out
 
 
@@ -96,9 +115,19 @@ class Calibration:
             return np.maximum(own, 0.25 * np.asarray(self.default_scale))
         return np.asarray(self.default_scale)
 
-    def score(self, residual: np.ndarray, zone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Hourly score [T] (NaN where not scored) and the index of the component behind it [T]."""
-        comps = score_components(residual)
+    def events(self, zone: str, timestamps: pd.DatetimeIndex, features: np.ndarray, expected: np.ndarray,
+               observed: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Event]]:
+        """Score, component and events of one series (`find_events`, trimmed to hours whose |r| is
+        at least CORE_FACTOR times the zone's typical |r|)."""
+        score, which = self.score(features, zone)
+        floor = CORE_FACTOR * self.scale_of(zone, score_components(features))[0]
+        return score, which, find_events(zone, timestamps, score, which, expected, observed, self.merge_gap_hours,
+                                         np.abs(features[:, 0]), floor)
+
+    def score(self, features: np.ndarray, zone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Hourly score [T] of residual features [T, 2] (NaN where not scored) and the index of the
+        component behind it [T]."""
+        comps = score_components(features)
         ratio = comps / (self.scale_of(zone, comps) * np.asarray(self.thresholds))
         filled = np.where(np.isfinite(ratio), ratio, -np.inf)
         which = filled.argmax(axis=1)
@@ -144,7 +173,8 @@ def calibrate(
     merge_gap_hours: int = 6,
     max_false_alarms_per_month: float | None = 0.5,
 ) -> Calibration:
-    """Fit scales and thresholds on residuals of normal (validation) data, zone -> list of segments.
+    """Fit scales and thresholds on residual features ([T, 2], `residual_features`) of normal
+    (validation) data, zone -> list of segments.
 
     With `max_false_alarms_per_month`, the fitted thresholds keep their ratios and are then scaled
     together to the lowest level at which the events found on this same data are at most that many per
@@ -152,16 +182,17 @@ def calibrate(
     which is what an operator counts.
     """
     comps = {z: [score_components(r) for r in segs] for z, segs in residuals.items()}
-    scales = {z: np.nanmedian(np.concatenate(c), axis=0) for z, c in comps.items()}
+    # the median size of each component (flatness is 0 on about half the hours: its floor keeps it apart)
+    scales = {z: np.fmax(np.nanmedian(np.concatenate(c), axis=0), 1e-3) for z, c in comps.items()}
     for z, s in scales.items():
-        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        if not np.all(np.isfinite(s)):
             raise ValueError(f"zone {z!r}: cannot calibrate, too few scored hours or constant residuals")
     pooled = np.concatenate([np.concatenate(c) / scales[z] for z, c in comps.items()])
     thresholds = [fit_threshold(pooled[:, k], method=method, risk=risk) for k in range(len(COMPONENTS))]
     cal = Calibration(thresholds=thresholds, default_scale=np.median(np.stack(list(scales.values())), 0).tolist(),
                       scales={z: s.tolist() for z, s in scales.items()}, method=method, risk=risk,
                       merge_gap_hours=merge_gap_hours)
-    months = sum(np.isfinite(r).sum() for segs in residuals.values() for r in segs) / (DAY * 365.25 / 12)
+    months = sum(np.isfinite(r[:, 0]).sum() for segs in residuals.values() for r in segs) / (DAY * 365.25 / 12)
     scores = {z: [cal.score(r, z)[0] for r in segs] for z, segs in residuals.items()}
 
     def alarms(factor: float) -> tuple[dict[str, int], float]:
@@ -197,11 +228,21 @@ def _flagged_runs(score: np.ndarray, merge_gap_hours: int) -> list[tuple[int, in
 
 
 def find_events(zone: str, timestamps: pd.DatetimeIndex, score: np.ndarray, which: np.ndarray,
-                expected: np.ndarray, observed: np.ndarray, merge_gap_hours: int = 6) -> list[Event]:
-    """Events of one series from its hourly score (1 = alarm), as `Calibration.score` returns it."""
+                expected: np.ndarray, observed: np.ndarray, merge_gap_hours: int = 6,
+                deviation: np.ndarray | None = None, floor: float = 0.0) -> list[Event]:
+    """Events of one series from its hourly score (1 = alarm), as `Calibration.score` returns it.
+
+    With `deviation` (|relative residual| per hour), an event's first and last hours are moved in to
+    the first and last hours that deviate on their own, by at least `floor` and a quarter of the run's
+    largest deviation: the 24 h components flag the day around a 2 h dropout, the event is the 2 h."""
     events = []
     for a, b in _flagged_runs(score, merge_gap_hours):
         k = a + int(np.nanargmax(score[a:b]))
+        if deviation is not None:
+            dev = np.nan_to_num(deviation[a:b])
+            inner = np.flatnonzero(dev >= max(floor, 0.25 * dev.max()))
+            if len(inner):
+                a, b = a + int(inner[0]), a + int(inner[-1]) + 1
         events.append(Event(zone=zone, start=timestamps[a], end=timestamps[b - 1], severity=float(score[k]),
                             expected=float(np.nansum(expected[a:b])), observed=float(np.nansum(observed[a:b])),
                             component=COMPONENTS[int(which[k])]))

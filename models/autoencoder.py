@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anomaly import Calibration, Event, calibrate, find_events, relative_residual
+from models.anomaly import Calibration, Event, calibrate, relative_residual, residual_features
 from models.features import FeatureSpec, calendar_features
 
 WEEK = 168
@@ -139,10 +139,15 @@ class Reconstruction:
     timestamps: pd.DatetimeIndex
     observed: np.ndarray
     expected: np.ndarray
-    residual: np.ndarray
+    level: np.ndarray  # the reference level residuals are relative to (MW)
+    residual: np.ndarray  # (observed - expected) / level
     score: np.ndarray | None = None
     which: np.ndarray | None = None
     events: list[Event] = field(default_factory=list)
+
+    def features(self) -> np.ndarray:
+        """Residual features [T, 2] that `Calibration.score` reads."""
+        return residual_features(self.observed, self.expected, self.level)
 
 
 def min_hours(config: AutoencoderConfig) -> int:
@@ -152,8 +157,11 @@ def min_hours(config: AutoencoderConfig) -> int:
 
 @torch.no_grad()
 def reconstruct(model: ConvAutoencoder, features: FeatureSpec, load: np.ndarray, timestamps: pd.DatetimeIndex,
-                zone: str = "", batch_size: int = 512) -> Reconstruction:
-    """Expected load and relative residuals of one gap-free hourly series (zeros and outliers included)."""
+                zone: str = "", batch_size: int = 512, reference_from: np.ndarray | None = None) -> Reconstruction:
+    """Expected load and relative residuals of one gap-free hourly series (zeros and outliers included).
+
+    `reference_from`: the series the reference weeks are taken from (default: `load` itself), e.g. the
+    load with the anomalies already found replaced by their expected values."""
     load = np.asarray(load, dtype=np.float32)
     w, p = model.config.input_length, model.params
     first = WEEK * p.reference_weeks
@@ -162,7 +170,7 @@ def reconstruct(model: ConvAutoencoder, features: FeatureSpec, load: np.ndarray,
                          f"{first + w} ({p.reference_weeks} weeks of reference before a {w} h window)".replace("  ", " "))
     if not np.isfinite(load).all():
         raise ValueError(f"series {zone} contains NaN or infinite values")
-    ref = reference(load, p.reference_weeks)
+    ref = reference(load if reference_from is None else reference_from, p.reference_weeks)
     cal = calendar_features(timestamps, features)
     starts = list(range(first, len(load) - w + 1, p.stride))
     if starts[-1] != len(load) - w:
@@ -183,18 +191,26 @@ def reconstruct(model: ConvAutoencoder, features: FeatureSpec, load: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = np.where(count > 0, expected_sum / count, np.nan)
         level = np.where(count > 0, level_sum / count, np.nan)
-    return Reconstruction(zone, timestamps, load, expected.astype(np.float32),
+    return Reconstruction(zone, timestamps, load, expected.astype(np.float32), level,
                           relative_residual(load, expected, level))
 
 
 def detect_series(model: ConvAutoencoder, features: FeatureSpec, calibration: Calibration, load: np.ndarray,
                   timestamps: pd.DatetimeIndex, zone: str = "") -> Reconstruction:
     """Reconstruct, score (normalized with the zone's own scales when the calibration knows the zone)
-    and merge flagged hours into events."""
+    and merge flagged hours into events.
+
+    Two passes: an anomaly would otherwise come back as an echo one, two, three weeks later, when it
+    sits in the reference of the same hour. The second pass takes the reference from the load with
+    the hours flagged by the first (and an hour either side) replaced by what was expected there."""
     rec = reconstruct(model, features, load, timestamps, zone)
-    rec.score, rec.which = calibration.score(rec.residual, zone)
-    rec.events = find_events(zone, timestamps, rec.score, rec.which, rec.expected, rec.observed,
-                             calibration.merge_gap_hours)
+    score, _ = calibration.score(rec.features(), zone)
+    flagged = np.convolve(np.nan_to_num(score) > 1.0, np.ones(3), mode="same") > 0
+    if flagged.any():
+        cleaned = np.where(flagged & np.isfinite(rec.expected), rec.expected, load).astype(np.float32)
+        rec = reconstruct(model, features, load, timestamps, zone, reference_from=cleaned)
+    rec.score, rec.which, rec.events = calibration.events(zone, timestamps, rec.features(), rec.expected,
+                                                          rec.observed)
     return rec
 
 
@@ -206,7 +222,7 @@ def calibrate_detector(model: ConvAutoencoder, features: FeatureSpec, segments: 
     for s in segments:
         if len(s.load) < min_hours(model.config):
             continue
-        r = reconstruct(model, features, s.load, s.timestamps, s.zone).residual
+        r = reconstruct(model, features, s.load, s.timestamps, s.zone).features()
         if getattr(s, "target_start", None) is not None:
             r[: int(s.timestamps.searchsorted(s.target_start))] = np.nan
         residuals.setdefault(s.zone, []).append(r)
