@@ -131,9 +131,12 @@ def test_sites_converge_independently_and_report_their_measures() -> None:
     assert max(sol.primal_residual.max(), sol.dual_residual.max(), sol.gap.max()) <= 1e-8
     dones = [d for d, _ in seen]
     assert dones == sorted(dones) and dones[-1] == problems.n and dones[0] < problems.n
-    # a site solved alone gets the same answer as in the batch
+    # a site solved alone gets the same answer as in the batch, and so does a batch solved in chunks
     alone = solve(problems.subset([3]))
     np.testing.assert_allclose(alone.objective[0], sol.objective[3], rtol=1e-7)
+    chunked = solve(problems, chunk=7)
+    assert chunked.status == sol.status
+    np.testing.assert_allclose(chunked.x, sol.x, rtol=1e-9, atol=1e-12)
 
 
 def test_structured_operator_equals_the_sparse_matrix_highs_gets() -> None:
