@@ -136,7 +136,9 @@ def test_sites_converge_independently_and_report_their_measures() -> None:
     np.testing.assert_allclose(alone.objective[0], sol.objective[3], rtol=1e-7)
     chunked = solve(problems, chunk=7)
     assert chunked.status == sol.status
-    np.testing.assert_allclose(chunked.x, sol.x, rtol=1e-9, atol=1e-12)
+    # (to the solver's tolerance: which sites share a batch decides when directions get refined)
+    np.testing.assert_allclose(chunked.objective, sol.objective, rtol=1e-7)
+    np.testing.assert_allclose(chunked.x, sol.x, atol=1e-6)
 
 
 def test_structured_operator_equals_the_sparse_matrix_highs_gets() -> None:
