@@ -28,8 +28,7 @@ that cannot be served, flexible energy that does not fit its hours, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -41,10 +40,6 @@ ROWS = ("balance", "battery", "peak")  # per-step rows; then one "flexible" row 
 
 class ProblemError(ValueError):
     """Input data that cannot describe a dispatch problem; the message names the site and field."""
-
-
-def _per_step(name: str) -> Any:
-    return field(default=None, metadata={"shape": "NT", "doc": name})
 
 
 @dataclass

@@ -39,7 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from optimization.problem import C, D, E, F, G, NV, Q, S, DispatchProblems, StandardForm, diagnose, standard_form
+from optimization.problem import F, NV, S, DispatchProblems, StandardForm, diagnose, standard_form
 
 REGULARIZATION = 1e-10   # added to the normal equations' diagonal: keeps rows of fixed variables solvable
 STEP_TO_BOUNDARY = 0.995  # fraction of the way to the nearest bound a step may go
