@@ -148,6 +148,15 @@ class AnomalyEngine:
         if start > end:
             raise invalid(f"start: {start.isoformat()} is after end {end.isoformat()}")
         hours = (end - start) // HOUR + 1 + self.reference_hours
+        first = start - self.reference_hours * HOUR
+        for z in zones:
+            h = self.histories[z]
+            if end > h.end:
+                raise invalid(f"end: {end.isoformat()} is after the last hour held for zone {z} ({h.end.isoformat()})")
+            if first < h.start:
+                raise invalid(f"start: the detector reads the {self.reference_hours} hours before start, and zone {z}'s "
+                              f"history begins {h.start.isoformat()}, so start can be "
+                              f"{(h.start + self.reference_hours * HOUR).isoformat()} or later")
         if hours * len(zones) > self.limits.max_points_per_request:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"end: {len(zones)} zone(s) x {hours:,} hours exceed this server's limit of "
@@ -155,13 +164,6 @@ class AnomalyEngine:
         out = []
         for z in zones:
             h = self.histories[z]
-            first = start - self.reference_hours * HOUR
-            if end > h.end:
-                raise invalid(f"end: {end.isoformat()} is after the last hour held for zone {z} ({h.end.isoformat()})")
-            if first < h.start:
-                raise invalid(f"start: the detector reads the {self.reference_hours} hours before start, and zone {z}'s "
-                              f"history begins {h.start.isoformat()}, so start can be "
-                              f"{(h.start + self.reference_hours * HOUR).isoformat()} or later")
             a = (first - h.start) // HOUR
             values = h.values[a : a + hours]
             gap = np.flatnonzero(~np.isfinite(values))

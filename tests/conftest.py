@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,52 @@ def ray_session():
         pass
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_anomaly_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path) -> Path:
+    """A small anomaly autoencoder trained on the synthetic zones (60-day validation and test periods)."""
+    from training.config import load_config
+    from training.fit import train
+
+    cfg = load_config(model="autoencoder", **{
+        "model.params": {"hidden": 16, "latent": 3, "kernel": 7, "layers": 1, "reference_weeks": 4, "stride": 24},
+        "data.val_days": 60, "data.test_days": 60,
+        "training.max_epochs": 6, "training.samples_per_epoch": 4096, "training.val_samples": 512,
+        "training.batch_size": 128, "training.num_threads": 1, "detection.max_false_alarms_per_month": 0.1,
+    })
+    cfg.name = "tiny-autoencoder"
+    out = tmp_path_factory.mktemp("bundles") / "tiny-autoencoder"
+    train(cfg, synthetic_csv, out, progress=False, evaluate=False, log=lambda _: None)
+    return out
+
+
+@dataclass
+class ServeApp:
+    config: dict
+    target: str  # gRPC HOST:PORT
+    url: str  # HTTP base URL
+    bundle_dir: Path  # the forecaster
+    anomaly_dir: Path  # the anomaly model (DetectAnomalies)
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_session, tiny_bundle_dir: Path, tiny_anomaly_bundle_dir: Path,  # noqa: ANN001
+              synthetic_csv: Path) -> ServeApp:
+    """The session's one Serve application: the tiny forecaster and anomaly model on three synthetic zones
+    (region "SYN", plus "PAIR"), real gRPC and HTTP on loopback. Every test module that talks to Serve
+    uses this one; tests that change it put it back."""
+    from serving import server
+
+    grpc_port, http_port = server.free_ports(2)
+    config = server.load_config(
+        model=tiny_bundle_dir, anomaly_model=tiny_anomaly_bundle_dir, data=synthetic_csv, grpc_port=grpc_port,
+        http_port=http_port, replicas=1,
+        args={"region": "SYN", "regions": {"PAIR": ["Z000", "Z001"]}, "max_series_per_request": 64,
+              "max_points_per_request": 64 * 400},
+        user_config={"max_batch_series": 256, "batch_wait_timeout_s": 0.01},
+    )
+    server.start(config)
+    yield ServeApp(config, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", tiny_bundle_dir,
+                   tiny_anomaly_bundle_dir)
+    server.shutdown()

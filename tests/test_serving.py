@@ -1,7 +1,8 @@
 """The Ray Serve application end to end: one Ray instance and one application for the session, real gRPC
 and HTTP on loopback, the tiny bundle serving three synthetic zones as region "SYN".
 
-Tests run in file order; the last two change the service (a model swap, a killed replica).
+Tests run in file order; the last two change the service (a model swap, a killed replica) and leave it
+serving the original bundle again.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -25,31 +25,17 @@ import pytest
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from conftest import ServeApp as Service
+
 QUANTILES = [0.1, 0.5, 0.9]
 
 
-@dataclass
-class Service:
-    config: dict
-    target: str  # gRPC HOST:PORT
-    url: str  # HTTP base URL
-    bundle_dir: Path
-
-
 @pytest.fixture(scope="module")
-def service(ray_session, tiny_bundle_dir: Path, synthetic_csv: Path) -> Service:  # noqa: ANN001
-    from serving import server
-
-    grpc_port, http_port = server.free_ports(2)
-    config = server.load_config(
-        model=tiny_bundle_dir, data=synthetic_csv, grpc_port=grpc_port, http_port=http_port, replicas=1,
-        args={"region": "SYN", "regions": {"PAIR": ["Z000", "Z001"]}, "max_series_per_request": 64,
-              "max_points_per_request": 64 * 400},
-        user_config={"max_batch_series": 256, "batch_wait_timeout_s": 0.01},
-    )
-    server.start(config)
-    yield Service(config, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", tiny_bundle_dir)
-    server.shutdown()
+def service(serve_app):  # noqa: ANN001, ANN201
+    """The session's one Serve application (tests/conftest.py `serve_app`): the tiny forecaster as region
+    "SYN" (and "PAIR") with limits of 64 series and 64 x 400 values per request."""
+    return serve_app
 
 
 @pytest.fixture(scope="module")
