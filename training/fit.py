@@ -197,9 +197,12 @@ def _train_autoencoder(cfg: TrainConfig, split: Split, report: RepairReport, dat
     version = _version()
     metrics = None
     if evaluate:
-        metrics = evaluate_detector(model, features, calibration, split.test, seed=tr.seed)
-        log(f"test period: event F1 {metrics['summary']['f1']:.3f} on injected anomalies, "
-            f"{metrics['summary']['false_alarms_per_zone_month']:.2f} false alarms per zone-month untouched")
+        try:
+            metrics = evaluate_detector(model, features, calibration, split.test, seed=tr.seed)
+            log(f"test period: event F1 {metrics['summary']['f1']:.3f} on injected anomalies, "
+                f"{metrics['summary']['false_alarms_per_zone_month']:.2f} false alarms per zone-month untouched")
+        except ValueError as err:  # a test period too short to plant every kind with quiet margins
+            log(f"test period: no planted-anomaly evaluation ({err})")
     save_bundle(out, model, features, name=cfg.name, version=version, meta=meta, metrics=metrics)
     return load_bundle(out)
 
