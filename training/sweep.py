@@ -23,9 +23,10 @@ SQLite, all trials must run on the machine that holds the file: use PostgreSQL (
 shared filesystem) on a multi-node cluster. Journal files have no heartbeats: a new run then assumes
 no other driver is working on the study and retries every trial it finds still running.
 
-Each completed trial's model is sent back to the driver (not written by the worker, so workers need no
-shared filesystem) and saved as a bundle under `<out>/trials/<number>`; the best trial's bundle is
-copied to `<out>/best` at the end.
+Each trial writes its bundle to `<out>/trials/<number>` before it is marked complete (so a completed
+trial always has its model, even when the driver is killed right after), and the best trial's bundle
+is copied to `<out>/best` at the end. On a multi-node cluster `--out` must be a shared filesystem (the
+RayJob example in cluster/ uses the shared volume).
 """
 
 from __future__ import annotations
@@ -206,14 +207,15 @@ def _retry_orphans(study: Any, max_retries: int) -> int:
 # ----------------------------------------------------------------------------------------------- trial
 
 def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_ref: Any, heartbeat_s: int,
-               data: str | None) -> dict[str, Any]:
-    """Ray task: one `study.optimize(n_trials=1)`; returns the trial's number and state, and for a
-    completed trial the trained model as a bundle object (saved by the driver)."""
+               data: str | None, out: str) -> dict[str, Any]:
+    """Ray task: one `study.optimize(n_trials=1)`; returns the trial's number, state and value. A
+    completed trial's bundle is written to `<out>/trials/<number>` before Optuna marks it COMPLETE, so
+    a completed trial always has its model, whenever the driver stops."""
     import optuna
     import ray
     import torch
 
-    from models.bundle import Bundle
+    from models.bundle import save_bundle
     from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals
     from training.module import ForecastModule, WindowDataModule
 
@@ -269,16 +271,15 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
         calibrate_intervals(model, dm.val_set)
         meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
         meta["sweep"] = {"study": study_name, "trial": trial.number, "params": params}
-        result["bundle"] = Bundle(model=model, features=features, name=cfg.name, version=_version(), meta=meta)
+        save_bundle(Path(out) / "trials" / str(trial.number), model, features, name=cfg.name, version=_version(),
+                    meta=meta)
         return best.loss
 
     study.optimize(objective, n_trials=1, catch=(ValueError, RuntimeError))
     if "trial_id" not in result:
         return {"trial": None, "state": None, "value": None}
     trial = storage.get_trial(result.pop("trial_id"))
-    if trial.state != optuna.trial.TrialState.COMPLETE:
-        result.pop("bundle", None)
-    return {"trial": trial.number, "state": trial.state.name, "value": trial.value, **result}
+    return {"trial": trial.number, "state": trial.state.name, "value": trial.value}
 
 
 class BestState(pl.Callback):
@@ -326,7 +327,6 @@ def run_sweep(
     import ray
     from optuna.trial import TrialState
 
-    from models.bundle import save_bundle
     from training.fit import prepare_data
 
     if trials < 1 or parallel < 1:
@@ -372,7 +372,7 @@ def run_sweep(
         while done + len(in_flight) < trials and len(in_flight) < parallel:
             seed = sweep.sampler_seed + done + launched  # distinct per task: parallel TPE samples differ
             in_flight.append(task.remote(sweep, url, name, seed, split_ref, heartbeat_s,
-                                         None if data is None else str(data)))
+                                         None if data is None else str(data), str(out.resolve())))
             launched += 1
         if not in_flight:  # others are running the remaining trials: wait for them, or for them to go stale
             time.sleep(heartbeat_s)
@@ -380,10 +380,6 @@ def run_sweep(
             continue
         ready, in_flight = ray.wait(in_flight, num_returns=1)
         outcome = ray.get(ready[0])
-        bundle = outcome.pop("bundle", None)
-        if bundle is not None:
-            save_bundle(out / "trials" / str(outcome["trial"]), bundle.model, bundle.features, name=bundle.name,
-                        version=bundle.version, meta=bundle.meta)
         _recover(study, url, heartbeat_s, sweep.max_retries)
         done, running, failed = counts()
         best = _best(study)
@@ -395,8 +391,8 @@ def run_sweep(
     if best is not None:
         source = out / "trials" / str(best.number)
         if not source.is_dir():
-            raise ConfigError(f"the best trial #{best.number} has no saved model in {source} (its run stopped "
-                              "before saving it); delete the trial or re-run it")
+            raise ConfigError(f"the best trial #{best.number} has no saved model in {source}: was --out "
+                              "different in the run that made it, or not shared by every node?")
         best_dir = out / "best"
         tmp = out / ".best.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
