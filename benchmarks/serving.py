@@ -5,12 +5,13 @@
 
 1. Reference: the same model call made in this process without RPC (`serving.engine.Engine.run` on one
    request's inputs, the code a replica runs), so the serving overhead is a ratio from one run.
-2. The server starts in its own process (`python -m serving.server`: a local Ray, one replica, the
+2. The server starts in its own process (`python -m serving.server`: a local Ray, `--replicas`
+   replicas (default 2, serve.yaml's max_replicas here; 1 replica tops out at ~350 req/s on 2 cores), the
    HAProxy ingress as `energyopt serve` runs it) on free ports; this process is the load generator
    (grpc.aio, one channel).
 3. For each case and concurrency (1, 8, 32, 64): `concurrency` workers each send a request, wait for the
-   answer and send the next, for `--duration` seconds after a warm-up. The replica's counters
-   (GetModelInfo) before and after give the mean batch it saw; /proc gives the CPU used by the server
+   answer and send the next, for `--duration` seconds after a warm-up. The replicas' counters
+   (GetModelInfo, summed over replicas) before and after give the mean batch they saw; /proc gives the CPU used by the server
    and this process ("ours") and by every other process on the machine ("others": contention).
    - region: ForecastRegion PJM, 5 zones, 48 h, 3 quantiles, from the server's latest history
      (identical requests: a batch computes the 5 zones once);
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -182,10 +184,9 @@ def in_process(model: str, requests: dict, cases: list[str], duration: float, th
 # ---------------------------------------------------------------------------------------------- load
 
 async def closed_loop(target: str, case: str, requests: list, concurrency: int, duration: float,
-                      warmup: float, timeout: float) -> dict:
+                      warmup: float, timeout: float, replicas: int = 1) -> dict:
     import grpc
 
-    from serving.api.energyopt.v1 import forecast_pb2 as pb
     from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
 
     options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
@@ -193,7 +194,7 @@ async def closed_loop(target: str, case: str, requests: list, concurrency: int, 
         stub = pb_grpc.ForecastServiceStub(channel)
         op = CASES[case][0]
         call = getattr(stub, op)
-        before = (await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)).stats
+        before = await replica_counters(stub, replicas)
         latencies: list[float] = []
         errors: dict[str, int] = {}
         loop = asyncio.get_running_loop()
@@ -219,10 +220,10 @@ async def closed_loop(target: str, case: str, requests: list, concurrency: int, 
         async def snapshot() -> None:
             nonlocal before_measured
             await asyncio.sleep(warmup)
-            before_measured = (await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)).stats
+            before_measured = await replica_counters(stub, replicas)
 
         await asyncio.gather(snapshot(), *(worker(k) for k in range(concurrency)))
-        after = (await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)).stats
+        after = await replica_counters(stub, replicas)
     base = before_measured or before
     d_req, d_batches, d_series = (after.requests - base.requests, after.batches - base.batches,
                                   after.series - base.series)
@@ -239,12 +240,40 @@ async def closed_loop(target: str, case: str, requests: list, concurrency: int, 
     }
 
 
+class ReplicaCounters(NamedTuple):
+    """Batching counters summed over every replica (each GetModelInfo answer is one replica's)."""
+
+    requests: int
+    batches: int
+    series: int
+    computed_series: int
+    max_batch_requests: int
+
+
+async def replica_counters(stub, replicas: int) -> ReplicaCounters:  # noqa: ANN001
+    """Ask GetModelInfo until every replica has answered once, and add their counters up."""
+    from serving.api.energyopt.v1 import forecast_pb2 as pb
+
+    seen = {}
+    for _ in range(100):  # concurrent calls: an idle ingress may send one caller's calls to one replica
+        answers = await asyncio.gather(*(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+                                         for _ in range(8 * replicas)))
+        seen.update((info.stats.replica, info.stats) for info in answers)
+        if len(seen) == replicas:
+            break
+        await asyncio.sleep(0.2)
+    if len(seen) < replicas:
+        raise RuntimeError(f"only {len(seen)} of {replicas} replicas answered GetModelInfo")
+    return ReplicaCounters(*(sum(getattr(st, f) for st in seen.values()) for f in ReplicaCounters._fields[:4]),
+                           max(st.max_batch_requests for st in seen.values()))
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def start_server(model: str, grpc_port: int, http_port: int, user_config: dict, args: dict,
-                 log_path: Path, haproxy: bool) -> subprocess.Popen:
+                 log_path: Path, haproxy: bool, replicas: int = 1) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serving.server", "--model", model, "--grpc-port", str(grpc_port),
-           "--http-port", str(http_port), "--replicas", "1", "--user-config", json.dumps(user_config),
+           "--http-port", str(http_port), "--replicas", str(replicas), "--user-config", json.dumps(user_config),
            "--args", json.dumps(args), *([] if haproxy else ["--no-haproxy"])]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
@@ -277,6 +306,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--horizon", type=int, default=48)
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="Forecaster replicas, fixed (serve.yaml's max_replicas for a 2-core machine).")
     parser.add_argument("--series-per-call", type=int, default=256)
     parser.add_argument("--max-batch-series", type=int, default=256)
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
@@ -305,14 +336,14 @@ def main() -> None:
     print(f"starting the server (gRPC :{grpc_port}, log {log_path})", flush=True)
     t0 = time.monotonic()
     proc = start_server(model, grpc_port, http_port, user_config, {"torch_threads": a.torch_threads}, log_path,
-                        haproxy=not a.no_haproxy)
+                        haproxy=not a.no_haproxy, replicas=a.replicas)
     startup_s = time.monotonic() - t0
     try:
         for case in a.cases:
             for c in a.concurrency:
                 with CpuMeter(proc.pid) as cpu:
                     row = asyncio.run(closed_loop(f"127.0.0.1:{grpc_port}", case, requests[case], c, a.duration,
-                                                  a.warmup, a.timeout))
+                                                  a.warmup, a.timeout, a.replicas))
                 row["cpu_cores_ours"], row["cpu_cores_others"] = cpu.ours_cores, cpu.others_cores
                 rows.append(row)
                 print(f"  {case} c={c}: {row['rps']} req/s, p50 {row['p50_ms']} p99 {row['p99_ms']} ms, "
@@ -355,7 +386,7 @@ def main() -> None:
     config = {"model": bundle.name, "model_version": bundle.version, "model_type": bundle.config.type,
               "input_length": bundle.input_length, "horizon": a.horizon, "quantiles": list(QUANTILES),
               "cases": {c: CASES[c][1] for c in a.cases}, "series_per_call": a.series_per_call,
-              "duration_s": a.duration, "warmup_s": a.warmup, "concurrency": a.concurrency, "replicas": 1,
+              "duration_s": a.duration, "warmup_s": a.warmup, "concurrency": a.concurrency, "replicas": a.replicas,
               "torch_threads": a.torch_threads, "max_batch_series": a.max_batch_series,
               "batch_wait_timeout_s": a.batch_wait_timeout_s,
               "client": "grpc.aio closed loop, one channel, in a process of its own",
