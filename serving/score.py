@@ -229,6 +229,43 @@ def ensure_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
 
 
+
+ACTOR_CPUS = 0.5  # a forecasting actor's CPU reservation (torch runs one thread in each)
+FEEDER_CPUS = 1.0  # left free for the read, shuffle and windowing tasks that feed the actors
+
+
+def _fit_workers(num_workers: int | None, use_gpu: bool) -> int:
+    """The actor pool's size: as asked, or as wide as the cluster; checked against what is free now.
+
+    Other work (a Serve application, a training run) may hold part of the cluster; a pool that takes
+    every free CPU would starve the tasks that feed it and the pipeline would wait on itself forever, so
+    say so instead."""
+    import ray
+
+    free = ray.available_resources()
+    free_cpus = free.get("CPU", 0.0)
+    if use_gpu:
+        workers = num_workers or max(1, int(ray.cluster_resources().get("GPU", 1)))
+        if free.get("GPU", 0.0) < workers or free_cpus < FEEDER_CPUS:
+            raise ScoringError(f"scoring with {workers} GPU worker(s) needs {workers} free GPU(s) and "
+                               f"{FEEDER_CPUS:g} free CPU; Ray has {free.get('GPU', 0.0):g} GPU(s) and "
+                               f"{free_cpus:g} CPU(s) free (other work holds the rest)")
+        return workers
+    fits = int((free_cpus - FEEDER_CPUS) / ACTOR_CPUS)
+    if num_workers is None:
+        wanted = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if fits >= 1:
+            return min(wanted, fits)
+        workers = 1
+    else:
+        workers = num_workers
+    if workers > fits:
+        raise ScoringError(f"scoring with {workers} worker(s) needs {workers * ACTOR_CPUS + FEEDER_CPUS:g} free "
+                           f"CPUs (half a CPU per worker, one for reading and windowing); Ray has {free_cpus:g} "
+                           "free (other work such as a Serve application holds the rest): use fewer "
+                           "--num-workers or a larger cluster")
+    return workers
+
 def score(
     model: str | Path,
     input: str | Path,  # noqa: A002 - the CLI option's name
@@ -267,7 +304,7 @@ def score(
         ensure_ray()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
-        workers = num_workers or max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
+        workers = _fit_workers(num_workers, use_gpu)
         skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
         log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
             f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
@@ -279,10 +316,7 @@ def score(
         windows = ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
             _last_windows, batch_size=None, batch_format="pyarrow",
             fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
-        # Forecasting actors reserve half a CPU each (torch runs one thread in each): a pool as wide as
-        # the machine must leave logical CPUs for the read, shuffle and windowing tasks that feed it, or
-        # the pipeline waits on itself.
-        actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 0.5}
+        actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}
         forecasts = windows.map_batches(
             _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
             fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),

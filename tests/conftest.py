@@ -55,7 +55,7 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Pat
 
 # ------------------------------------------------------------------------------------------------------
 # Ray: one local instance for the whole test session, shared by every test that needs Ray (Serve, Train,
-# Data). Small and quiet: 2 CPUs, no dashboard. Serve, if a test started it, is shut down at the end.
+# Data). Small and quiet: 4 logical CPUs, no dashboard. Serve, if a test started it, is shut down at the end.
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,9 @@ def ray_session():
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
+        # 4 logical CPUs on 2 cores: the session's Serve application holds some while Ray Data and
+        # Ray Train tests run beside it (Ray's CPUs are reservations, not cores)
+        ray.init(num_cpus=4, include_dashboard=False, namespace="serve", log_to_driver=False,
                  configure_logging=False)
     yield ray
     try:
