@@ -131,3 +131,12 @@ def serve_app(ray_session, tiny_bundle_dir: Path, tiny_anomaly_bundle_dir: Path,
     yield ServeApp(config, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", tiny_bundle_dir,
                    tiny_anomaly_bundle_dir)
     server.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Ray Data, Ray Train and sweep tests first, while the session's Ray is fresh.
+
+    Run after the rest of the suite (Serve applications deployed and redeployed, many tasks and
+    actors come and gone), the 2,000-series scoring pipeline stalled in CI on 2 cores, although it
+    passes after each test file on its own; the cause is not found yet (see the closing note)."""
+    items.sort(key=lambda item: 0 if Path(str(item.fspath)).name.startswith("test_scale_") else 1)

@@ -124,6 +124,10 @@ def test_bad_inputs_give_clear_errors(ray_session, tiny_bundle_dir: Path, tmp_pa
     pd.read_parquet(good).astype({"timestamp": str}).to_parquet(text_stamps, index=False)
     with pytest.raises(ScoringError, match="not a timestamp"):
         score(tiny_bundle_dir, text_stamps, out)
+
+    # more actors than the free CPUs can hold beside their feeding tasks: an error, not a pipeline that waits
+    with pytest.raises(ScoringError, match=r"64 worker\(s\) needs 33 free CPUs"):
+        score(tiny_bundle_dir, good, out, num_workers=64)
     assert not out.exists()
 
 
