@@ -32,7 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import demo_forecaster, write_result  # noqa: E402
 from models.anomaly import (Event, _flagged_runs, calibrate, find_events, forecast_expected,  # noqa: E402
                             residual_features)
 from models.autoencoder import WEEK, detect_series, detector_of  # noqa: E402
@@ -211,13 +211,9 @@ def main() -> None:
     else:
         bundle = load_bundle(args.model)
         timings["autoencoder_train_s"] = bundle.meta["training"]["seconds"]  # measured when it was trained
-    try:
-        forecaster = load_bundle(args.forecaster)
-    except ValueError:
-        started = time.perf_counter()
-        forecaster = train(load_config(Path("configs/models/demo.yaml")), None, args.forecaster, progress=False,
-                           evaluate=False, log=lambda line: print(f"[forecaster] {line}"))
-        timings["forecaster_train_s"] = round(time.perf_counter() - started, 1)
+    forecaster, trained_s = demo_forecaster(args.forecaster)
+    if trained_s is not None:
+        timings["forecaster_train_s"] = trained_s
 
     split, _, _ = prepare_data(cfg, None)  # test and validation years with 4 weeks of reference before them
     train_segments = split.train

@@ -58,3 +58,26 @@ def write_result(name: str, config: dict[str, Any], rows: list[dict[str, Any]], 
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
+
+
+DEMO_BUNDLE = Path("runs/demo/model")
+
+
+def demo_forecaster(path: Path = DEMO_BUNDLE, tag: str = "forecaster") -> tuple[Any, float | None]:
+    """The forecaster bundle at `path`, trained there with configs/models/demo.yaml (as `energyopt demo`
+    does) when none is there yet, so a benchmark runs on a fresh clone. Returns (bundle, seconds spent
+    training, None when it was loaded)."""
+    import time
+
+    from models.bundle import load_bundle
+    from training.config import load_config
+    from training.fit import train
+
+    try:
+        return load_bundle(path), None
+    except ValueError:  # BundleError: nothing (usable) there yet
+        print(f"[{tag}] no bundle at {path}: training the demo model (configs/models/demo.yaml)", flush=True)
+        started = time.perf_counter()
+        bundle = train(load_config(Path(__file__).resolve().parents[1] / "configs" / "models" / "demo.yaml"), None,
+                       path, progress=False, evaluate=False, log=lambda line: print(f"[{tag}] {line}", flush=True))
+        return bundle, round(time.perf_counter() - started, 1)

@@ -299,7 +299,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="runs/demo/model", help="Model bundle (default: the demo's).")
+    parser.add_argument("--model", default="runs/demo/model",
+                        help="Model bundle (default: the demo's, trained first when missing).")
     parser.add_argument("--duration", type=float, default=20.0,
                         help="Seconds measured per case and concurrency (>= 20 for the real run).")
     parser.add_argument("--warmup", type=float, default=3.0, help="Seconds of load before measuring.")
@@ -319,10 +320,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="Result file (default: benchmarks/results/serving.json).")
     a = parser.parse_args()
 
+    from benchmarks.common import demo_forecaster
     from models.bundle import load_bundle
 
     model = str(Path(a.model).resolve())
-    bundle = load_bundle(model)
+    bundle = demo_forecaster(Path(model))[0] if a.model == "runs/demo/model" else load_bundle(model)
     print(f"model {bundle.name} {bundle.version}; building requests", flush=True)
     requests = build_requests(a.horizon, a.series_per_call, 8)
     print("reference (in-process, no RPC):", flush=True)
