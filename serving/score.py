@@ -7,6 +7,9 @@ The pipeline streams; no stage holds the whole input in one process:
     read_parquet(zone, timestamp, load_mw)          local path or any pyarrow filesystem URI
       -> repartition(keys=[zone]).map_batches(_last_windows)
                                                      one row per series: its last `input_length` hours
+                                                     (input written zone by zone, as exports usually
+                                                     are: read tasks own zone ranges planned from the
+                                                     footers' statistics, and nothing is shuffled)
       -> map_batches(_Forecaster, actor pool)        the bundle deserialized once per actor, B series
                                                      per forward pass (`Bundle.predict`, GPU if asked)
       -> write_parquet(<temp dir beside the output>) zone, origin, timestamp, horizon, mean, q<level>...
@@ -221,6 +224,97 @@ def _swap_into_place(fs: pafs.FileSystem, tmp: str, target: str) -> None:
         fs.delete_dir(old)
 
 
+UNIT_ROWS = 1_000_000  # rows per read task when the input is ordered by zone
+MAX_REREAD = 1.5  # the ordered path may read at most this many times the input's rows
+
+
+@dataclass
+class ReadUnit:
+    """The zones a read task owns, low <= zone < high (None: unbounded), and the row groups holding them."""
+
+    low: str | None
+    high: str | None
+    parts: list[tuple[str, list[int]]]  # (file, row groups)
+
+
+def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) -> list[ReadUnit] | None:
+    """Read tasks that own disjoint zone ranges, planned from the Parquet footers alone, or None.
+
+    Batch inputs are usually written zone by zone (an export per zone or per chunk of zones), so each row
+    group holds a narrow range of zones. The footers' min/max statistics of `zone` then cut the zones into
+    ranges of about UNIT_ROWS rows; a task reads only the row groups whose range meets its own (a zone cut
+    between row groups or files is read whole by its owner) and keeps its own zones: every series is
+    windowed by exactly one task and nothing is shuffled. None (the caller shuffles by zone instead) when
+    statistics are missing, or the zones are so spread over the row groups that a task would read more
+    than 4 x UNIT_ROWS rows or all of them more than MAX_REREAD times the input.
+    """
+    try:
+        fragments = list(pads.dataset(path, filesystem=fs, format="parquet").get_fragments())
+    except (pa.ArrowInvalid, OSError):
+        return None
+    if not fragments or len(fragments) > max_files:
+        return None
+    groups = []  # (zone min, zone max, file, row group, rows)
+    for fragment in fragments:
+        meta = fragment.metadata
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            if rg.num_rows == 0:
+                continue
+            columns = [rg.column(j).path_in_schema for j in range(rg.num_columns)]
+            stats = rg.column(columns.index(ZONE)).statistics if ZONE in columns else None
+            if stats is None or not stats.has_min_max or not isinstance(stats.min, str):
+                return None
+            groups.append((stats.min, stats.max, fragment.path, i, rg.num_rows))
+    if not groups:
+        return None
+    groups.sort(key=lambda g: (g[0], g[1]))
+    bounds: list[str] = []  # cut points between tasks: a row group's first zone every ~UNIT_ROWS rows
+    rows_since = 0
+    for low, _, _, _, rows in groups:
+        if rows_since >= UNIT_ROWS and (not bounds or low > bounds[-1]) and low > groups[0][0]:
+            bounds.append(low)
+            rows_since = 0
+        rows_since += rows
+    units, rows_read = [], 0
+    for low, high in zip([None, *bounds], [*bounds, None]):
+        parts: dict[str, list[int]] = {}
+        unit_rows = 0
+        for g_low, g_high, file, index, rows in groups:
+            if (low is None or g_high >= low) and (high is None or g_low < high):
+                parts.setdefault(file, []).append(index)
+                unit_rows += rows
+        if unit_rows > 4 * UNIT_ROWS:  # zones too spread to cut: one task would hold too much
+            return None
+        rows_read += unit_rows
+        units.append(ReadUnit(low, high, [(file, sorted(ix)) for file, ix in parts.items()]))
+    if rows_read > MAX_REREAD * sum(g[4] for g in groups):
+        return None
+    return units
+
+
+def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: pafs.FileSystem, length: int,
+                       skip_log: Any) -> dict[str, np.ndarray]:
+    """Read-and-window task of the ordered path: the unit's row groups, its own zones -> `_last_windows`."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    for k in batch["unit"]:
+        unit = units[int(k)]
+        for file, row_groups in unit.parts:
+            with fs.open_input_file(file) as handle:
+                table = pq.ParquetFile(handle).read_row_groups(row_groups, columns=list(REQUIRED_COLUMNS))
+            zone = table.column(ZONE)
+            keep = None
+            if unit.low is not None:
+                keep = pc.greater_equal(zone, unit.low)
+            if unit.high is not None:
+                below = pc.less(zone, unit.high)
+                keep = below if keep is None else pc.and_(keep, below)
+            parts.append(table if keep is None else table.filter(keep))
+    return _last_windows(pa.concat_tables(parts, promote_options="default"), length, skip_log)
+
+
 def ensure_ray() -> None:
     """Join the cluster in RAY_ADDRESS if set, else start (or reuse) a local Ray instance."""
     import ray
@@ -308,14 +402,22 @@ def score(
         skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
         log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
             f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
-        ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=list(REQUIRED_COLUMNS))
-        # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
-        partitions = max(workers, min(200, rows // 1_000_000 + 1))
-        # Every row of a zone lands in the same block (this is what `groupby().map_groups()` builds on),
-        # so one vectorized call per block finds all its series' windows, rather than a call per series.
-        windows = ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
-            _last_windows, batch_size=None, batch_format="pyarrow",
-            fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
+        units = zone_ordered_units(in_fs, in_path)
+        if units is not None:  # tasks own disjoint zone ranges: read and window in parallel
+            log(f"input ordered by zone: {len(units)} read task(s), no shuffle")
+            windows = ray.data.from_items([{"unit": i} for i in range(len(units))],
+                                          override_num_blocks=len(units)).map_batches(
+                _read_unit_windows, batch_size=1, batch_format="numpy",
+                fn_kwargs={"units": units, "fs": in_fs, "length": bundle.input_length, "skip_log": skip_log})
+        else:
+            ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=list(REQUIRED_COLUMNS))
+            # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
+            partitions = max(workers, min(200, rows // UNIT_ROWS + 1))
+            # Every row of a zone lands in the same block (this is what `groupby().map_groups()` builds on),
+            # so one vectorized call per block finds all its series' windows, rather than a call per series.
+            windows = ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
+                _last_windows, batch_size=None, batch_format="pyarrow",
+                fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
         actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}
         forecasts = windows.map_batches(
             _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),

@@ -9,27 +9,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import serving.score
 from models.bundle import load_bundle
-from serving.score import SKIPPED_FILE, SUCCESS_FILE, ScoringError, score
+from serving.score import SKIPPED_FILE, SUCCESS_FILE, ScoringError, score, zone_ordered_units
 from training.synthetic import synthetic_load
 
 N_SERIES, HOURS = 2000, 360
 
 
-@pytest.fixture(scope="module")
-def histories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    """2,000 synthetic series as two Parquet files (a folder), rows shuffled; three series are unusable."""
+@pytest.fixture(scope="module", params=["shuffled", "zone_runs"])
+def histories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
+    """2,000 synthetic series as two Parquet files (a folder); three series are unusable. "shuffled": rows
+    in random order (scoring must not rely on the input's order: the shuffle path); "zone_runs": rows
+    written zone by zone in small row groups, one zone cut between the files (the no-shuffle path)."""
     table = synthetic_load(n_zones=N_SERIES, hours=HOURS, seed=3)[["zone", "timestamp", "load_mw"]]
     table = table[~((table.zone == "Z0007") & (table.timestamp == table.timestamp.max() - pd.Timedelta(hours=5)))]
     table.loc[(table.zone == "Z0011") & (table.timestamp == table.timestamp.max()), "load_mw"] = np.nan
     table = table[(table.zone != "Z0013") | (table.timestamp > table.timestamp.max() - pd.Timedelta(hours=100))]
-    table = table.sample(frac=1.0, random_state=0)  # scoring must not rely on the input's order
+    if request.param == "shuffled":
+        table = table.sample(frac=1.0, random_state=0)
+    else:
+        table = table.sort_values(["zone", "timestamp"])
     folder = tmp_path_factory.mktemp("scoring") / "input"
     folder.mkdir()
-    half = len(table) // 2
-    table.iloc[:half].to_parquet(folder / "part-0.parquet", index=False)
-    table.iloc[half:].to_parquet(folder / "part-1.parquet", index=False)
-    return folder, table
+    half = len(table) // 2 + 17  # not on a zone boundary
+    table.iloc[:half].to_parquet(folder / "part-0.parquet", index=False, row_group_size=25_000)
+    table.iloc[half:].to_parquet(folder / "part-1.parquet", index=False, row_group_size=25_000)
+    return folder, table, request.param
 
 
 def in_process(bundle_dir: Path, table: pd.DataFrame, horizon: int) -> tuple[list[str], np.ndarray, pd.DatetimeIndex]:
@@ -46,10 +52,13 @@ def in_process(bundle_dir: Path, table: pd.DataFrame, horizon: int) -> tuple[lis
 
 
 def test_scoring_2000_series_equals_in_process_forecasts_row_for_row(ray_session, tiny_bundle_dir: Path,
-                                                                    histories, tmp_path: Path) -> None:
-    folder, table = histories
+                                                                    histories, tmp_path: Path, monkeypatch) -> None:
+    folder, table, layout = histories
     out = tmp_path / "forecasts"
-    result = score(tiny_bundle_dir, folder, out, num_workers=2, batch_size=256, horizon=24)
+    monkeypatch.setattr(serving.score, "UNIT_ROWS", 100_000)  # several read units (zone runs); shuffled: too spread
+    lines: list[str] = []
+    result = score(tiny_bundle_dir, folder, out, num_workers=2, batch_size=256, horizon=24, log=lines.append)
+    assert any("no shuffle" in line for line in lines) == (layout == "zone_runs"), lines
     assert result.series == N_SERIES - 3 and result.rows == (N_SERIES - 3) * 24
     assert [z for z, _ in result.skipped] == ["Z0007", "Z0011", "Z0013"]
 
@@ -73,6 +82,41 @@ def test_scoring_2000_series_equals_in_process_forecasts_row_for_row(ray_session
     assert "contiguous" in skipped.set_index("zone").loc["Z0007", "reason"]
     assert "NaN" in skipped.set_index("zone").loc["Z0011", "reason"]
     assert "hours of history" in skipped.set_index("zone").loc["Z0013", "reason"]
+
+
+def test_read_tasks_own_every_zone_once_or_the_input_is_shuffled(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(serving.score, "UNIT_ROWS", 500)
+    fs = pafs.LocalFileSystem()
+    table = synthetic_load(n_zones=12, hours=300, seed=2)[["zone", "timestamp", "load_mw"]]
+    table = table.sort_values(["zone", "timestamp"]).reset_index(drop=True)
+    ordered = tmp_path / "ordered"
+    ordered.mkdir()
+    table.iloc[:1900].to_parquet(ordered / "a.parquet", index=False, row_group_size=250)  # zones cut between
+    table.iloc[1900:].to_parquet(ordered / "b.parquet", index=False, row_group_size=250)  # groups and files
+    units = zone_ordered_units(fs, str(ordered))
+    assert units is not None and len(units) > 1
+    owned = []
+    for unit in units:
+        rows = []
+        for file, row_groups in unit.parts:
+            zone = pq.ParquetFile(file).read_row_groups(row_groups, columns=["zone"]).column(0)
+            keep = [(unit.low is None or z >= unit.low) and (unit.high is None or z < unit.high)
+                    for z in zone.to_pylist()]
+            rows += [z for z, k in zip(zone.to_pylist(), keep) if k]
+        owned.append(rows)
+    counts = pd.Series([z for rows in owned for z in rows]).value_counts()
+    assert counts.to_dict() == table.zone.value_counts().to_dict()  # every row of every zone, once
+    assert sum(len(set(rows)) for rows in owned) == 12  # each zone whole in one task
+
+    spread = tmp_path / "spread.parquet"  # every row group holds every zone
+    table.sample(frac=1.0, random_state=1).to_parquet(spread, index=False, row_group_size=250)
+    assert zone_ordered_units(fs, str(spread)) is None
+    no_stats = tmp_path / "nostats.parquet"
+    table.to_parquet(no_stats, index=False, write_statistics=False)
+    assert zone_ordered_units(fs, str(no_stats)) is None
 
 
 def test_rerun_replaces_the_output_and_a_failed_run_leaves_it_intact(ray_session, tiny_bundle_dir: Path,
