@@ -22,7 +22,8 @@ the point forecast (the model's median, like `point` in region forecasts). A ser
 `_skipped.parquet` (files starting with `_` are ignored by Parquet readers), and the job fails only if
 no series at all can be scored. `_SUCCESS` (JSON: counts, model, timings) is written last.
 
-The forecasts equal `load_bundle(model).predict(...)` in one process row for row: the same bundle object
+The forecasts equal `load_bundle(model).predict(...)` in one process row for row, to float32 rounding
+(torch's kernels round differently with other thread counts and batch sizes): the same bundle object
 (loaded and validated by the driver, shipped through the object store, so nodes need no shared
 filesystem), the same float32 windows.
 """
@@ -81,8 +82,10 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.n
     stamps = block.column(TIMESTAMP)
     stamps = pc.cast(stamps, pa.timestamp("ns", stamps.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
     loads = block.column(LOAD).cast(pa.float64()).to_numpy(zero_copy_only=False)
-    order = np.lexsort((stamps, codes))
-    codes, stamps, loads = codes[order], stamps[order], loads[order]
+    step_zone, step_hour = np.diff(codes), np.diff(stamps)
+    if not ((step_zone > 0) | ((step_zone == 0) & (step_hour >= 0))).all():  # already ordered: skip the sort
+        order = np.lexsort((stamps, codes))
+        codes, stamps, loads = codes[order], stamps[order], loads[order]
     # one value per (zone, hour): duplicates averaged
     first = np.ones(len(codes), bool)
     first[1:] = (codes[1:] != codes[:-1]) | (stamps[1:] != stamps[:-1])
@@ -224,7 +227,7 @@ def _swap_into_place(fs: pafs.FileSystem, tmp: str, target: str) -> None:
         fs.delete_dir(old)
 
 
-UNIT_ROWS = 1_000_000  # rows per read task when the input is ordered by zone
+UNIT_ROWS = 1_000_000  # rows per read task when the input is ordered by zone (at least 4 row groups' worth)
 MAX_REREAD = 1.5  # the ordered path may read at most this many times the input's rows
 
 
@@ -242,11 +245,13 @@ def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) 
 
     Batch inputs are usually written zone by zone (an export per zone or per chunk of zones), so each row
     group holds a narrow range of zones. The footers' min/max statistics of `zone` then cut the zones into
-    ranges of about UNIT_ROWS rows; a task reads only the row groups whose range meets its own (a zone cut
-    between row groups or files is read whole by its owner) and keeps its own zones: every series is
-    windowed by exactly one task and nothing is shuffled. None (the caller shuffles by zone instead) when
-    statistics are missing, or the zones are so spread over the row groups that a task would read more
-    than 4 x UNIT_ROWS rows or all of them more than MAX_REREAD times the input.
+    ranges of about UNIT_ROWS rows, and at least four of the largest row group, since writers cut row groups
+    by row count, mid-zone: a task reads only the row groups whose range meets its own (a zone cut between
+    row groups or files is read whole by its owner, at the cost of reading a neighbouring row group too)
+    and keeps its own zones: every series is windowed by exactly one task and nothing is shuffled. None
+    (the caller shuffles by zone instead) when statistics are missing, or the zones are so spread over the
+    row groups that a task would read more than 4 x its share of rows or all of them more than MAX_REREAD
+    times the input.
     """
     try:
         fragments = list(pads.dataset(path, filesystem=fs, format="parquet").get_fragments())
@@ -269,10 +274,11 @@ def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) 
     if not groups:
         return None
     groups.sort(key=lambda g: (g[0], g[1]))
-    bounds: list[str] = []  # cut points between tasks: a row group's first zone every ~UNIT_ROWS rows
+    unit_rows_target = max(UNIT_ROWS, 4 * max(g[4] for g in groups))
+    bounds: list[str] = []  # cut points between tasks: a row group's first zone every ~unit_rows_target rows
     rows_since = 0
     for low, _, _, _, rows in groups:
-        if rows_since >= UNIT_ROWS and (not bounds or low > bounds[-1]) and low > groups[0][0]:
+        if rows_since >= unit_rows_target and (not bounds or low > bounds[-1]) and low > groups[0][0]:
             bounds.append(low)
             rows_since = 0
         rows_since += rows
@@ -284,7 +290,7 @@ def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) 
             if (low is None or g_high >= low) and (high is None or g_low < high):
                 parts.setdefault(file, []).append(index)
                 unit_rows += rows
-        if unit_rows > 4 * UNIT_ROWS:  # zones too spread to cut: one task would hold too much
+        if unit_rows > 4 * unit_rows_target:  # zones too spread to cut: one task would hold too much
             return None
         rows_read += unit_rows
         units.append(ReadUnit(low, high, [(file, sorted(ix)) for file, ix in parts.items()]))
