@@ -45,7 +45,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from models.bundle import Bundle, load_bundle
-from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE, SeriesError
+from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE
 
 HOUR_NS = 3_600_000_000_000
 SUCCESS_FILE, SKIPPED_FILE = "_SUCCESS", "_skipped.parquet"
