@@ -182,3 +182,24 @@ def test_every_shipped_config_builds_its_model():
         model = build_model(cfg)
         assert isinstance(model, QuantileForecaster), path
         assert model.config == ForecasterConfig.from_dict(model.config.to_dict())
+
+
+def test_loss_units_data_is_the_mse_in_the_datas_units() -> None:
+    """ETTh1's benchmark MSE is in the z-scored data's units; loss_units="data" trains on exactly that, while
+    the default scores each window in its own units (a quiet window's errors weigh more)."""
+    from training.module import ForecastModule
+
+    torch.manual_seed(0)
+    config = ForecasterConfig("linear", 48, 12, (), 0, {}).to_dict()
+    history = torch.randn(8, 48) * torch.linspace(0.1, 3.0, 8)[:, None] + 2.0
+    batch = (history, torch.zeros(8, 48, 0), torch.zeros(8, 12, 0), torch.randn(8, 12))
+    data = ForecastModule(config, loss_units="data")
+    window = ForecastModule(config)
+    window.model.load_state_dict(data.model.state_dict())
+    with torch.no_grad():
+        pred = data.model(*batch[:3])[..., 0]
+        loc, scale = history.mean(1, keepdim=True), history.std(1, keepdim=True)
+        assert torch.allclose(data._loss(batch), ((pred - batch[3]) ** 2).mean(), rtol=1e-5)
+        assert torch.allclose(window._loss(batch), (((pred - batch[3]) / scale) ** 2).mean(), rtol=1e-4)
+    with pytest.raises(ValueError, match="loss_units"):
+        ForecastModule(config, loss_units="dollars")
