@@ -198,7 +198,7 @@ def test_loss_units_data_is_the_mse_in_the_datas_units() -> None:
     window.model.load_state_dict(data.model.state_dict())
     with torch.no_grad():
         pred = data.model(*batch[:3])[..., 0]
-        loc, scale = history.mean(1, keepdim=True), history.std(1, keepdim=True)
+        scale = history.std(1, keepdim=True)
         assert torch.allclose(data._loss(batch), ((pred - batch[3]) ** 2).mean(), rtol=1e-5)
         assert torch.allclose(window._loss(batch), (((pred - batch[3]) / scale) ** 2).mean(), rtol=1e-4)
     with pytest.raises(ValueError, match="loss_units"):
