@@ -167,6 +167,9 @@ def test_config_errors_name_the_field(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="quantiles"):
         load_config(model="lstm", **{"model.quantiles": [0.9, 0.1]})
+    with pytest.raises(ConfigError, match="training.loss_units"):
+        load_config(model="lstm", **{"training.loss_units": "dollars"})
+    assert load_config(model="lstm", **{"training.loss_units": "data"}).training.loss_units == "data"
 
 
 def test_every_shipped_config_builds_its_model():

@@ -71,6 +71,9 @@ class TrainingSection(_Strict):
     val_samples: int = Field(10_000, ge=1)  # fixed random subset of validation windows
     patience: int = Field(5, ge=1)  # early stopping on validation loss
     gradient_clip: float = Field(1.0, ge=0)
+    # the loss's units: "window" (each window normalized by its own level and spread: zones of any size
+    # weigh alike) or "data" (the data's units, e.g. MW: what an overall MAE in MW or ETTh1's MSE measures)
+    loss_units: Literal["window", "data"] = "window"
     seed: int = 42
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

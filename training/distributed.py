@@ -75,7 +75,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["threads"])
     pl.seed_everything(tr.seed, verbose=False)  # identical initial weights (DDP also broadcasts rank 0's)
     model = build_model(cfg)
-    module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay)
+    module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay,
+                            loss_units=tr.loss_units)
     module.model = model
     per_worker = max(1, tr.samples_per_epoch // world)
     batch = max(1, min(tr.batch_size, tr.samples_per_epoch) // world)
