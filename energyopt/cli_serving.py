@@ -87,7 +87,7 @@ def serve(
         while not stop:
             time.sleep(0.2)
     finally:
-        console.print("stopping (replicas finish their requests first; up to 30 s) ...")
+        console.print("stopping (replicas finish their requests first) ...")
         server.shutdown()
 
 

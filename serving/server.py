@@ -87,6 +87,10 @@ def configure_local_ray(haproxy: bool = True) -> None:
         stats, metrics = free_ports(2)
         os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats))
         os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics))
+        # A replica told to stop stays reachable this long so that load balancers in front can deregister
+        # it (Serve's default: 30 s, so Ctrl-C took over 30 s). Here the only balancer is this instance's
+        # own HAProxy, which is reconfigured at once and retries a refused connection on another replica.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
 
 
 def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 180.0,
