@@ -39,6 +39,9 @@ def serve(
                                                       "in the config)."),
     haproxy: bool = typer.Option(True, help="Ray Serve's high-throughput ingress (HAProxy in front of the "
                                             "replicas); --no-haproxy uses Serve's Python proxies."),
+    anomaly_model: Optional[Path] = typer.Option(None, help="Anomaly detector bundle for DetectAnomalies "
+                                                            "(`energyopt train --model autoencoder`; default: "
+                                                            "the config's, if any)."),
 ) -> None:
     """Serve forecasts over gRPC and HTTP (Ray Serve, local Ray) in the foreground; Ctrl-C stops it."""
     from models.bundle import BundleError, load_bundle
@@ -50,6 +53,14 @@ def serve(
         hint = (" Run `energyopt demo` first (it trains one there), or pass --model DIR."
                 if model is None else "")
         _fail(f"{err}.{hint}")
+    if anomaly_model is not None:
+        try:
+            detector = load_bundle(anomaly_model)
+        except BundleError as err:
+            _fail(f"--anomaly-model: {err}")
+        if detector.kind != "autoencoder":
+            _fail(f"--anomaly-model {anomaly_model} is a {detector.kind} bundle; DetectAnomalies needs one "
+                  "written by `energyopt train --model autoencoder`")
     if data is not None and not data.exists():
         _fail(f"no data file {data}")
     for name, port in (("--grpc-port", grpc_port), ("--http-port", http_port)):
@@ -62,8 +73,8 @@ def serve(
     from serving import server
 
     try:
-        cfg = server.load_config(config, model=model_dir, data=data, grpc_port=grpc_port, http_port=http_port,
-                                 replicas=replicas)
+        cfg = server.load_config(config, model=model_dir, anomaly_model=anomaly_model, data=data,
+                                 grpc_port=grpc_port, http_port=http_port, replicas=replicas)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(f"starting Ray Serve with model [bold]{bundle.name}[/] {bundle.version} ({model_dir}) ...")

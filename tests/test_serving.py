@@ -427,3 +427,16 @@ def test_cli_serve_refuses_a_busy_port(tiny_bundle_dir: Path):
         port = busy.getsockname()[1]
         result = CliRunner().invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir), "--grpc-port", str(port)])
     assert result.exit_code == 2 and f"port {port} is in use" in " ".join(result.output.split())
+
+
+def test_cli_serve_checks_the_anomaly_model(tiny_bundle_dir: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    result = runner.invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir), "--anomaly-model", str(tmp_path / "none")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--anomaly-model:" in output and "no model bundle" in output, output
+    result = runner.invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir),
+                                    "--anomaly-model", str(tiny_bundle_dir)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is a forecaster bundle" in output and "--model autoencoder" in output, output
