@@ -433,7 +433,8 @@ def test_cli_serve_checks_the_anomaly_model(tiny_bundle_dir: Path, tmp_path: Pat
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    result = runner.invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir), "--anomaly-model", str(tmp_path / "none")])
+    result = runner.invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir),
+                                    "--anomaly-model", str(tmp_path / "none")])
     output = " ".join(result.output.split())
     assert result.exit_code == 2 and "--anomaly-model:" in output and "no model bundle" in output, output
     result = runner.invoke(_cli(), ["serve", "--model", str(tiny_bundle_dir),
