@@ -271,7 +271,8 @@ def _print_region(result) -> None:  # noqa: ANN001
 def _print_metrics(results: dict | None) -> None:
     if not results or "summary" not in results:
         return
-    table = Table(title="backtest on the last 365 days (daily origins, 48 h ahead)")
+    horizon = results.get("horizon", 48)
+    table = Table(title=f"backtest on the test period (daily origins at 00:00, {horizon} h ahead)")
     cols = ("mae", "rmse", "mape", "mase", "pinball", "coverage_80")
     table.add_column("model")
     for c in cols:

@@ -49,10 +49,14 @@ def trials_by_state(storage: str) -> dict[TrialState, list[optuna.trial.FrozenTr
 
 def state_counts(db: Path) -> dict[str, int]:
     """Trial states read straight from the SQLite file, read-only: polling must not race the driver's
-    creation of the schema."""
+    creation of the schema. RUNNING_SAMPLED counts the running trials that have drawn their parameters."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+            counts = dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+            counts["RUNNING_SAMPLED"] = conn.execute(
+                "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN trial_params p ON p.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING'").fetchone()[0]
+            return counts
     except sqlite3.OperationalError:  # no file or no tables yet
         return {}
 
@@ -72,7 +76,7 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_session, synthetic_csv: Pa
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and driver.poll() is None:
         counts = state_counts(out / "study.db")
-        if counts.get("COMPLETE") and counts.get("RUNNING"):
+        if counts.get("COMPLETE") and counts.get("RUNNING_SAMPLED"):  # a trial to re-run with its parameters
             break
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)  # no clean-up: trials are left RUNNING in the study
@@ -105,6 +109,10 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_session, synthetic_csv: Pa
     best = load_bundle(result.best_bundle)
     assert best.meta["sweep"]["trial"] == result.best_trial
     assert result.best_value == min(t.value for t in after[TrialState.COMPLETE])
+    # the exported model is scored once on the test period, as any trained bundle is
+    test = best.metrics["summary"][best.name]
+    assert test["mae"] > 0 and 0 <= test["coverage_80"] <= 1
+    assert not (out / "trials" / str(result.best_trial) / "metrics.json").exists()
 
 
 def test_sweep_config_errors_name_the_problem(tmp_path: Path) -> None:

@@ -32,6 +32,18 @@ def test_bundle_layout_and_metadata(tiny_bundle_dir):
     assert config["training"]["epochs"] and config["training"]["best_val_loss"] > 0
     metrics = json.loads((tiny_bundle_dir / "metrics.json").read_text())
     assert set(metrics["summary"]["tiny-lstm"]) == {"mae", "rmse", "mape", "mase", "pinball", "coverage_80"}
+    assert metrics["horizon"] == 48
+
+
+def test_a_day_ahead_model_is_scored_over_its_own_horizon(synthetic_csv, tiny_config, tmp_path):
+    """The protocol's 48 h exceeds a 24 h model's reach: training must still end with a saved, scored bundle."""
+    from training.fit import train
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.model.horizon, cfg.training.max_epochs = 24, 1
+    bundle = train(cfg, synthetic_csv, tmp_path / "day-ahead", progress=False, log=lambda _: None)
+    assert bundle.max_horizon == 24 and bundle.metrics["horizon"] == 24
+    assert bundle.metrics["summary"]["tiny-lstm"]["mae"] > 0
 
 
 def test_bundle_round_trip_gives_identical_forecasts(tiny_bundle_dir, tmp_path):

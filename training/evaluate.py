@@ -18,16 +18,17 @@ from numpy.lib.stride_tricks import sliding_window_view
 from utilsforecast import losses
 
 from models.bundle import Bundle
-from models.data import Series
+from models.data import Series, Split
 
 SEASON = 168
+PROTOCOL_HORIZON = 48
 
 
 def backtest(
     bundle: Bundle,
     test: Sequence[Series],
     *,
-    horizon: int = 48,
+    horizon: int = PROTOCOL_HORIZON,
     origin_hour: int = 0,
     column: str | None = None,
 ) -> pd.DataFrame:
@@ -122,6 +123,14 @@ def _metrics(frame: pd.DataFrame, model: str) -> pd.DataFrame:
     return out
 
 
+def test_metrics(bundle: Bundle, split: Split) -> dict:
+    """The bundle's own scores on the test period of `split`, what its metrics.json holds: the protocol's
+    48 h, or the model's whole horizon when it is shorter (a day-ahead model), as "horizon" says.
+    Raises ValueError when the test period holds no forecast origin."""
+    horizon = min(PROTOCOL_HORIZON, bundle.max_horizon)
+    return {"horizon": horizon, **score(backtest(bundle, split.test, horizon=horizon), [bundle.name], split.train)}
+
+
 BASELINES = ("seasonal_naive_168", "linear")
 
 
@@ -158,4 +167,4 @@ def evaluate_bundle(
             extra = backtest(other, split.test, horizon=horizon, column=name)
             frame = frame.merge(extra.drop(columns="y"), on=["zone", "cutoff", "ds", "step"], how="left")
             names.append(name)
-    return score(frame, names, split.train)
+    return {"horizon": horizon, **score(frame, names, split.train)}

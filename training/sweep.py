@@ -276,7 +276,12 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
                     meta=meta)
         return best.loss
 
-    study.optimize(objective, n_trials=1, catch=(ValueError, RuntimeError))
+    try:
+        study.optimize(objective, n_trials=1, catch=(ValueError, RuntimeError))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # A driver or another worker saw this trial's heartbeat go stale (a machine starved of CPU) and
+        # failed it, re-queueing its parameters: the retry stands for it, and the sweep goes on.
+        pass
     if "trial_id" not in result:
         return {"trial": None, "state": None, "value": None}
     trial = storage.get_trial(result.pop("trial_id"))
@@ -361,7 +366,8 @@ def run_sweep(
         f"target {trials} trials, {parallel} at a time")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
-    split_ref = ray.put(prepare_data(sweep.base_config(), data))
+    prepared = prepare_data(sweep.base_config(), data)
+    split_ref = ray.put(prepared)
     task = ray.remote(_run_trial).options(num_cpus=sweep.cpus_per_trial, num_gpus=sweep.gpus_per_trial,
                                           max_retries=0)
     in_flight: list[Any] = []
@@ -398,12 +404,30 @@ def run_sweep(
         tmp = out / ".best.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
+        _write_test_metrics(tmp, prepared[0], log)
         shutil.rmtree(best_dir, ignore_errors=True)
         os.replace(tmp, best_dir)
         log(f"best trial #{best.number}: val_loss {best.value:.4f} {best.params} -> {best_dir}")
     return SweepResult(study=name, storage=url, finished=done, failed=failed,
                        best_trial=best.number if best else None, best_value=best.value if best else None,
                        best_params=dict(best.params) if best else {}, best_bundle=best_dir)
+
+
+def _write_test_metrics(bundle_dir: Path, split: Any, log: Callable[[str], None]) -> None:
+    """Score the chosen model, once, on the test period: trials are compared on validation only, so the
+    test figures stay unbiased, and the exported bundle carries them like any trained bundle does."""
+    from models.bundle import load_bundle, write_metrics
+    from training.evaluate import test_metrics
+
+    try:
+        metrics = test_metrics(load_bundle(bundle_dir), split)
+    except ValueError as err:  # a test period too short for one forecast origin
+        log(f"best trial: no test-period evaluation ({err})")
+        return
+    write_metrics(bundle_dir, metrics)
+    overall = next(iter(metrics["summary"].values()))
+    log(f"best trial on the test period: MAE {overall['mae']:.4g}, MAPE {overall['mape']:.3g} %, "
+        f"80 % coverage {overall['coverage_80']:.3f}")
 
 
 def _best(study: Any) -> Any:
