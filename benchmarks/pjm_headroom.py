@@ -13,8 +13,8 @@ Under the accuracy protocol (training.evaluate: test = each zone's last 365 days
   the fair reference for the next line.
 - `ridge_region`: `ridge_zone_since_2013` plus the last 48 h of all five zones (each over its own
   168 h mean). Weather crosses PJM from west (COMED) to east (DOM), so a neighbour's load leads.
-- `seasonal_naive_168` and `linear` (configs/models/linear.yaml, trained here), and any bundles given
-  with --with, in the same run and on the same rows.
+- `seasonal_naive_168` and `linear` (configs/models/linear.yaml, trained here for 48 h as accuracy.py
+  does), and any bundles given with --with, in the same run and on the same rows.
 
 Intervals of the ridges: the 10 % and 90 % quantiles of their validation-period errors per step. This
 is an analysis of where accuracy can come from, not a served model: the ridges are fitted for 00:00
@@ -148,8 +148,9 @@ def main() -> None:
 
     # the baselines as accuracy.py makes them (the naive's intervals calibrated on validation, as trained)
     with tempfile.TemporaryDirectory() as tmp:
-        baselines = [train(load_config(model=model), None, Path(tmp) / model, progress=False, evaluate=False,
-                           log=lambda _: None) for model in ("seasonal_naive", "linear")]
+        baselines = [train(load_config(model=model, **{"model.horizon": HORIZON}), None, Path(tmp) / model,
+                           progress=False, evaluate=False, log=lambda _: None)
+                     for model in ("seasonal_naive", "linear")]
     frame, names = None, []
     for bundle in [*baselines, *map(load_bundle, args.bundles)]:
         part = backtest(bundle, split.test, horizon=HORIZON)
