@@ -73,7 +73,8 @@ def run_pjm(args: argparse.Namespace) -> Path:
                 pass
         print(f"training {model} ...", flush=True)
         queue: mp.Queue = mp.get_context("spawn").Queue()
-        child = mp.get_context("spawn").Process(target=_train_in_child, args=(model, out, args.max_epochs, args.horizon, queue))
+        child = mp.get_context("spawn").Process(target=_train_in_child,
+                                                args=(model, out, args.max_epochs, args.horizon, queue))
         child.start()
         child.join()
         if child.exitcode != 0:

@@ -123,7 +123,7 @@ def _metrics(frame: pd.DataFrame, model: str) -> pd.DataFrame:
     return out
 
 
-def test_metrics(bundle: Bundle, split: Split) -> dict:
+def score_test_period(bundle: Bundle, split: Split) -> dict:
     """The bundle's own scores on the test period of `split`, what its metrics.json holds: the protocol's
     48 h, or the model's whole horizon when it is shorter (a day-ahead model), as "horizon" says.
     Raises ValueError when the test period holds no forecast origin."""

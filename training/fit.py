@@ -22,7 +22,7 @@ from models.data import RepairReport, Split, clean, fingerprint, read_table, spl
 from models.forecaster import QuantileForecaster
 from models.series import BUNDLED_PJM
 from training.config import AUTOENCODER, TrainConfig
-from training.evaluate import test_metrics
+from training.evaluate import score_test_period
 from training.module import AutoencoderModule, ForecastModule, WindowDataModule
 
 
@@ -145,7 +145,7 @@ def train(
     metrics = None
     if evaluate:
         try:
-            metrics = test_metrics(bundle, split)
+            metrics = score_test_period(bundle, split)
         except ValueError as err:  # a test period too short for one forecast origin: keep the model anyway
             log(f"test period: no evaluation ({err})")
     save_bundle(out, model, features, name=cfg.name, version=bundle.version, meta=meta, metrics=metrics)

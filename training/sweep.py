@@ -417,10 +417,10 @@ def _write_test_metrics(bundle_dir: Path, split: Any, log: Callable[[str], None]
     """Score the chosen model, once, on the test period: trials are compared on validation only, so the
     test figures stay unbiased, and the exported bundle carries them like any trained bundle does."""
     from models.bundle import load_bundle, write_metrics
-    from training.evaluate import test_metrics
+    from training.evaluate import score_test_period
 
     try:
-        metrics = test_metrics(load_bundle(bundle_dir), split)
+        metrics = score_test_period(load_bundle(bundle_dir), split)
     except ValueError as err:  # a test period too short for one forecast origin
         log(f"best trial: no test-period evaluation ({err})")
         return
