@@ -93,6 +93,7 @@ class Bundle:
         last_timestamps: Sequence[pd.Timestamp] | pd.DatetimeIndex,
         horizon: int,
         *,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 4096,
     ) -> np.ndarray:
@@ -100,6 +101,9 @@ class Bundle:
 
         `last_timestamps[b]` is the hour of the last value of history b; the forecast covers the
         `horizon` hours after it. Only the last `input_length` hours of each history are read.
+        A model trained with extra covariates needs their values, `extra` = (past [B, input_length, K],
+        future [B, max_horizon, K]) in the spec's order: the hours of the window and all the hours the
+        model forecasts.
         """
         history = np.asarray(history, dtype=np.float32)
         if history.ndim != 2:
@@ -110,12 +114,14 @@ class Bundle:
             raise ValueError(f"history too short: the model reads {self.input_length} hours, got {history.shape[1]}")
         if not 1 <= horizon <= self.max_horizon:
             raise ValueError(f"horizon must be between 1 and {self.max_horizon} hours, got {horizon}")
-        if self.features.covariates:
-            raise ValueError("this model needs extra covariates: build its inputs with Bundle.covariates")
         history = history[:, -self.input_length :]
         if not np.isfinite(history).all():
             raise ValueError("history contains NaN or infinite values")
         past, future = self._calendar_windows(pd.DatetimeIndex(last_timestamps), horizon)
+        if self.features.covariates:
+            past, future = self._with_extra(past, future, extra)
+        elif extra is not None:
+            raise ValueError(f"model {self.name} takes no extra covariates, but some were given")
         model = self.model.to(device)
         out = []
         for i in range(0, len(history), batch_size):
@@ -123,6 +129,24 @@ class Bundle:
             q = model(*(torch.from_numpy(a[sl]).to(device) for a in (history, past, future)))
             out.append(q[:, :horizon].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, horizon, self.model.config.n_outputs), np.float32)
+
+    def _with_extra(self, past: np.ndarray, future: np.ndarray,
+                    extra: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Calendar windows with the extra covariates' values in their columns, checked."""
+        names = list(self.features.covariates)
+        want = ((len(past), self.input_length, len(names)), (len(future), self.max_horizon, len(names)))
+        if extra is None:
+            raise ValueError(f"model {self.name} needs covariates {names}: pass extra=(past, future) of shapes "
+                             f"{want[0]} and {want[1]}")
+        got = tuple(np.shape(a) for a in extra)
+        if got != want:
+            raise ValueError(f"covariates {names}: expected past and future of shapes {want[0]} and {want[1]}, "
+                             f"got {got[0]} and {got[1]}")
+        if not all(np.isfinite(a).all() for a in extra):
+            raise ValueError(f"covariates {names} contain NaN or infinite values")
+        n_cal = self.features.size - len(names)
+        past[:, :, n_cal:], future[:, :, n_cal:] = extra
+        return past, future
 
     def _calendar_windows(self, last: pd.DatetimeIndex, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Past [B, L, C] and future [B, H, C] calendar features, computed once per distinct last hour."""
@@ -133,7 +157,7 @@ class Bundle:
             hours = future_timestamps(stamp - pd.Timedelta(hours=length), length + full_h)
             feats = calendar_features(hours, self.features)
             rows = np.flatnonzero(last == stamp)
-            past[rows], future[rows] = feats[:length], feats[length:]
+            past[rows, :, : feats.shape[1]], future[rows, :, : feats.shape[1]] = feats[:length], feats[length:]
         return past, future
 
 

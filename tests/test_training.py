@@ -218,3 +218,30 @@ def test_loss_units_data_is_the_mse_in_the_datas_units() -> None:
         assert torch.allclose(window._loss(batch), (((pred - batch[3]) / scale) ** 2).mean(), rtol=1e-4)
     with pytest.raises(ValueError, match="loss_units"):
         ForecastModule(config, loss_units="dollars")
+
+
+def test_a_model_with_covariates_is_scored_on_their_values(synthetic_csv, tiny_config, tiny_bundle_dir, tmp_path):
+    """A model trained with an extra covariate (the synthetic temperature) is backtested with the test
+    period's own values of it; predict without them is a clear error, not a shape crash in torch."""
+    from training.fit import prepare_data, train
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.features.covariates, cfg.training.max_epochs = ["temperature_c"], 1
+    bundle = train(cfg, synthetic_csv, tmp_path / "with-temperature", progress=False, log=lambda _: None)
+    assert bundle.features.covariates == ("temperature_c",)
+    assert bundle.metrics["summary"]["tiny-lstm"]["mae"] > 0
+    split, _, _ = prepare_data(cfg, synthetic_csv)
+    before = backtest(bundle, split.test)
+    for s in split.test:
+        s.covariates = s.covariates + 15.0  # a much warmer test period
+    after = backtest(bundle, split.test)
+    assert len(after) == len(before) and not np.allclose(after["tiny-lstm"], before["tiny-lstm"])
+    history, last = np.full((1, 400), 1000.0, np.float32), pd.DatetimeIndex(["2021-01-01 23:00"])
+    with pytest.raises(ValueError, match=r"needs covariates \['temperature_c'\]"):
+        bundle.predict(history, last, 48)
+    with pytest.raises(ValueError, match="expected past and future of shapes"):
+        bundle.predict(history, last, 48, extra=(np.zeros((1, 336, 1)), np.zeros((1, 24, 1))))
+    extra = (np.zeros((1, 336, 1)), np.zeros((1, 48, 1)))
+    assert bundle.predict(history, last, 48, extra=extra).shape == (1, 48, 3)
+    with pytest.raises(ValueError, match="takes no extra covariates"):
+        load_bundle(tiny_bundle_dir).predict(history, last, 48, extra=extra)

@@ -19,6 +19,7 @@ from utilsforecast import losses
 
 from models.bundle import Bundle
 from models.data import Series, Split
+from training.windows import series_covariates
 
 SEASON = 168
 PROTOCOL_HORIZON = 48
@@ -39,10 +40,14 @@ def backtest(
     """
     name = column or bundle.name
     length = bundle.input_length
-    histories, lasts, targets, meta = [], [], [], []
+    n_extra = len(bundle.features.covariates)
+    # a model with extra covariates reads their values over every hour it forecasts, so its origins need
+    # the data to reach max_horizon ahead, not only the scored horizon
+    reach = bundle.max_horizon if n_extra else horizon
+    histories, lasts, targets, meta, past_extra, future_extra = [], [], [], [], [], []
     for s in test:
         start = length if s.target_start is None else max(length, int(s.timestamps.searchsorted(s.target_start)))
-        origins = np.arange(start, len(s.load) - horizon + 1)
+        origins = np.arange(start, len(s.load) - reach + 1)
         origins = origins[s.timestamps.hour[origins] == origin_hour]
         if not len(origins):
             continue
@@ -51,10 +56,16 @@ def backtest(
         targets.append(windows[:, length:])
         lasts.append(s.timestamps[origins - 1])
         meta.append((s.zone, s.timestamps[origins]))
+        if n_extra:
+            extra = series_covariates(s, bundle.features)[:, -n_extra:]  # [T, K]
+            past_extra.append(sliding_window_view(extra, length, axis=0)[origins - length].transpose(0, 2, 1))
+            future_extra.append(sliding_window_view(extra, reach, axis=0)[origins].transpose(0, 2, 1))
     if not histories:
-        raise ValueError(f"no forecast origin at {origin_hour:02d}:00 with {length} h history and {horizon} h "
+        raise ValueError(f"no forecast origin at {origin_hour:02d}:00 with {length} h history and {reach} h "
                          "ahead inside the test period")
-    quantiles = bundle.predict(np.concatenate(histories), pd.DatetimeIndex(np.concatenate(lasts)), horizon)
+    extra = (np.concatenate(past_extra), np.concatenate(future_extra)) if n_extra else None
+    quantiles = bundle.predict(np.concatenate(histories), pd.DatetimeIndex(np.concatenate(lasts)), horizon,
+                               extra=extra)
     steps = np.arange(horizon)
     zones = np.concatenate([np.repeat(z, len(c) * horizon) for z, c in meta])
     cutoffs = np.concatenate([np.repeat(c.to_numpy(), horizon) for _, c in meta])
