@@ -79,6 +79,10 @@ def forecast_region(
     hour after the latest hour that every zone has) for `horizon` hours, plus the region total."""
     if not histories:
         raise SeriesError(f"region {region} has no zones to forecast")
+    if bundle.features.covariates:
+        raise SeriesError(f"model {bundle.name} needs covariates {list(bundle.features.covariates)} for every hour, "
+                          "which a region forecast from load histories does not have: use a model trained without "
+                          "them, or forecast series with their covariates (ForecastSeries)")
     if issue_time is None:
         issue_time = min(h.index.max() for h in histories.values()) + pd.Timedelta(hours=1)
     issue_time = pd.Timestamp(issue_time)

@@ -15,6 +15,7 @@ from models.data import load_series, split_by_time
 from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster, monotone_quantiles
 from models.region import forecast_region
+from models.series import SeriesError
 from training.config import ConfigError, load_config
 from training.evaluate import backtest, score
 from training.fit import build_model, calibrate_intervals
@@ -245,3 +246,7 @@ def test_a_model_with_covariates_is_scored_on_their_values(synthetic_csv, tiny_c
     assert bundle.predict(history, last, 48, extra=extra).shape == (1, 48, 3)
     with pytest.raises(ValueError, match="takes no extra covariates"):
         load_bundle(tiny_bundle_dir).predict(history, last, 48, extra=extra)
+    zone = split.test[0]
+    recent = pd.Series(zone.load, index=zone.timestamps)
+    with pytest.raises(SeriesError, match=r"needs covariates \['temperature_c'\].*region forecast"):
+        forecast_region(bundle, {zone.zone: recent}, 48)
