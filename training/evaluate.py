@@ -19,7 +19,7 @@ from utilsforecast import losses
 
 from models.bundle import Bundle
 from models.data import Series, Split
-from training.windows import series_covariates
+from training.windows import extra_covariates
 
 SEASON = 168
 PROTOCOL_HORIZON = 48
@@ -57,7 +57,7 @@ def backtest(
         lasts.append(s.timestamps[origins - 1])
         meta.append((s.zone, s.timestamps[origins]))
         if n_extra:
-            extra = series_covariates(s, bundle.features)[:, -n_extra:]  # [T, K]
+            extra = extra_covariates(s, bundle.features)  # [T, K]
             past_extra.append(sliding_window_view(extra, length, axis=0)[origins - length].transpose(0, 2, 1))
             future_extra.append(sliding_window_view(extra, reach, axis=0)[origins].transpose(0, 2, 1))
     if not histories:

@@ -17,11 +17,16 @@ def series_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
     cal = calendar_features(series.timestamps, features)
     if not features.covariates:
         return cal
+    return np.concatenate([cal, extra_covariates(series, features)], axis=1)
+
+
+def extra_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
+    """The spec's extra covariate columns [T, K] of one series, in the spec's order."""
     missing = [c for c in features.covariates if c not in series.covariate_names]
     if missing:
         raise ValueError(f"zone {series.zone}: covariate columns {missing} are not in the data")
     cols = [series.covariate_names.index(c) for c in features.covariates]
-    return np.concatenate([cal, series.covariates[:, cols]], axis=1).astype(np.float32)
+    return series.covariates[:, cols].astype(np.float32)
 
 
 class WindowDataset(Dataset):
