@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import write_result  # noqa: E402
 
-PJM_MODELS = ("lstm", "transformer", "linear", "seasonal_naive")
+PJM_MODELS = ("lstm", "transformer", "lstm_region", "transformer_region", "linear", "seasonal_naive")
 
 
 def _train_in_child(model: str, out: Path, max_epochs: int | None, horizon: int, queue: mp.Queue) -> None:
@@ -94,7 +94,7 @@ def run_pjm(args: argparse.Namespace) -> Path:
     results = score(frame, names, split.train)
     summary = {"overall": results["summary"], "training": training}
     overall = results["summary"]
-    for deep in ("lstm", "transformer"):
+    for deep in ("lstm", "transformer", "lstm_region", "transformer_region"):
         if deep in overall and "linear" in overall and "seasonal_naive_168" in overall:
             summary[f"{deep}_mae_vs_linear"] = round(overall[deep]["mae"] / overall["linear"]["mae"], 4)
             summary[f"{deep}_mae_vs_seasonal_naive"] = round(

@@ -159,8 +159,9 @@ def forecast(
     if model is None:
         _fail("pass --model DIR (forecast in process) or --server HOST:PORT (ask a running server)")
     bundle = load_bundle(model)
-    histories = _histories(data, zone)
-    result = _forecast(bundle, histories, horizon, region)
+    context = _histories(data)
+    histories = _select_zones(context, zone)
+    result = _forecast(bundle, histories, horizon, region, context)
     if json_out:
         print(result.to_frame().to_json(orient="records", date_format="iso", indent=1))
     else:
@@ -206,7 +207,7 @@ def demo(
         console.print(f"wrote model bundle {bundle_dir}")
     _print_metrics(bundle.metrics)
     console.rule("2. Forecast the PJM region and every zone, 48 hours ahead")
-    histories = _histories(None, None)
+    histories = _histories(None)
     result = _forecast(bundle, histories, 48, "PJM")
     _print_region(result)
     plot = workdir / "forecast.png"
@@ -214,30 +215,35 @@ def demo(
     console.print(f"plot: {plot}")
 
 
-def _histories(data: Optional[Path], zones: Optional[list[str]]) -> dict:
+def _histories(data: Optional[Path]) -> dict:
     """Each zone's cleaned hourly history (its latest gap-free segment), by zone name."""
     import pandas as pd
 
     from models.data import load_series
-    from models.series import SeriesError
 
     series, _ = load_series(data)
     latest: dict = {}
     for s in series:
         if s.zone not in latest or s.timestamps[-1] > latest[s.zone].index[-1]:
             latest[s.zone] = pd.Series(s.load, index=s.timestamps, name=s.zone)
-    if zones:
-        unknown = sorted(set(zones) - set(latest))
-        if unknown:
-            raise SeriesError(f"unknown zone(s) {unknown}; the data has {sorted(latest)}")
-        latest = {z: latest[z] for z in zones}
     return latest
 
 
-def _forecast(bundle, histories: dict, horizon: int, region: str):  # noqa: ANN001, ANN202
+def _select_zones(histories: dict, zones: Optional[list[str]]) -> dict:
+    from models.series import SeriesError
+
+    if not zones:
+        return histories
+    unknown = sorted(set(zones) - set(histories))
+    if unknown:
+        raise SeriesError(f"unknown zone(s) {unknown}; the data has {sorted(histories)}")
+    return {z: histories[z] for z in zones}
+
+
+def _forecast(bundle, histories: dict, horizon: int, region: str, context: dict | None = None):  # noqa: ANN001, ANN202
     from models.region import forecast_region
 
-    return forecast_region(bundle, histories, horizon, region=region)
+    return forecast_region(bundle, histories, horizon, region=region, context=context)
 
 
 def _print_region(result) -> None:  # noqa: ANN001

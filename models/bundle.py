@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import models  # noqa: F401  (registers every backbone)
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
-from models.features import FeatureSpec, calendar_features, future_timestamps
+from models.features import FeatureSpec, calendar_features, future_timestamps, region_channels
 from models.forecaster import ForecasterConfig, QuantileForecaster
 
 BUNDLE_FORMAT = 1
@@ -73,6 +73,11 @@ class Bundle:
     def max_horizon(self) -> int:
         return self.config.horizon
 
+    @property
+    def region_zones(self) -> tuple[str, ...]:
+        """Zones whose recent load the model reads beside each series (empty: its own history only)."""
+        return self.features.region_zones
+
     def covariates(self, timestamps: pd.DatetimeIndex, extra: np.ndarray | None = None) -> np.ndarray:
         """Known covariates [T, C] for `timestamps`: calendar features, then the spec's extra columns."""
         cal = calendar_features(timestamps, self.features)
@@ -94,6 +99,7 @@ class Bundle:
         horizon: int,
         *,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
+        region: np.ndarray | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 4096,
     ) -> np.ndarray:
@@ -103,7 +109,9 @@ class Bundle:
         `horizon` hours after it. Only the last `input_length` hours of each history are read.
         A model trained with extra covariates needs their values, `extra` = (past [B, input_length, K],
         future [B, max_horizon, K]) in the spec's order: the hours of the window and all the hours the
-        model forecasts.
+        model forecasts. A model trained with region context needs `region` [B, >= input_length, R]: the
+        load in MW of its `region_zones`, in that order, over the same hours as each history (NaN where a
+        zone has no value; see models.region.RegionPanel).
         """
         history = np.asarray(history, dtype=np.float32)
         if history.ndim != 2:
@@ -122,6 +130,10 @@ class Bundle:
             past, future = self._with_extra(past, future, extra)
         elif extra is not None:
             raise ValueError(f"model {self.name} takes no extra covariates, but some were given")
+        if self.region_zones:
+            past = np.concatenate([past, self._region_context(region, len(history))], axis=2)
+        elif region is not None:
+            raise ValueError(f"model {self.name} reads no region context, but some was given")
         model = self.model.to(device)
         out = []
         for i in range(0, len(history), batch_size):
@@ -147,6 +159,21 @@ class Bundle:
         n_cal = self.features.size - len(names)
         past[:, :, n_cal:], future[:, :, n_cal:] = extra
         return past, future
+
+    def _region_context(self, region: np.ndarray | None, n: int) -> np.ndarray:
+        """The region zones' load windows [B, L, R] in MW, checked -> the model's region channels."""
+        zones, length = list(self.region_zones), self.input_length
+        if region is None:
+            raise ValueError(f"model {self.name} reads the recent load of zones {zones} beside each series: pass "
+                             f"region of shape ({n}, {length}, {len(zones)})")
+        region = np.asarray(region, dtype=np.float32)
+        if region.ndim != 3 or region.shape[0] != n or region.shape[1] < length or region.shape[2] != len(zones):
+            raise ValueError(f"region context of zones {zones}: expected shape ({n}, >= {length}, {len(zones)}), "
+                             f"got {region.shape}")
+        region = region[:, -length:]
+        if np.isinf(region).any():
+            raise ValueError(f"region context of zones {zones} contains infinite values")
+        return region_channels(region)
 
     def _calendar_windows(self, last: pd.DatetimeIndex, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Past [B, L, C] and future [B, H, C] calendar features, computed once per distinct last hour."""

@@ -23,11 +23,14 @@ CALENDAR_FEATURES = (
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which known-future covariates a model takes, in order."""
+    """Which inputs a model takes beside a series' own history, in order: known-future covariates
+    (calendar, extra columns of the data) and the recent load of the region's zones (past only)."""
 
     calendar: bool = True
     holiday_country: str | None = "US"  # public holidays of this country (ISO code), via `holidays`
     covariates: tuple[str, ...] = field(default_factory=tuple)  # extra known-future columns of the data
+    # zones whose load over the history window a model reads beside each series' own (see region_channels)
+    region_zones: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def names(self) -> list[str]:
@@ -35,17 +38,19 @@ class FeatureSpec:
 
     @property
     def size(self) -> int:
+        """Known-future covariates per hour (the region channels are not among them)."""
         return len(self.names)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["covariates"] = list(self.covariates)
+        d["region_zones"] = list(self.region_zones)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
         return cls(calendar=bool(d.get("calendar", True)), holiday_country=d.get("holiday_country"),
-                   covariates=tuple(d.get("covariates", ())))
+                   covariates=tuple(d.get("covariates", ())), region_zones=tuple(d.get("region_zones", ())))
 
 
 @lru_cache(maxsize=64)
@@ -79,6 +84,22 @@ def calendar_features(timestamps: pd.DatetimeIndex | np.ndarray, spec: FeatureSp
         known = _holiday_dates(spec.holiday_country, int(ts.year.min()), int(ts.year.max()))
         out[:, 13] = np.isin(dates, known)
     return out
+
+
+def region_channels(loads: np.ndarray) -> np.ndarray:
+    """Region context [..., L, R] in MW (NaN where a zone has no value) -> model input of the same shape.
+
+    Each zone's window is normalized by its own mean and standard deviation, as a series' own history is,
+    so the model reads how every zone's recent load moves rather than its size. A zone missing any hour of
+    the window reads as all zeros (its mean), so a gap in one neighbour degrades the context gracefully
+    instead of failing the forecast.
+    """
+    loads = np.asarray(loads, dtype=np.float32)
+    complete = np.isfinite(loads).all(axis=-2, keepdims=True)
+    safe = np.where(complete, loads, 0.0)
+    mean = safe.mean(axis=-2, keepdims=True)
+    std = np.maximum(safe.std(axis=-2, keepdims=True), 1e-3 * np.maximum(np.abs(mean), 1.0))
+    return np.where(complete, (safe - mean) / std, 0.0).astype(np.float32)
 
 
 def future_timestamps(last_observed: pd.Timestamp, horizon: int) -> pd.DatetimeIndex:

@@ -5,7 +5,9 @@ horizon step; `QuantileForecaster` wraps any backbone with per-window normalizat
 window's own mean and scale), non-crossing quantiles and conformal interval scaling. Switching models is
 changing the `type` name in a config.
 
-Shapes: B series, L history hours, H horizon hours, C covariates, Q quantiles.
+Shapes: B series, L history hours, H horizon hours, C covariates, Q quantiles. A model may also read P
+inputs known over the history only (the region's zones, models.features.region_channels): they follow the
+C covariates in past_cov, which is then [B, L, C + P] while future_cov stays [B, H, C].
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ForecasterConfig:
     horizon: int = 168  # most hours ahead it forecasts
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # empty: a single point output trained with MSE
     n_covariates: int = 0  # known-future covariates per hour (models.features.FeatureSpec.size)
+    n_past_covariates: int = 0  # inputs known over the history only (FeatureSpec.region_zones)
     params: dict[str, Any] = field(default_factory=dict)  # backbone hyper-parameters
     kernels: str = "auto"  # Triton inference kernels: auto (on CUDA), on, off (see models.kernels)
 
@@ -81,7 +84,7 @@ def register(name: str) -> Callable[[type], type]:
 
 
 class QuantileForecaster(nn.Module):
-    """history [B, L] and covariates [B, L, C] / [B, H, C] (data units) -> quantiles [B, H, Q] (data units).
+    """history [B, L] and covariates [B, L, C + P] / [B, H, C] (data units) -> quantiles [B, H, Q] (data units).
 
     Quantiles come out sorted (non-crossing) for every series and step; with no quantiles configured
     the single output is a point forecast.
@@ -94,10 +97,14 @@ class QuantileForecaster(nn.Module):
         if list(config.quantiles) != sorted(set(config.quantiles)) or not all(0 < q < 1 for q in config.quantiles):
             raise ValueError(f"quantiles must be distinct, increasing and inside (0, 1), got {config.quantiles}")
         kernel_mode(config.kernels)  # a typo is an error here, not on the first GPU forward
+        if config.n_past_covariates and not getattr(BACKBONES[config.type], "reads_past_covariates", False):
+            raise ValueError(f"model type {config.type!r} reads no inputs beside its own history and known-future "
+                             "covariates (no region context); use lstm or transformer")
         self.config = config
         self.backbone = BACKBONES[config.type](
             input_length=config.input_length, horizon=config.horizon, n_covariates=config.n_covariates,
             n_outputs=config.n_outputs, **config.params,
+            **({"n_past_covariates": config.n_past_covariates} if config.n_past_covariates else {}),
         )
         # Conformal scaling of each quantile's distance from the median, fitted on validation data.
         self.register_buffer("interval_scale", torch.ones(config.n_outputs))

@@ -7,7 +7,10 @@ encoder's context, that step's known covariates (calendar, holidays) and a learn
 step's lead time. A linear skip from the raw window (DLinear-like) is added to the MLP's output, so the
 network starts from at least the linear forecast and spends its capacity on the nonlinear effects.
 
-Shapes: B series, L history hours, H horizon hours, C covariates, Q outputs.
+Past-only inputs (P of them: the region's zones' recent load) join the encoder's input beside the
+covariates; the decoder reads the known-future covariates only.
+
+Shapes: B series, L history hours, H horizon hours, C covariates, P past-only inputs, Q outputs.
 """
 
 from __future__ import annotations
@@ -42,16 +45,19 @@ class LSTMParams:
 
 @register("lstm")
 class MQLSTM(nn.Module):
-    """history [B, L], past_cov [B, L, C], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
+    """history [B, L], past_cov [B, L, C + P], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
 
-    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, **params) -> None:
+    reads_past_covariates = True
+
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int,
+                 n_past_covariates: int = 0, **params) -> None:
         super().__init__()
         p = LSTMParams(**params)
         if p.patch_len > input_length:
             raise ValueError(f"lstm param patch_len ({p.patch_len}) exceeds input_length ({input_length})")
         self.horizon, self.n_outputs, self.patch_len = horizon, n_outputs, p.patch_len
         self.encoder = nn.LSTM(
-            input_size=p.patch_len * (1 + n_covariates), hidden_size=p.hidden_size, num_layers=p.num_layers, batch_first=True,
+            input_size=p.patch_len * (1 + n_covariates + n_past_covariates), hidden_size=p.hidden_size, num_layers=p.num_layers, batch_first=True,
             dropout=p.dropout if p.num_layers > 1 else 0.0,  # torch applies it between layers only
         )
         self.to_context = nn.Linear(p.hidden_size, p.context_size)
@@ -65,7 +71,7 @@ class MQLSTM(nn.Module):
         self.skip = nn.Linear(input_length, horizon * n_outputs) if p.skip else None
 
     def steps(self, x: torch.Tensor, past_cov: torch.Tensor) -> torch.Tensor:
-        """[B, L] and [B, L, C] -> encoder input [B, L // patch_len, patch_len * (1 + C)]: each step holds a
+        """[B, L] and [B, L, C + P] -> encoder input [B, L // patch_len, patch_len * (1 + C + P)]: each step holds a
         patch of consecutive hours (the most recent whole patches; older leftover hours are dropped)."""
         B, L = x.shape
         n = L // self.patch_len
@@ -73,7 +79,7 @@ class MQLSTM(nn.Module):
         return hours.reshape(B, n, -1)
 
     def encode(self, steps: torch.Tensor, kernels: bool = False) -> torch.Tensor:
-        """Encoder input [B, N, patch_len * (1 + C)] -> last layer's final hidden state [B, hidden]."""
+        """Encoder input [B, N, patch_len * (1 + C + P)] -> last layer's final hidden state [B, hidden]."""
         if kernels:
             # under CUDA autocast to bf16 the recurrence runs in bf16 (fp32 state), as cuDNN would
             autocast_bf16 = steps.is_cuda and torch.is_autocast_enabled("cuda") and \

@@ -1,4 +1,5 @@
-"""Region forecasts: every zone of a region plus the region total, from each zone's recent history.
+"""Region forecasts: every zone of a region plus the region total, from each zone's recent history;
+and the region context (RegionPanel) that models trained with `region_zones` read beside each series.
 
 The total's point forecast is the sum of the zones' (coherent by construction). Its quantile bands sum
 the zones' quantiles, which is exact when zone errors move together (comonotone) and otherwise errs wide:
@@ -9,12 +10,13 @@ usual choice when no joint model of the errors exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from models.bundle import Bundle
+from models.data import Series
 from models.features import future_timestamps
 from models.series import SeriesError
 
@@ -50,6 +52,64 @@ class RegionForecast:
         return pd.concat([s.to_frame(self.quantile_levels) for s in [*self.zones, self.total]], ignore_index=True)
 
 
+HOUR = pd.Timedelta(hours=1)
+
+
+@dataclass
+class RegionPanel:
+    """The load of a region's zones on one hourly grid (MW, NaN where a zone has no value): the context a
+    model trained with `region_zones` reads beside each series, its neighbours' recent load."""
+
+    zones: tuple[str, ...]
+    start: pd.Timestamp  # the grid's first hour
+    values: np.ndarray  # [T, R] float32
+
+    @classmethod
+    def from_series(cls, series: Iterable[Series], zones: Sequence[str]) -> "RegionPanel":
+        """From cleaned segments (overlapping ones, such as a split's context hours, hold the same values)."""
+        series = [s for s in series if s.zone in zones and len(s)]
+        return cls._build({z: [(s.timestamps[0], s.load) for s in series if s.zone == z] for z in zones}, zones)
+
+    @classmethod
+    def from_histories(cls, histories: Mapping[str, pd.Series], zones: Sequence[str]) -> "RegionPanel":
+        """From hourly load series indexed by timestamp, by zone name (hours off the grid are ignored)."""
+        parts = {}
+        for z in zones:
+            if z in histories and len(histories[z]):
+                h = histories[z]
+                grid = h.reindex(pd.date_range(h.index.min(), h.index.max(), freq="h"))
+                parts[z] = [(grid.index[0], grid.to_numpy(np.float32))]
+        return cls._build(parts, zones)
+
+    @classmethod
+    def _build(cls, parts: Mapping[str, list[tuple[pd.Timestamp, np.ndarray]]], zones: Sequence[str]) -> "RegionPanel":
+        missing = [z for z in zones if not parts.get(z)]
+        if missing:
+            raise SeriesError(f"the model reads the recent load of zones {list(zones)} beside each series, and the "
+                              f"data has no load for {missing}: give it every one of those zones")
+        start = min(first for z in zones for first, _ in parts[z])
+        end = max(first + len(load) * HOUR for z in zones for first, load in parts[z])
+        values = np.full(((end - start) // HOUR, len(zones)), np.nan, np.float32)
+        for j, z in enumerate(zones):
+            for first, load in parts[z]:
+                at = (first - start) // HOUR
+                values[at : at + len(load), j] = load
+        return cls(tuple(zones), start, values)
+
+    def positions(self, timestamps: pd.DatetimeIndex | Sequence[pd.Timestamp]) -> np.ndarray:
+        """Grid row of each hour (may fall outside the grid)."""
+        return np.asarray((pd.DatetimeIndex(timestamps) - self.start) // HOUR, dtype=np.int64)
+
+    def windows(self, ends: np.ndarray, length: int) -> np.ndarray:
+        """Each zone's load over the `length` hours before grid rows `ends` [B] -> [B, length, R], NaN for
+        hours off the grid or missing."""
+        rows = np.asarray(ends, dtype=np.int64)[:, None] + np.arange(-length, 0)
+        inside = (rows >= 0) & (rows < len(self.values))
+        out = self.values[np.clip(rows, 0, max(len(self.values) - 1, 0))]
+        out[~inside] = np.nan
+        return out
+
+
 def recent_window(history: pd.Series, length: int, end: pd.Timestamp | None = None) -> pd.Series:
     """The `length` hours of `history` (hourly, indexed by timestamp) that end just before `end`.
 
@@ -74,9 +134,13 @@ def forecast_region(
     *,
     region: str = "PJM",
     issue_time: pd.Timestamp | None = None,
+    context: Mapping[str, pd.Series] | None = None,
 ) -> RegionForecast:
     """Forecast every zone in `histories` (name -> hourly load series) from `issue_time` (default: the
-    hour after the latest hour that every zone has) for `horizon` hours, plus the region total."""
+    hour after the latest hour that every zone has) for `horizon` hours, plus the region total.
+
+    A model trained with region context reads its `region_zones`' recent load from `context` (default:
+    `histories`), so a few zones can be forecast with the whole region as context."""
     if not histories:
         raise SeriesError(f"region {region} has no zones to forecast")
     if bundle.features.covariates:
@@ -91,7 +155,12 @@ def forecast_region(
         recent_window(histories[z].rename(z), bundle.input_length, issue_time).to_numpy(np.float32) for z in names
     ])
     last = pd.DatetimeIndex([issue_time - pd.Timedelta(hours=1)] * len(names))
-    quantiles = bundle.predict(windows, last, horizon)  # [Z, H, Q]
+    region_loads = None
+    if bundle.region_zones:
+        panel = RegionPanel.from_histories(context if context is not None else histories, bundle.region_zones)
+        one = panel.windows(panel.positions([issue_time]), bundle.input_length)  # [1, L, R]
+        region_loads = np.repeat(one, len(names), axis=0)
+    quantiles = bundle.predict(windows, last, horizon, region=region_loads)  # [Z, H, Q]
     stamps = future_timestamps(issue_time - pd.Timedelta(hours=1), horizon)
     m = bundle.model.median_index
     zones = [SeriesForecast(z, stamps, quantiles[i, :, m], quantiles[i]) for i, z in enumerate(names)]

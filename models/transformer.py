@@ -12,6 +12,8 @@ QuantileForecaster), so it can be checked against the paper's ETTh1 numbers. Wit
   patch tell the encoder where the daily shape sits, which a patch mean blurs;
 - a small decoder adds, for each horizon step, an MLP of [context, future covariates, step embedding],
   so calendar and holiday effects of the forecast hours enter directly.
+With P past-only inputs (the region's zones' recent load) each patch also carries their values at its
+hours, so attention relates the series to what its neighbours did at the same time.
 
 Shapes: B series, L history hours, H horizon hours, C covariates, Q outputs, N patches, D d_model.
 """
@@ -126,9 +128,12 @@ class EncoderLayer(nn.Module):
 
 @register("transformer")
 class PatchTST(nn.Module):
-    """history [B, L], past_cov [B, L, C], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
+    """history [B, L], past_cov [B, L, C + P], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
 
-    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, **params) -> None:
+    reads_past_covariates = True
+
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int,
+                 n_past_covariates: int = 0, **params) -> None:
         super().__init__()
         p = PatchTSTParams(**params)
         if p.patch_len > input_length:
@@ -136,7 +141,7 @@ class PatchTST(nn.Module):
         self.horizon, self.n_outputs = horizon, n_outputs
         self.patch_len, self.stride, self.res_attention = p.patch_len, p.stride, p.res_attention
         self.n_patches = (input_length - p.patch_len) // p.stride + 2  # +1 for the end-padded patch
-        self.embed = nn.Linear(p.patch_len * (1 + n_covariates), p.d_model)
+        self.embed = nn.Linear(p.patch_len * (1 + n_covariates + n_past_covariates), p.d_model)
         self.pos = nn.Parameter(torch.empty(self.n_patches, p.d_model).uniform_(-0.02, 0.02))
         self.embed_dropout = nn.Dropout(p.dropout)
         self.layers = nn.ModuleList(EncoderLayer(p) for _ in range(p.e_layers))
@@ -157,10 +162,10 @@ class PatchTST(nn.Module):
             self.decoder = None
 
     def patches(self, x: torch.Tensor, past_cov: torch.Tensor) -> torch.Tensor:
-        """[B, L], [B, L, C] -> [B, N, patch_len * (1 + C)]: each patch's values, then its covariates."""
-        z = torch.cat([x.unsqueeze(-1), past_cov], dim=-1)  # [B, L, 1 + C]
+        """[B, L], [B, L, C + P] -> [B, N, patch_len * (1 + C + P)]: each patch's values, then its covariates."""
+        z = torch.cat([x.unsqueeze(-1), past_cov], dim=-1)  # [B, L, 1 + C + P]
         z = torch.cat([z, z[:, -1:].expand(-1, self.stride, -1)], dim=1)  # repeat the last hour `stride` times
-        z = z.unfold(1, self.patch_len, self.stride)  # [B, N, 1 + C, patch_len]
+        z = z.unfold(1, self.patch_len, self.stride)  # [B, N, 1 + C + P, patch_len]
         return z.flatten(start_dim=2)
 
     def head_inputs(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor, *,

@@ -25,7 +25,7 @@ import torch
 
 from models.bundle import Bundle
 from models.data import load_series
-from models.features import calendar_features, future_timestamps
+from models.features import calendar_features, future_timestamps, region_channels
 from models.series import DEFAULT_REGION
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 
@@ -85,6 +85,13 @@ class ZoneHistory:
     def end(self) -> pd.Timestamp:
         """The last hour held."""
         return self.start + (len(self.values) - 1) * HOUR
+
+    def context(self, issue_time: pd.Timestamp, length: int) -> np.ndarray:
+        """The `length` values before `issue_time`, NaN where not held (region context tolerates gaps)."""
+        stop = (issue_time - self.start) // HOUR
+        rows = np.arange(stop - length, stop)
+        inside = (rows >= 0) & (rows < len(self.values))
+        return np.where(inside, self.values[np.clip(rows, 0, len(self.values) - 1)], np.nan).astype(np.float32)
 
     def window(self, issue_time: pd.Timestamp, length: int) -> np.ndarray | None:
         """The `length` values before `issue_time`, or None unless all are held and finite."""
@@ -180,6 +187,10 @@ class Engine:
             if missing or not zones:
                 raise ValueError(f"region {region!r}: zones {missing or zones} are not in the data "
                                  f"(it has {sorted(self.histories)})")
+        missing = [z for z in self.bundle.region_zones if z not in self.histories]
+        if missing:
+            raise ValueError(f"model {self.bundle.name} reads the recent load of zones {list(self.bundle.region_zones)}"
+                             f"; the served data lacks {missing} (it has {sorted(self.histories)})")
         self._calendar = _LRU(512)  # last observed hour -> (past [L, C], future [H, C], timestamps)
         self._grid_calendar()
         self._windows = _LRU(256)  # (region, issue time) -> history windows [zones, L]
@@ -367,6 +378,8 @@ class Engine:
         rows = [region_zones.index(z) for z in zones]
         windows = self._region_windows(req.region, issue)[rows]
         past, future, stamps = self.calendar(issue - HOUR)
+        if self.bundle.region_zones:  # the same context for every zone of the request
+            past = np.concatenate([past, self._region_context(issue)], axis=1)
         n = len(zones)
         region = req.region
 
@@ -403,6 +416,16 @@ class Engine:
 
         return self._windows.get_or_make((region, issue), make)
 
+    def _region_context(self, issue: pd.Timestamp) -> np.ndarray:
+        """The model's region channels [L, R] for forecasts issued at `issue`."""
+        length = self.bundle.input_length
+
+        def make() -> np.ndarray:
+            loads = np.stack([self.histories[z].context(issue, length) for z in self.bundle.region_zones], axis=1)
+            return region_channels(loads)
+
+        return self._windows.get_or_make(("region context", issue), make)
+
     # ------------------------------------------------------------------------------------------ series
 
     def series_job(self, req: pb.ForecastSeriesRequest) -> Job:
@@ -419,6 +442,11 @@ class Engine:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"series: {points:,} values (histories and covariates) exceed this server's limit of "
                            f"{self.limits.max_points_per_request:,} per request; send fewer or shorter histories")
+        if self.bundle.region_zones:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model: {self.bundle.name} reads the recent load of zones "
+                           f"{list(self.bundle.region_zones)} beside each series, which a ForecastSeries request "
+                           "does not carry; use ForecastRegion, or serve a model trained without region_zones")
         horizon = self.check_horizon(req.horizon)
         levels, columns = self.quantile_columns(req.quantiles)
         length, full_h = self.bundle.input_length, self.bundle.max_horizon

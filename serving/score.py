@@ -392,6 +392,10 @@ def score(
     if bundle.features.covariates:
         raise ScoringError(f"model {model} needs covariates {list(bundle.features.covariates)}; batch scoring "
                            "serves calendar-only models")
+    if bundle.region_zones:
+        raise ScoringError(f"model {model} reads the recent load of zones {list(bundle.region_zones)} beside each "
+                           "series, which batch scoring of independent series does not have; score with a model "
+                           "trained without region_zones, or forecast the region (energyopt forecast)")
     horizon = horizon or bundle.max_horizon
     if not 1 <= horizon <= bundle.max_horizon:
         raise ScoringError(f"horizon must be between 1 and {bundle.max_horizon} hours, got {horizon}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.autoencoder import AutoencoderConfig
 from models.features import FeatureSpec
@@ -51,9 +51,19 @@ class FeatureSection(_Strict):
     calendar: bool = True
     holiday_country: str | None = "US"
     covariates: list[str] = Field(default_factory=list)
+    # region context: these zones' load over the history window, read beside every series' own (lstm and
+    # transformer); the data must hold them, and so must every request the model serves
+    region_zones: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("region_zones")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"zones must be distinct, got {v}")
+        return v
 
     def spec(self) -> FeatureSpec:
-        return FeatureSpec(self.calendar, self.holiday_country, tuple(self.covariates))
+        return FeatureSpec(self.calendar, self.holiday_country, tuple(self.covariates), tuple(self.region_zones))
 
 
 class DataSection(_Strict):
@@ -97,6 +107,13 @@ class TrainConfig(_Strict):
     training: TrainingSection = Field(default_factory=TrainingSection)
     detection: DetectionSection = Field(default_factory=DetectionSection)
 
+    @model_validator(mode="after")
+    def _region_reader(self) -> "TrainConfig":
+        if self.features.region_zones and not getattr(BACKBONES.get(self.model.type), "reads_past_covariates", False):
+            raise ValueError(f"features.region_zones: model type {self.model.type!r} reads no region context; "
+                             "use lstm or transformer, or leave region_zones empty")
+        return self
+
     def autoencoder_config(self) -> AutoencoderConfig:
         return AutoencoderConfig(input_length=self.model.input_length, n_covariates=self.features.spec().size,
                                  params=dict(self.model.params))
@@ -105,7 +122,8 @@ class TrainConfig(_Strict):
         m = self.model
         return ForecasterConfig(type=m.type, input_length=m.input_length, horizon=m.horizon,
                                 quantiles=tuple(m.quantiles), n_covariates=self.features.spec().size,
-                                params=dict(m.params), kernels=m.kernels)
+                                n_past_covariates=len(self.features.region_zones), params=dict(m.params),
+                                kernels=m.kernels)
 
 
 class ConfigError(ValueError):

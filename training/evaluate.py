@@ -19,6 +19,7 @@ from utilsforecast import losses
 
 from models.bundle import Bundle
 from models.data import Series, Split
+from models.region import RegionPanel
 from training.windows import extra_covariates
 
 SEASON = 168
@@ -44,7 +45,9 @@ def backtest(
     # a model with extra covariates reads their values over every hour it forecasts, so its origins need
     # the data to reach max_horizon ahead, not only the scored horizon
     reach = bundle.max_horizon if n_extra else horizon
-    histories, lasts, targets, meta, past_extra, future_extra = [], [], [], [], [], []
+    # a region-context model reads its region zones' load before each origin, from the same test data
+    panel = RegionPanel.from_series(test, bundle.region_zones) if bundle.region_zones else None
+    histories, lasts, targets, meta, past_extra, future_extra, regions = [], [], [], [], [], [], []
     for s in test:
         start = length if s.target_start is None else max(length, int(s.timestamps.searchsorted(s.target_start)))
         origins = np.arange(start, len(s.load) - reach + 1)
@@ -60,12 +63,14 @@ def backtest(
             extra = extra_covariates(s, bundle.features)  # [T, K]
             past_extra.append(sliding_window_view(extra, length, axis=0)[origins - length].transpose(0, 2, 1))
             future_extra.append(sliding_window_view(extra, reach, axis=0)[origins].transpose(0, 2, 1))
+        if panel is not None:
+            regions.append(panel.windows(panel.positions(s.timestamps[origins]), length))
     if not histories:
         raise ValueError(f"no forecast origin at {origin_hour:02d}:00 with {length} h history and {reach} h "
                          "ahead inside the test period")
     extra = (np.concatenate(past_extra), np.concatenate(future_extra)) if n_extra else None
     quantiles = bundle.predict(np.concatenate(histories), pd.DatetimeIndex(np.concatenate(lasts)), horizon,
-                               extra=extra)
+                               extra=extra, region=np.concatenate(regions) if panel is not None else None)
     steps = np.arange(horizon)
     zones = np.concatenate([np.repeat(z, len(c) * horizon) for z, c in meta])
     cutoffs = np.concatenate([np.repeat(c.to_numpy(), horizon) for _, c in meta])

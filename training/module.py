@@ -12,6 +12,7 @@ from models.autoencoder import AutoencoderConfig, AutoencoderParams, ConvAutoenc
 from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster, forecast_loss
 from models.data import Split
+from models.region import RegionPanel
 from training.windows import ReferenceWindowDataset, WindowDataset
 
 
@@ -90,8 +91,12 @@ class WindowDataModule(pl.LightningDataModule):
             need = f"{weeks} reference weeks + {self.model_config.input_length} h"
         else:
             length, horizon = self.model_config.input_length, self.model_config.horizon
-            self.train_set = WindowDataset(self.split.train, length, horizon, self.features)
-            val = WindowDataset(self.split.val, length, horizon, self.features)
+            # region context from the periods each set may see: no validation values in training inputs
+            zones = self.features.region_zones
+            train_region = RegionPanel.from_series(self.split.train, zones) if zones else None
+            val_region = RegionPanel.from_series([*self.split.train, *self.split.val], zones) if zones else None
+            self.train_set = WindowDataset(self.split.train, length, horizon, self.features, region=train_region)
+            val = WindowDataset(self.split.val, length, horizon, self.features, region=val_region)
             need = f"{length} h history + {horizon} h horizon"
         if len(self.train_set) == 0 or len(val) == 0:
             raise ValueError(

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.features import FeatureSpec, calendar_features
+from models.features import FeatureSpec, calendar_features, region_channels
 from models.data import Series
+from models.region import RegionPanel
 
 
 def series_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
@@ -36,6 +37,8 @@ class WindowDataset(Dataset):
     gap-free segment and the target starts at or after the segment's `target_start` (so validation and
     test targets never leak into one another while their history may reach back into earlier data).
     `origin_hours` keeps only origins at those hours of the day (the backtest protocol uses 00:00).
+    With `features.region_zones`, past covariates also carry those zones' region channels over the window,
+    read from `region` (a panel of at least those zones, e.g. built from all of the data's segments).
     """
 
     def __init__(
@@ -46,10 +49,21 @@ class WindowDataset(Dataset):
         features: FeatureSpec,
         *,
         origin_hours: Sequence[int] | None = None,
+        region: RegionPanel | None = None,
     ) -> None:
         self.input_length, self.horizon = input_length, horizon
         self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
         self.covs = [torch.from_numpy(series_covariates(s, features)) for s in series]
+        self.region, self.region_offsets = None, None
+        if features.region_zones:
+            if region is None:
+                region = RegionPanel.from_series(series, features.region_zones)
+            missing = [z for z in features.region_zones if z not in region.zones]
+            if missing:
+                raise ValueError(f"the region panel lacks zones {missing} that the model reads")
+            columns = [region.zones.index(z) for z in features.region_zones]
+            self.region = RegionPanel(features.region_zones, region.start, region.values[:, columns])
+            self.region_offsets = [int(region.positions(s.timestamps[:1])[0]) if len(s) else 0 for s in series]
         index = []
         for i, s in enumerate(series):
             first = input_length
@@ -68,7 +82,11 @@ class WindowDataset(Dataset):
         i, origin = self.index[item]
         start, end = origin - self.input_length, origin + self.horizon
         load, cov = self.loads[i], self.covs[i]
-        return load[start:origin], cov[start:origin], cov[origin:end], load[origin:end]
+        past = cov[start:origin]
+        if self.region is not None:
+            context = region_channels(self.region.windows(np.array([self.region_offsets[i] + origin]), self.input_length))
+            past = torch.cat([past, torch.from_numpy(context[0])], dim=1)
+        return load[start:origin], past, cov[origin:end], load[origin:end]
 
 
 class ReferenceWindowDataset(Dataset):
