@@ -522,7 +522,7 @@ class Engine:
             name=b.name, version=b.version, type=b.config.type,
             data_fingerprint=str((b.meta.get("data") or {}).get("fingerprint", "")),
             input_length=b.input_length, max_horizon=b.max_horizon, quantiles=list(self.levels),
-            covariates=list(b.features.covariates),
+            covariates=list(b.features.covariates), region_zones=list(b.region_zones),
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         )
         for name, zones in self.regions.items():

@@ -241,19 +241,25 @@ MODELS = {
     "transformer": ("transformer", {"d_model": 16, "n_heads": 4, "e_layers": 1, "d_ff": 32}, 14),
     "transformer-no-covariates": ("transformer", {"d_model": 16, "n_heads": 4, "e_layers": 1, "d_ff": 32}, 0),
     "linear": ("linear", {}, 0),
+    # region context: 5 more encoder inputs per hour than the decoder reads
+    "lstm-region": ("lstm", {"hidden_size": 32, "num_layers": 2, "patch_len": 24, "context_size": 16,
+                             "step_embed": 8, "mlp_hidden": 32}, 14, 5),
+    "transformer-region": ("transformer", {"d_model": 16, "n_heads": 4, "e_layers": 1, "d_ff": 32}, 14, 5),
 }
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_forecaster_kernel_path_equals_reference(name: str, monkeypatch) -> None:
-    kind, params, n_cov = MODELS[name]
+    kind, params, n_cov, *region = MODELS[name]
+    n_past = region[0] if region else 0
     torch.manual_seed(0)
     input_length = 72 if params.get("patch_len") == 1 else 336  # hour-by-hour: a short window keeps it quick
-    model = QuantileForecaster(ForecasterConfig(type=kind, input_length=input_length, horizon=24,
-                                                n_covariates=n_cov, params=params)).to(DEVICE).eval()
+    model = QuantileForecaster(ForecasterConfig(type=kind, input_length=input_length, horizon=24, n_covariates=n_cov,
+                                                n_past_covariates=n_past, params=params)).to(DEVICE).eval()
     model.interval_scale.copy_(torch.tensor([1.4, 1.0, 0.7]))
     history = (torch.rand(5, input_length) * 800 + 1000).to(DEVICE)
-    past, future = torch.randn(5, input_length, n_cov, device=DEVICE), torch.randn(5, 24, n_cov, device=DEVICE)
+    past = torch.randn(5, input_length, n_cov + n_past, device=DEVICE)
+    future = torch.randn(5, 24, n_cov, device=DEVICE)
     with torch.no_grad():
         monkeypatch.setenv(ENV_VAR, "off")
         assert not model.uses_kernels(DEVICE)

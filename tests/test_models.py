@@ -87,6 +87,26 @@ def test_gradients_reach_every_parameter(name: str, n_covariates: int) -> None:
     assert any(p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_region_channels_widen_the_encoder_only(name: str) -> None:
+    """Past-only inputs (region context) follow the covariates in past_cov; the decoder's future_cov keeps
+    the C known-future ones. Backbones that cannot read them say so when built."""
+    config = ForecasterConfig(type=name, input_length=L, horizon=48, quantiles=QUANTILES, n_covariates=14,
+                              n_past_covariates=5, params={"quantiles": QUANTILES} if name == "seasonal_naive" else {})
+    if not getattr(BACKBONES[name], "reads_past_covariates", False):
+        with pytest.raises(ValueError, match="no region context"):
+            QuantileForecaster(config)
+        return
+    torch.manual_seed(0)
+    model = QuantileForecaster(config).train()
+    history, past_cov, future_cov = inputs(4, 48, 14)
+    region = torch.randn(4, L, 5, requires_grad=True)
+    q, loc, scale = model.forward_normalized(history, torch.cat([past_cov, region], dim=2), future_cov)
+    assert q.shape == (4, 48, len(QUANTILES))
+    forecast_loss(q, (1000 + 100 * torch.randn(4, 48) - loc) / scale, QUANTILES).backward()
+    assert region.grad.abs().sum() > 0  # the forecast depends on the region channels
+
+
 def test_seasonal_naive_repeats_last_season_in_data_units() -> None:
     t = torch.arange(L, dtype=torch.float32)
     weekend = ((t // 24) % 7 >= 5).float()

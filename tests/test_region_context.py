@@ -136,6 +136,7 @@ def test_the_engine_serves_region_requests_and_refuses_series_requests(region_bu
     from serving.engine import ApiError, Engine
 
     engine = Engine.from_data(region_bundle, synthetic_csv, region="SYN")
+    assert list(engine.model_info(pb.GetModelInfoRequest()).region_zones) == ZONES
     job = engine.region_job(pb.ForecastRegionRequest(region="SYN", horizon=24, zones=["Z001"]))
     response = engine.run([job])[0][0]
     want = forecast_region(region_bundle, {"Z001": histories["Z001"]}, 24, context=histories)

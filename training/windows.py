@@ -79,14 +79,22 @@ class WindowDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
-        i, origin = self.index[item]
-        start, end = origin - self.input_length, origin + self.horizon
-        load, cov = self.loads[i], self.covs[i]
-        past = cov[start:origin]
-        if self.region is not None:
-            context = region_channels(self.region.windows(np.array([self.region_offsets[i] + origin]), self.input_length))
-            past = torch.cat([past, torch.from_numpy(context[0])], dim=1)
-        return load[start:origin], past, cov[origin:end], load[origin:end]
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
+        """Several windows at once (the DataLoader asks for a batch): region channels are computed for
+        the whole batch in one vectorized pass."""
+        out = []
+        for item in items:
+            i, origin = self.index[item]
+            start, end = origin - self.input_length, origin + self.horizon
+            load, cov = self.loads[i], self.covs[i]
+            out.append((load[start:origin], cov[start:origin], cov[origin:end], load[origin:end]))
+        if self.region is None:
+            return out
+        ends = np.array([self.region_offsets[i] + origin for i, origin in self.index[list(items)]])
+        context = torch.from_numpy(region_channels(self.region.windows(ends, self.input_length)))
+        return [(h, torch.cat([past, c], dim=1), f, y) for (h, past, f, y), c in zip(out, context)]
 
 
 class ReferenceWindowDataset(Dataset):

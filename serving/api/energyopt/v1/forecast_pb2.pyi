@@ -113,7 +113,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "type", "data_fingerprint", "input_length", "max_horizon", "quantiles", "covariates", "metrics", "regions", "stats", "bundle_path", "swap_error")
+    __slots__ = ("name", "version", "type", "data_fingerprint", "input_length", "max_horizon", "quantiles", "covariates", "metrics", "regions", "stats", "bundle_path", "swap_error", "region_zones")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class ModelInfo(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_PATH_FIELD_NUMBER: _ClassVar[int]
     SWAP_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REGION_ZONES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     type: str
@@ -147,7 +148,8 @@ class ModelInfo(_message.Message):
     stats: ServingStats
     bundle_path: str
     swap_error: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., type: _Optional[str] = ..., data_fingerprint: _Optional[str] = ..., input_length: _Optional[int] = ..., max_horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., covariates: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ..., stats: _Optional[_Union[ServingStats, _Mapping]] = ..., bundle_path: _Optional[str] = ..., swap_error: _Optional[str] = ...) -> None: ...
+    region_zones: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., type: _Optional[str] = ..., data_fingerprint: _Optional[str] = ..., input_length: _Optional[int] = ..., max_horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., covariates: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ..., stats: _Optional[_Union[ServingStats, _Mapping]] = ..., bundle_path: _Optional[str] = ..., swap_error: _Optional[str] = ..., region_zones: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegionInfo(_message.Message):
     __slots__ = ("name", "zones", "history_end")
