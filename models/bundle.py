@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import models  # noqa: F401  (registers every backbone)
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
-from models.features import FeatureSpec, calendar_features, future_timestamps, region_channels
+from models.features import FeatureSpec, calendar_features, future_timestamps, region_channels, region_inputs
 from models.forecaster import ForecasterConfig, QuantileForecaster
 
 BUNDLE_FORMAT = 1
@@ -100,6 +100,7 @@ class Bundle:
         *,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
         region: np.ndarray | None = None,
+        zones: Sequence[str] | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 4096,
     ) -> np.ndarray:
@@ -111,7 +112,8 @@ class Bundle:
         future [B, max_horizon, K]) in the spec's order: the hours of the window and all the hours the
         model forecasts. A model trained with region context needs `region` [B, >= input_length, R]: the
         load in MW of its `region_zones`, in that order, over the same hours as each history (NaN where a
-        zone has no value; see models.region.RegionPanel).
+        zone has no value; see models.region.RegionPanel), and `zones`, each series' zone name (a zone
+        outside `region_zones` is forecast as a zone the model has not met).
         """
         history = np.asarray(history, dtype=np.float32)
         if history.ndim != 2:
@@ -131,8 +133,12 @@ class Bundle:
         elif extra is not None:
             raise ValueError(f"model {self.name} takes no extra covariates, but some were given")
         if self.region_zones:
-            past = np.concatenate([past, self._region_context(region, len(history))], axis=2)
-        elif region is not None:
+            channels = self._region_context(region, len(history))
+            if zones is None or len(zones) != len(history):
+                raise ValueError(f"model {self.name} reads region context: pass zones, the zone name of each of the "
+                                 f"{len(history)} series (got {None if zones is None else len(zones)})")
+            past, future = region_inputs(past, future, list(zones), channels, self.region_zones)
+        elif region is not None or zones is not None:
             raise ValueError(f"model {self.name} reads no region context, but some was given")
         model = self.model.to(device)
         out = []

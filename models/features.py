@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 import holidays
 import numpy as np
@@ -38,8 +38,14 @@ class FeatureSpec:
 
     @property
     def size(self) -> int:
-        """Known-future covariates per hour (the region channels are not among them)."""
+        """Calendar and extra covariates per hour."""
         return len(self.names)
+
+    @property
+    def known_size(self) -> int:
+        """Known-future inputs per hour the model reads: `size`, then for a region-context model the series'
+        zone, one-hot among `region_zones` (see region_inputs)."""
+        return self.size + len(self.region_zones)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,6 +106,30 @@ def region_channels(loads: np.ndarray) -> np.ndarray:
     mean = safe.mean(axis=-2, keepdims=True)
     std = np.maximum(safe.std(axis=-2, keepdims=True), 1e-3 * np.maximum(np.abs(mean), 1.0))
     return np.where(complete, (safe - mean) / std, 0.0).astype(np.float32)
+
+
+def zone_identity(zones: Sequence[str], region_zones: Sequence[str]) -> np.ndarray:
+    """Each series' zone as a one-hot row [B, R] over `region_zones` (all zeros for a zone outside them)."""
+    out = np.zeros((len(zones), len(region_zones)), np.float32)
+    where = {z: j for j, z in enumerate(region_zones)}
+    for i, z in enumerate(zones):
+        if z in where:
+            out[i, where[z]] = 1.0
+    return out
+
+
+def region_inputs(past: np.ndarray, future: np.ndarray, zones: Sequence[str], channels: np.ndarray,
+                  region_zones: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A region-context model's inputs from the calendar (and extra) windows past [B, L, C] and future
+    [B, H, C]: the series' zone (one-hot) joins the known inputs of every hour, past and future, so the
+    model can learn how much each zone follows its neighbours; the region channels [B, L, R] follow in
+    past. -> past [B, L, C + 2R], future [B, H, C + R]."""
+    identity = zone_identity(zones, region_zones)[:, None]  # [B, 1, R]
+    (b, length, _), horizon = past.shape, future.shape[1]
+    r = identity.shape[-1]
+    past = np.concatenate([past, np.broadcast_to(identity, (b, length, r)), channels], axis=2)
+    future = np.concatenate([future, np.broadcast_to(identity, (b, horizon, r))], axis=2)
+    return past, future
 
 
 def future_timestamps(last_observed: pd.Timestamp, horizon: int) -> pd.DatetimeIndex:

@@ -160,7 +160,8 @@ def forecast_region(
         panel = RegionPanel.from_histories(context if context is not None else histories, bundle.region_zones)
         one = panel.windows(panel.positions([issue_time]), bundle.input_length)  # [1, L, R]
         region_loads = np.repeat(one, len(names), axis=0)
-    quantiles = bundle.predict(windows, last, horizon, region=region_loads)  # [Z, H, Q]
+    quantiles = bundle.predict(windows, last, horizon, region=region_loads,
+                               zones=names if bundle.region_zones else None)  # [Z, H, Q]
     stamps = future_timestamps(issue_time - pd.Timedelta(hours=1), horizon)
     m = bundle.model.median_index
     zones = [SeriesForecast(z, stamps, quantiles[i, :, m], quantiles[i]) for i, z in enumerate(names)]

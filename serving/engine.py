@@ -25,7 +25,7 @@ import torch
 
 from models.bundle import Bundle
 from models.data import load_series
-from models.features import calendar_features, future_timestamps, region_channels
+from models.features import calendar_features, future_timestamps, region_channels, region_inputs
 from models.series import DEFAULT_REGION
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 
@@ -378,9 +378,12 @@ class Engine:
         rows = [region_zones.index(z) for z in zones]
         windows = self._region_windows(req.region, issue)[rows]
         past, future, stamps = self.calendar(issue - HOUR)
-        if self.bundle.region_zones:  # the same context for every zone of the request
-            past = np.concatenate([past, self._region_context(issue)], axis=1)
         n = len(zones)
+        past, future = np.broadcast_to(past, (n, *past.shape)), np.broadcast_to(future, (n, *future.shape))
+        if self.bundle.region_zones:  # the same context for every zone of the request, and each zone's name
+            context = self._region_context(issue)
+            past, future = region_inputs(past, future, zones, np.broadcast_to(context, (n, *context.shape)),
+                                         self.bundle.region_zones)
         region = req.region
 
         def respond(out: np.ndarray) -> pb.ForecastRegionResponse:
@@ -392,8 +395,7 @@ class Engine:
             _fill(resp.total, TOTAL, ts, q[:, :, self.median].sum(axis=0), q.sum(axis=0), levels, columns)
             return resp
 
-        return Job(self, windows, np.broadcast_to(past, (n, *past.shape)),
-                   np.broadcast_to(future, (n, *future.shape)), respond, keys=[(region, issue, z) for z in zones],
+        return Job(self, windows, past, future, respond, keys=[(region, issue, z) for z in zones],
                    answer_key=(region, issue, tuple(zones), horizon, tuple(levels)))
 
     def _region_windows(self, region: str, issue: pd.Timestamp) -> np.ndarray:

@@ -65,6 +65,7 @@ def test_panel_windows_line_up_with_the_hours_and_mark_gaps(histories):
 def test_a_region_model_trains_reads_its_neighbours_and_keeps_its_zones(region_bundle, histories):
     assert region_bundle.region_zones == tuple(ZONES)
     assert region_bundle.config.n_past_covariates == 3
+    assert region_bundle.config.n_covariates == region_bundle.features.size + 3  # + the zone, one-hot
     assert region_bundle.metrics["summary"]["tiny-region"]["mae"] > 0  # its backtest read the context too
 
     full = forecast_region(region_bundle, histories, 24)
@@ -86,11 +87,16 @@ def test_predict_checks_the_region_context(region_bundle, tiny_bundle_dir, histo
         region_bundle.predict(history, last, 24)
     with pytest.raises(ValueError, match=r"expected shape \(1, >= 336, 3\), got \(1, 336, 2\)"):
         region_bundle.predict(history, last, 24, region=np.ones((1, 336, 2), np.float32))
+    context = np.stack([histories[z].to_numpy()[-336:] for z in ZONES], axis=1)[None].copy()
+    with pytest.raises(ValueError, match="pass zones"):
+        region_bundle.predict(history, last, 24, region=context)
     with pytest.raises(ValueError, match="reads no region context"):
-        load_bundle(tiny_bundle_dir).predict(history, last, 24, region=np.ones((1, 336, 3), np.float32))
-    gap = np.stack([histories[z].to_numpy()[-336:] for z in ZONES], axis=1)[None].copy()
-    gap[0, 100, 1] = np.nan  # a gap in one neighbour: its channel reads as zeros, the forecast stands
-    assert np.isfinite(region_bundle.predict(history, last, 24, region=gap)).all()
+        load_bundle(tiny_bundle_dir).predict(history, last, 24, region=context, zones=["Z000"])
+    own = region_bundle.predict(history, last, 24, region=context, zones=["Z000"])
+    as_other = region_bundle.predict(history, last, 24, region=context, zones=["Z001"])
+    assert not np.allclose(own, as_other, rtol=1e-4)  # the model knows which zone it forecasts
+    context[0, 100, 1] = np.nan  # a gap in one neighbour: its channel reads as zeros, the forecast stands
+    assert np.isfinite(region_bundle.predict(history, last, 24, region=context, zones=["Z000"])).all()
 
 
 def test_window_dataset_carries_the_region_channels(synthetic_csv):
@@ -102,10 +108,13 @@ def test_window_dataset_carries_the_region_channels(synthetic_csv):
     windows = WindowDataset(series, 48, 12, spec)
     item = int(np.flatnonzero([series[i].zone == "Z000" for i in windows.index[:, 0]])[500])
     history, past, future, _ = windows[item]
-    assert past.shape == (48, spec.size + 2) and future.shape == (12, spec.size)
-    own = region_channels(history.numpy()[:, None])[:, 0]  # Z000 is the second region zone
-    np.testing.assert_allclose(past[:, spec.size + 1].numpy(), own, atol=1e-5)
-    assert np.abs(past[:, spec.size].numpy() - own).max() > 0.1  # Z001's channel is its own
+    c = spec.size
+    assert past.shape == (48, c + 4) and future.shape == (12, c + 2)
+    np.testing.assert_array_equal(past[:, c : c + 2].numpy(), [[0, 1]] * 48)  # Z000, the second region zone
+    np.testing.assert_array_equal(future[:, c:].numpy(), [[0, 1]] * 12)
+    own = region_channels(history.numpy()[:, None])[:, 0]
+    np.testing.assert_allclose(past[:, c + 3].numpy(), own, atol=1e-5)
+    assert np.abs(past[:, c + 2].numpy() - own).max() > 0.1  # Z001's channel is its own
     with pytest.raises(SeriesError, match="Z009"):
         WindowDataset(series, 48, 12, FeatureSpec(region_zones=("Z000", "Z009")))
 

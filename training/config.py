@@ -121,7 +121,7 @@ class TrainConfig(_Strict):
     def forecaster_config(self) -> ForecasterConfig:
         m = self.model
         return ForecasterConfig(type=m.type, input_length=m.input_length, horizon=m.horizon,
-                                quantiles=tuple(m.quantiles), n_covariates=self.features.spec().size,
+                                quantiles=tuple(m.quantiles), n_covariates=self.features.spec().known_size,
                                 n_past_covariates=len(self.features.region_zones), params=dict(m.params),
                                 kernels=m.kernels)
 

@@ -8,17 +8,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.features import FeatureSpec, calendar_features, region_channels
+from models.features import FeatureSpec, calendar_features, region_channels, zone_identity
 from models.data import Series
 from models.region import RegionPanel
 
 
 def series_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
-    """Known covariates [T, C] of one series in the spec's order: calendar, then extra columns."""
-    cal = calendar_features(series.timestamps, features)
-    if not features.covariates:
-        return cal
-    return np.concatenate([cal, extra_covariates(series, features)], axis=1)
+    """Known inputs [T, known_size] of one series in the spec's order: calendar, extra columns, then for a
+    region-context model its zone (one-hot among the region zones, the same every hour)."""
+    parts = [calendar_features(series.timestamps, features)]
+    if features.covariates:
+        parts.append(extra_covariates(series, features))
+    if features.region_zones:
+        identity = zone_identity([series.zone], features.region_zones)
+        parts.append(np.broadcast_to(identity, (len(series), len(features.region_zones))))
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 def extra_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
@@ -37,8 +41,9 @@ class WindowDataset(Dataset):
     gap-free segment and the target starts at or after the segment's `target_start` (so validation and
     test targets never leak into one another while their history may reach back into earlier data).
     `origin_hours` keeps only origins at those hours of the day (the backtest protocol uses 00:00).
-    With `features.region_zones`, past covariates also carry those zones' region channels over the window,
-    read from `region` (a panel of at least those zones, e.g. built from all of the data's segments).
+    With `features.region_zones`, the covariates also carry the series' zone (models.features.region_inputs)
+    and past covariates those zones' region channels over the window, read from `region` (a panel of at
+    least those zones, e.g. built from all of the data's segments).
     """
 
     def __init__(
