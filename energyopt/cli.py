@@ -24,7 +24,7 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-MODEL_CHOICES = ("lstm", "transformer", "linear", "seasonal_naive", "autoencoder")
+MODEL_CHOICES = ("lstm", "transformer", "lstm_region", "transformer_region", "linear", "seasonal_naive", "autoencoder")
 
 
 def _fail(message: str) -> None:

@@ -84,6 +84,9 @@ class TrainingSection(_Strict):
     # the loss's units: "window" (each window normalized by its own level and spread: zones of any size
     # weigh alike) or "data" (the data's units, e.g. MW: what an overall MAE in MW or ETTh1's MSE measures)
     loss_units: Literal["window", "data"] = "window"
+    # region-context models: the chance that a training window hides each region zone's channel (as a gap
+    # in that zone's data does when serving), so the model copes without any one neighbour
+    region_dropout: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

@@ -75,9 +75,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["threads"])
     pl.seed_everything(tr.seed, verbose=False)  # identical initial weights (DDP also broadcasts rank 0's)
     model = build_model(cfg)
-    module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay,
-                            loss_units=tr.loss_units)
-    module.model = model
+    module = ForecastModule.for_model(model, tr)
     per_worker = max(1, tr.samples_per_epoch // world)
     batch = max(1, min(tr.batch_size, tr.samples_per_epoch) // world)
     dm = WindowDataModule(split, model.config, cfg.features.spec(), batch_size=batch, samples_per_epoch=per_worker,

@@ -134,9 +134,7 @@ def train(
     epochs = EpochLog(None if progress else log)
     started = time.perf_counter()
     if any(p.requires_grad for p in model.parameters()):
-        module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay,
-                                loss_units=tr.loss_units)
-        module.model = model
+        module = ForecastModule.for_model(model, tr)
         model = _fit(module, dm, tr, out, progress, epochs)
     scales = calibrate_intervals(model, dm.val_set)
     log(f"interval calibration on validation: {dict(zip(model.config.quantiles, np.round(scales, 3)))}")

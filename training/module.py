@@ -22,15 +22,28 @@ class ForecastModule(pl.LightningModule):
     loss_units: "window" (default) scores every window in its own normalized units, so zones of 100 MW
     and of 20,000 MW weigh alike in a global model; "data" scores in the data's units, as RevIN models
     are trained on data already on one scale (ETTh1's z-scored channels, whose benchmark MSE is in those
-    units: there, "window" overweights quiet windows and costs accuracy at long horizons)."""
+    units: there, "window" overweights quiet windows and costs accuracy at long horizons).
+
+    region_dropout: each training window hides each region zone's channel with this probability (as a
+    gap in a neighbour's data shows at serving time): the model learns to do without any one neighbour,
+    and leans less on neighbours that do not help a zone.
+    """
 
     def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, weight_decay: float = 1e-4,
-                 loss_units: str = "window") -> None:
+                 loss_units: str = "window", region_dropout: float = 0.0) -> None:
         super().__init__()
         if loss_units not in ("window", "data"):
             raise ValueError(f"loss_units must be 'window' or 'data', got {loss_units!r}")
         self.save_hyperparameters()
         self.model = QuantileForecaster(ForecasterConfig.from_dict(model_config))
+
+    @classmethod
+    def for_model(cls, model: QuantileForecaster, training: Any) -> "ForecastModule":
+        """A module that trains `model` as a config's training section (training.config.TrainingSection) says."""
+        module = cls(model.config.to_dict(), lr=training.lr, weight_decay=training.weight_decay,
+                     loss_units=training.loss_units, region_dropout=training.region_dropout)
+        module.model = model
+        return module
 
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         history, past, future, target = batch
@@ -41,9 +54,17 @@ class ForecastModule(pl.LightningModule):
         return forecast_loss(pred.float(), (target - loc) / scale, self.model.config.quantiles)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        loss = self._loss(self._hide_region_channels(batch))
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[0]))
         return loss
+
+    def _hide_region_channels(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        p, n = self.hparams.get("region_dropout", 0.0), self.model.config.n_past_covariates
+        if not (p and n):
+            return batch
+        history, past, future, target = batch
+        keep = (torch.rand(past.shape[0], 1, n, device=past.device) >= p).to(past.dtype)  # per window and zone
+        return history, torch.cat([past[..., :-n], past[..., -n:] * keep], dim=-1), future, target
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self.log("val_loss", self._loss(batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=True)

@@ -254,9 +254,7 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
         features = cfg.features.spec()
         dm = WindowDataModule(split, model.config, features, batch_size=min(tr.batch_size, tr.samples_per_epoch),
                               samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
-        module = ForecastModule(model.config.to_dict(), lr=tr.lr, weight_decay=tr.weight_decay,
-                                loss_units=tr.loss_units)
-        module.model = model
+        module = ForecastModule.for_model(model, tr)
         epochs = EpochLog()
         best = BestState()
         started = time.perf_counter()
