@@ -119,6 +119,24 @@ def test_window_dataset_carries_the_region_channels(synthetic_csv):
         WindowDataset(series, 48, 12, FeatureSpec(region_zones=("Z000", "Z009")))
 
 
+def test_region_dropout_hides_whole_zone_channels_in_training_only():
+    import torch
+
+    from models.forecaster import ForecasterConfig
+    from training.module import ForecastModule
+
+    config = ForecasterConfig(type="lstm", input_length=48, horizon=12, n_covariates=14 + 3, n_past_covariates=3,
+                              params={"hidden_size": 8, "patch_len": 24})
+    module = ForecastModule(config.to_dict(), region_dropout=0.5)
+    batch = (torch.rand(4000, 48), torch.rand(4000, 48, 20) + 1, torch.rand(4000, 12, 17), torch.rand(4000, 12))
+    history, past, future, target = module._hide_region_channels(batch)
+    torch.testing.assert_close(past[..., :17], batch[1][..., :17])  # calendar and zone: untouched
+    hidden = (past[..., 17:] == 0).all(dim=1)  # [windows, zones]: a whole channel or nothing
+    assert ((past[..., 17:] == 0).any(dim=1) == hidden).all()
+    assert 0.45 < hidden.float().mean() < 0.55
+    assert ForecastModule(config.to_dict())._hide_region_channels(batch) is batch
+
+
 def test_configs_refuse_region_context_where_it_cannot_be_read():
     from training.config import ConfigError, load_config
 
