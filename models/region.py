@@ -68,7 +68,7 @@ class RegionPanel:
     def from_series(cls, series: Iterable[Series], zones: Sequence[str]) -> "RegionPanel":
         """From cleaned segments (overlapping ones, such as a split's context hours, hold the same values)."""
         series = [s for s in series if s.zone in zones and len(s)]
-        return cls._build({z: [(s.timestamps[0], s.load) for s in series if s.zone == z] for z in zones}, zones)
+        return cls.from_parts({z: [(s.timestamps[0], s.load) for s in series if s.zone == z] for z in zones}, zones)
 
     @classmethod
     def from_histories(cls, histories: Mapping[str, pd.Series], zones: Sequence[str]) -> "RegionPanel":
@@ -79,10 +79,12 @@ class RegionPanel:
                 h = histories[z]
                 grid = h.reindex(pd.date_range(h.index.min(), h.index.max(), freq="h"))
                 parts[z] = [(grid.index[0], grid.to_numpy(np.float32))]
-        return cls._build(parts, zones)
+        return cls.from_parts(parts, zones)
 
     @classmethod
-    def _build(cls, parts: Mapping[str, list[tuple[pd.Timestamp, np.ndarray]]], zones: Sequence[str]) -> "RegionPanel":
+    def from_parts(cls, parts: Mapping[str, Sequence[tuple[pd.Timestamp, np.ndarray]]],
+                   zones: Sequence[str]) -> "RegionPanel":
+        """From pieces of hourly values (first hour, values; NaN allowed) by zone name."""
         missing = [z for z in zones if not parts.get(z)]
         if missing:
             raise SeriesError(f"the model reads the recent load of zones {list(zones)} beside each series, and the "

@@ -26,6 +26,7 @@ import torch
 from models.bundle import Bundle
 from models.data import load_series
 from models.features import calendar_features, future_timestamps, region_channels, region_inputs
+from models.region import RegionPanel
 from models.series import DEFAULT_REGION
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 
@@ -85,13 +86,6 @@ class ZoneHistory:
     def end(self) -> pd.Timestamp:
         """The last hour held."""
         return self.start + (len(self.values) - 1) * HOUR
-
-    def context(self, issue_time: pd.Timestamp, length: int) -> np.ndarray:
-        """The `length` values before `issue_time`, NaN where not held (region context tolerates gaps)."""
-        stop = (issue_time - self.start) // HOUR
-        rows = np.arange(stop - length, stop)
-        inside = (rows >= 0) & (rows < len(self.values))
-        return np.where(inside, self.values[np.clip(rows, 0, len(self.values) - 1)], np.nan).astype(np.float32)
 
     def window(self, issue_time: pd.Timestamp, length: int) -> np.ndarray | None:
         """The `length` values before `issue_time`, or None unless all are held and finite."""
@@ -191,6 +185,8 @@ class Engine:
         if missing:
             raise ValueError(f"model {self.bundle.name} reads the recent load of zones {list(self.bundle.region_zones)}"
                              f"; the served data lacks {missing} (it has {sorted(self.histories)})")
+        self._panel = RegionPanel.from_parts({z: [(h.start, h.values)] for z, h in self.histories.items()},
+                                             self.bundle.region_zones) if self.bundle.region_zones else None
         self._calendar = _LRU(512)  # last observed hour -> (past [L, C], future [H, C], timestamps)
         self._grid_calendar()
         self._windows = _LRU(256)  # (region, issue time) -> history windows [zones, L]
@@ -423,8 +419,7 @@ class Engine:
         length = self.bundle.input_length
 
         def make() -> np.ndarray:
-            loads = np.stack([self.histories[z].context(issue, length) for z in self.bundle.region_zones], axis=1)
-            return region_channels(loads)
+            return region_channels(self._panel.windows(self._panel.positions([issue]), length)[0])
 
         return self._windows.get_or_make(("region context", issue), make)
 
