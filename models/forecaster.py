@@ -32,10 +32,10 @@ class ForecasterConfig:
     input_length: int = 336  # hours of history the model reads
     horizon: int = 168  # most hours ahead it forecasts
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # empty: a single point output trained with MSE
-    n_covariates: int = 0  # known-future covariates per hour (models.features.FeatureSpec.size)
-    n_past_covariates: int = 0  # inputs known over the history only (FeatureSpec.region_zones)
+    n_covariates: int = 0  # known-future inputs per hour (models.features.FeatureSpec.known_size)
     params: dict[str, Any] = field(default_factory=dict)  # backbone hyper-parameters
     kernels: str = "auto"  # Triton inference kernels: auto (on CUDA), on, off (see models.kernels)
+    n_past_covariates: int = 0  # inputs known over the history only (FeatureSpec.region_zones)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -5,8 +5,7 @@ horizon step at once, not autoregressively, so errors do not compound over a wee
 pass yields the whole horizon. Each step's output comes from one MLP shared across steps, fed with the
 encoder's context, that step's known covariates (calendar, holidays) and a learned embedding of the
 step's lead time. A linear skip from the raw window (DLinear-like) is added to the MLP's output, so the
-network starts from at least the linear forecast and spends its capacity on the nonlinear effects; with
-region context it can also read the region channels' last hours (`region_skip_hours`).
+network starts from at least the linear forecast and spends its capacity on the nonlinear effects.
 
 Past-only inputs (P of them: the region's zones' recent load) join the encoder's input beside the
 covariates; the decoder reads the known-future covariates only.
@@ -35,12 +34,8 @@ class LSTMParams:
     mlp_hidden: int = 128  # width of the decoder MLP
     skip: bool = True  # add the linear history -> horizon path
     patch_len: int = 1  # hours per LSTM step: 24 reads a 336 h window in 14 daily steps, ~20x less CPU time
-    # with region context: the linear skip also reads the region channels' last hours (0: not at all)
-    region_skip_hours: int = 0
 
     def __post_init__(self) -> None:
-        if self.region_skip_hours < 0:
-            raise ValueError(f"lstm param region_skip_hours must be >= 0, got {self.region_skip_hours}")
         for name in ("hidden_size", "num_layers", "context_size", "step_embed", "mlp_hidden", "patch_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lstm param {name} must be >= 1, got {getattr(self, name)}")
@@ -75,10 +70,6 @@ class MQLSTM(nn.Module):
             nn.Linear(p.mlp_hidden, n_outputs),
         )
         self.skip = nn.Linear(input_length, horizon * n_outputs) if p.skip else None
-        # a ridge-like path from the neighbours' latest hours, which lead a zone's load when weather moves
-        self.n_past, self.region_skip_hours = n_past_covariates, min(p.region_skip_hours, input_length)
-        self.region_skip = (nn.Linear(self.region_skip_hours * n_past_covariates, horizon * n_outputs, bias=False)
-                            if p.skip and n_past_covariates and self.region_skip_hours else None)
 
     def steps(self, x: torch.Tensor, past_cov: torch.Tensor) -> torch.Tensor:
         """[B, L] and [B, L, C + P] -> encoder input [B, L // patch_len, patch_len * (1 + C + P)]: each step holds a
@@ -115,9 +106,6 @@ class MQLSTM(nn.Module):
             self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1),
         ], dim=-1)  # [B, H, context + C + step_embed]
         skip = self.skip(x).view(B, self.horizon, self.n_outputs) if self.skip is not None else None
-        if self.region_skip is not None:
-            recent = past_cov[:, -self.region_skip_hours :, -self.n_past :].flatten(start_dim=1)
-            skip = skip + self.region_skip(recent).view(B, self.horizon, self.n_outputs)
         return HeadInputs(self.decoder[:-1](per_step), self.decoder[-1], skip)  # decoder[-1]: the quantile head
 
     def forward(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:

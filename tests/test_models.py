@@ -10,7 +10,6 @@ import torch
 
 import models  # noqa: F401  (registers every backbone)
 from models.forecaster import BACKBONES, ForecasterConfig, QuantileForecaster, forecast_loss
-from models.lstm import LSTMParams
 
 QUANTILES = (0.1, 0.5, 0.9)
 L = 336
@@ -106,28 +105,6 @@ def test_region_channels_widen_the_encoder_only(name: str) -> None:
     assert q.shape == (4, 48, len(QUANTILES))
     forecast_loss(q, (1000 + 100 * torch.randn(4, 48) - loc) / scale, QUANTILES).backward()
     assert region.grad.abs().sum() > 0  # the forecast depends on the region channels
-
-
-def test_lstm_region_skip_reads_the_neighbours_latest_hours() -> None:
-    torch.manual_seed(0)
-    config = ForecasterConfig(type="lstm", input_length=L, horizon=48, quantiles=QUANTILES, n_covariates=14,
-                              n_past_covariates=5, params={"patch_len": 24, "region_skip_hours": 48})
-    backbone = QuantileForecaster(config).eval().backbone
-    assert backbone.region_skip.in_features == 48 * 5
-    history, past_cov, future_cov = inputs(2, 48, 14)
-    region = torch.randn(2, L, 5)
-
-    def skip_path(region: torch.Tensor) -> torch.Tensor:  # the linear part of the output (HeadInputs.base)
-        with torch.no_grad():
-            return backbone.head_inputs(history, torch.cat([past_cov, region], dim=2), future_cov).base
-
-    older, latest = region.clone(), region.clone()
-    older[:, : L - 48] += 3.0
-    latest[:, L - 48 :] += 3.0
-    torch.testing.assert_close(skip_path(older), skip_path(region))  # hours before the last 48: not read
-    assert not torch.allclose(skip_path(latest), skip_path(region))
-    with pytest.raises(ValueError, match="region_skip_hours"):
-        LSTMParams(region_skip_hours=-1)
 
 
 def test_seasonal_naive_repeats_last_season_in_data_units() -> None:
