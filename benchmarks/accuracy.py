@@ -8,6 +8,9 @@ train`) in its own process, so its training time per epoch and its peak memory a
 are then backtested on the same origins (daily at 00:00 over each zone's last 365 days, 48 h ahead) and
 scored together by `training.evaluate.score`.
 
+`lstm_region` and `transformer_region` are the same models reading the region context as well: every
+zone's load over the history window and which zone the series is (configs/models/*_region.yaml).
+
 Every model is trained for the protocol's 48 h (`--horizon`), one model per horizon as in the ETTh1
 protocol and PatchTST, the baselines included. The shipped configs train 168 h models, because serving
 answers up to a week ahead; `--horizon 168` scores those (a longer horizon costs accuracy at 48 h: the
