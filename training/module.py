@@ -59,8 +59,9 @@ class ForecastModule(pl.LightningModule):
         return loss
 
     def _hide_region_channels(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        p, n = self.hparams.get("region_dropout", 0.0), self.model.config.n_past_covariates
-        if not (p and n):
+        p = self.hparams.get("region_dropout", 0.0)  # the autoencoder module, a subclass, has none
+        n = self.model.config.n_past_covariates if p else 0
+        if not n:
             return batch
         history, past, future, target = batch
         keep = (torch.rand(past.shape[0], 1, n, device=past.device) >= p).to(past.dtype)  # per window and zone
