@@ -69,11 +69,11 @@ def backtest(
         raise ValueError(f"no forecast origin at {origin_hour:02d}:00 with {length} h history and {reach} h "
                          "ahead inside the test period")
     extra = (np.concatenate(past_extra), np.concatenate(future_extra)) if n_extra else None
-    region_loads, zones = None, None
+    region_loads, series_zones = None, None
     if panel is not None:
-        region_loads, zones = np.concatenate(regions), [z for z, cutoffs in meta for _ in cutoffs]
+        region_loads, series_zones = np.concatenate(regions), [z for z, cutoffs in meta for _ in cutoffs]
     quantiles = bundle.predict(np.concatenate(histories), pd.DatetimeIndex(np.concatenate(lasts)), horizon,
-                               extra=extra, region=region_loads, zones=zones)
+                               extra=extra, region=region_loads, zones=series_zones)
     steps = np.arange(horizon)
     zones = np.concatenate([np.repeat(z, len(c) * horizon) for z, c in meta])
     cutoffs = np.concatenate([np.repeat(c.to_numpy(), horizon) for _, c in meta])
