@@ -8,21 +8,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.features import FeatureSpec, calendar_features, region_channels, zone_identity
+from models.features import FeatureSpec, calendar_features, region_channels, region_inputs
 from models.data import Series
 from models.region import RegionPanel
 
 
 def series_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
-    """Known inputs [T, known_size] of one series in the spec's order: calendar, extra columns, then for a
-    region-context model its zone (one-hot among the region zones, the same every hour)."""
-    parts = [calendar_features(series.timestamps, features)]
-    if features.covariates:
-        parts.append(extra_covariates(series, features))
-    if features.region_zones:
-        identity = zone_identity([series.zone], features.region_zones)
-        parts.append(np.broadcast_to(identity, (len(series), len(features.region_zones))))
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    """Known covariates [T, C] of one series in the spec's order: calendar, then extra columns."""
+    cal = calendar_features(series.timestamps, features)
+    if not features.covariates:
+        return cal
+    return np.concatenate([cal, extra_covariates(series, features)], axis=1)
 
 
 def extra_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
@@ -59,6 +55,7 @@ class WindowDataset(Dataset):
         self.input_length, self.horizon = input_length, horizon
         self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
         self.covs = [torch.from_numpy(series_covariates(s, features)) for s in series]
+        self.zones = [s.zone for s in series]
         self.region, self.region_offsets = None, None
         if features.region_zones:
             if region is None:
@@ -97,9 +94,15 @@ class WindowDataset(Dataset):
             out.append((load[start:origin], cov[start:origin], cov[origin:end], load[origin:end]))
         if self.region is None:
             return out
-        ends = np.array([self.region_offsets[i] + origin for i, origin in self.index[list(items)]])
-        context = torch.from_numpy(region_channels(self.region.windows(ends, self.input_length)))
-        return [(h, torch.cat([past, c], dim=1), f, y) for (h, past, f, y), c in zip(out, context)]
+        # the same layout as at inference (models.features.region_inputs), for the whole batch at once
+        picked = self.index[list(items)]
+        ends = np.array([self.region_offsets[i] + origin for i, origin in picked])
+        past, future = region_inputs(
+            np.stack([w[1].numpy() for w in out]), np.stack([w[2].numpy() for w in out]),
+            [self.zones[i] for i, _ in picked], region_channels(self.region.windows(ends, self.input_length)),
+            self.region.zones,
+        )
+        return [(h, torch.from_numpy(p), torch.from_numpy(f), y) for (h, _, _, y), p, f in zip(out, past, future)]
 
 
 class ReferenceWindowDataset(Dataset):
