@@ -126,5 +126,5 @@ def test_sweep_config_errors_name_the_problem(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({**TINY_SWEEP, "overrides": {"training.max_epoch": 3}}))
     with pytest.raises(ConfigError, match="max_epoch"):
         load_sweep_config(bad)
-    assert load_sweep_config(Path(__file__).parent.parent / "configs" / "sweep" / "lstm.yaml").space
-    assert load_sweep_config(Path(__file__).parent.parent / "configs" / "sweep" / "transformer.yaml").space
+    for shipped in ("lstm", "transformer", "lstm_region"):
+        assert load_sweep_config(Path(__file__).parent.parent / "configs" / "sweep" / f"{shipped}.yaml").space
