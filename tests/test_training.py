@@ -250,3 +250,35 @@ def test_a_model_with_covariates_is_scored_on_their_values(synthetic_csv, tiny_c
     recent = pd.Series(zone.load, index=zone.timestamps)
     with pytest.raises(SeriesError, match=r"needs covariates \['temperature_c'\].*region forecast"):
         forecast_region(bundle, {zone.zone: recent}, 48)
+
+
+def test_weight_averaging_keeps_the_validated_average(synthetic_csv, tiny_config, tmp_path):
+    """With training.ema_decay the model that training returns holds the averaged weights it was validated
+    with (not the last step's): its validation loss, recomputed, is the best epoch's logged one."""
+    from training.fit import EpochLog, _fit, prepare_data
+    from training.module import ForecastModule, WindowDataModule
+
+    def fit(ema_decay: float | None) -> tuple[list[float], float]:
+        cfg = tiny_config.model_copy(deep=True)
+        cfg.training.ema_decay = ema_decay
+        tr = cfg.training
+        torch.manual_seed(tr.seed)
+        split, _, _ = prepare_data(cfg, synthetic_csv)
+        model = build_model(cfg)
+        dm = WindowDataModule(split, model.config, cfg.features.spec(), batch_size=tr.batch_size,
+                              samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
+        module, epochs = ForecastModule.for_model(model, tr), EpochLog()
+        _fit(module, dm, tr, tmp_path / f"ema-{ema_decay}", False, epochs)
+        module.eval()
+        with torch.no_grad():
+            batches = list(dm.val_dataloader())
+            loss = sum(float(module._loss(b)) * len(b[0]) for b in batches) / sum(len(b[0]) for b in batches)
+        return [e["val_loss"] for e in epochs.epochs], loss
+
+    plain_curve, plain_loss = fit(None)
+    ema_curve, ema_loss = fit(0.9)
+    assert ema_loss == pytest.approx(min(ema_curve), rel=1e-4)
+    assert plain_loss == pytest.approx(min(plain_curve), rel=1e-4)
+    assert not np.allclose(ema_curve, plain_curve, rtol=1e-3), "the averaged weights were not the ones validated"
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_config(model="lstm", **{"training.ema_decay": 1.0})

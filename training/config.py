@@ -87,6 +87,9 @@ class TrainingSection(_Strict):
     # region-context models: the chance that a training window hides each region zone's channel (as a gap
     # in that zone's data does when serving), so the model copes without any one neighbour
     region_dropout: float = Field(0.0, ge=0, lt=1)
+    # validate and keep an exponential moving average of the weights (this decay per optimizer step; about
+    # 1 / (1 - decay) steps of memory) instead of the last step's weights; None trains without one
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1)
     seed: int = 42
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

@@ -34,7 +34,7 @@ from models.bundle import Bundle, load_bundle, save_bundle
 from training.config import TrainConfig
 from training.evaluate import backtest, score
 from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals, prepare_data
-from training.module import ForecastModule, WindowDataModule
+from training.module import ForecastModule, WindowDataModule, weight_averaging
 
 CHECKPOINT_FILE, EPOCHS_FILE = "checkpoint.ckpt", "epochs.json"
 
@@ -87,7 +87,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], precision=_precision(tr),
         gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
-        callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, ReportCheckpoint(epochs)],
+        callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, ReportCheckpoint(epochs),
+                   *weight_averaging(tr)],
     )
     trainer = prepare_trainer(trainer)
     resume = ray.train.get_checkpoint()

@@ -23,7 +23,7 @@ from models.forecaster import QuantileForecaster
 from models.series import BUNDLED_PJM
 from training.config import AUTOENCODER, TrainConfig
 from training.evaluate import score_test_period
-from training.module import AutoencoderModule, ForecastModule, WindowDataModule
+from training.module import AutoencoderModule, ForecastModule, WindowDataModule, weight_averaging
 
 
 class EpochLog(Callback):
@@ -159,7 +159,7 @@ def _fit(module: pl.LightningModule, dm: WindowDataModule, tr: Any, out: Path, p
             max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=1, precision=_precision(tr),
             gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=progress,
             enable_model_summary=progress,
-            callbacks=[best, EarlyStopping("val_loss", patience=tr.patience), epochs],
+            callbacks=[best, EarlyStopping("val_loss", patience=tr.patience), epochs, *weight_averaging(tr)],
         )
         trainer.fit(module, datamodule=dm)
         if best.best_model_path:

@@ -16,6 +16,16 @@ from models.region import RegionPanel
 from training.windows import ReferenceWindowDataset, WindowDataset
 
 
+def weight_averaging(training: Any) -> list[pl.Callback]:
+    """The Trainer callbacks for a config's training section's weight averaging: with `ema_decay`,
+    Lightning's EMA callback, which validates the averaged weights and puts them in every checkpoint's
+    state_dict (the raw weights ride along for resuming). Pass it last in the Trainer's callbacks, so
+    callbacks that copy the weights at validation end still see the averaged ones."""
+    if training.ema_decay is None:
+        return []
+    return [pl.callbacks.EMAWeightAveraging(decay=training.ema_decay)]
+
+
 class ForecastModule(pl.LightningModule):
     """Trains a QuantileForecaster with the pinball loss (MSE for a point model).
 

@@ -217,7 +217,7 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
 
     from models.bundle import save_bundle
     from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals
-    from training.module import ForecastModule, WindowDataModule
+    from training.module import ForecastModule, WindowDataModule, weight_averaging
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     split, report, data_fp = ray.get(split_ref) if isinstance(split_ref, ray.ObjectRef) else split_ref
@@ -263,7 +263,7 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
             precision=_precision(tr), gradient_clip_val=tr.gradient_clip or None, logger=False,
             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
             callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, best,
-                       ReportToOptuna(trial)])
+                       ReportToOptuna(trial), *weight_averaging(tr)])
         trainer.fit(module, datamodule=dm)
         module.load_state_dict(best.state)
         model = module.model.cpu().float().eval()
