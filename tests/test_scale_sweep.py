@@ -128,3 +128,42 @@ def test_sweep_config_errors_name_the_problem(tmp_path: Path) -> None:
         load_sweep_config(bad)
     for shipped in ("lstm", "transformer", "lstm_region"):
         assert load_sweep_config(Path(__file__).parent.parent / "configs" / "sweep" / f"{shipped}.yaml").space
+
+
+def test_a_trial_failed_as_stale_leaves_no_bundle(synthetic_csv: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race a starved machine runs into: a live trial is declared stale (and re-queued) while it
+    finishes. Its own report is then refused; the bundle it wrote must not stay behind as a result."""
+    import models.bundle
+    from training.fit import prepare_data
+    from training.sweep import SweepConfig, _run_trial, open_storage, storage_url
+
+    sweep = SweepConfig.model_validate({**TINY_SWEEP, "overrides": {**TINY_SWEEP["overrides"],
+                                                                   "training.max_epochs": 1}})
+    out = tmp_path / "sweep"
+    url = storage_url(None, out)
+    out.mkdir()
+    storage = open_storage(url, heartbeat_s=10, max_retries=1)
+    optuna.create_study(study_name="tiny-sweep", storage=storage, direction="minimize")
+    save = models.bundle.save_bundle
+
+    def save_then_be_declared_stale(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        assert Path(path).is_dir()
+        (running,) = optuna.load_study(study_name="tiny-sweep", storage=storage).get_trials(
+            states=(TrialState.RUNNING,))
+        storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # what _recover does to it
+
+    monkeypatch.setattr(models.bundle, "save_bundle", save_then_be_declared_stale)
+    outcome = _run_trial(sweep, url, "tiny-sweep", 0, prepare_data(sweep.base_config(), synthetic_csv), 10,
+                         str(synthetic_csv), str(out))
+    assert outcome["state"] == "FAIL" and outcome["value"] is None
+    assert not (out / "trials" / str(outcome["trial"])).exists()
+
+    def broken_disk(path, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(models.bundle, "save_bundle", broken_disk)  # the objective's own failure still surfaces
+    with pytest.raises(OSError, match="No space left"):
+        _run_trial(sweep, url, "tiny-sweep", 1, prepare_data(sweep.base_config(), synthetic_csv), 10,
+                   str(synthetic_csv), str(out))

@@ -274,12 +274,28 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
                     meta=meta)
         return best.loss
 
+    def guarded(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except (optuna.exceptions.UpdateFinishedTrialError, optuna.TrialPruned):
+            raise  # a refused report (the trial was failed elsewhere), or pruning: not the objective's fault
+        except BaseException:
+            result["objective_failed"] = True
+            raise
+
     try:
-        study.optimize(objective, n_trials=1, catch=(ValueError, RuntimeError))
-    except optuna.exceptions.UpdateFinishedTrialError:
+        study.optimize(guarded, n_trials=1, catch=(ValueError, RuntimeError))
+    except Exception:
         # A driver or another worker saw this trial's heartbeat go stale (a machine starved of CPU) and
-        # failed it, re-queueing its parameters: the retry stands for it, and the sweep goes on.
-        pass
+        # failed it, re-queueing its parameters, while it ran. Optuna then refuses this worker's own report,
+        # with an error that depends on when it lands (UpdateFinishedTrialError, "Cannot tell a FAIL
+        # trial", an internal assertion). The retry stands for the trial, under its own number, and the
+        # sweep goes on; the bundle this failed trial wrote would pass for a result, so it goes.
+        if ("trial_id" not in result or result.get("objective_failed")
+                or storage.get_trial(result["trial_id"]).state != optuna.trial.TrialState.FAIL):
+            raise
+        stale = storage.get_trial(result["trial_id"]).number
+        shutil.rmtree(Path(out) / "trials" / str(stale), ignore_errors=True)
     if "trial_id" not in result:
         return {"trial": None, "state": None, "value": None}
     trial = storage.get_trial(result.pop("trial_id"))
