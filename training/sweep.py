@@ -291,11 +291,12 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
         # with an error that depends on when it lands (UpdateFinishedTrialError, "Cannot tell a FAIL
         # trial", an internal assertion). The retry stands for the trial, under its own number, and the
         # sweep goes on; the bundle this failed trial wrote would pass for a result, so it goes.
-        if ("trial_id" not in result or result.get("objective_failed")
-                or storage.get_trial(result["trial_id"]).state != optuna.trial.TrialState.FAIL):
+        if "trial_id" not in result or result.get("objective_failed"):
             raise
-        stale = storage.get_trial(result["trial_id"]).number
-        shutil.rmtree(Path(out) / "trials" / str(stale), ignore_errors=True)
+        stale = storage.get_trial(result["trial_id"])
+        if stale.state != optuna.trial.TrialState.FAIL:
+            raise
+        shutil.rmtree(Path(out) / "trials" / str(stale.number), ignore_errors=True)
     if "trial_id" not in result:
         return {"trial": None, "state": None, "value": None}
     trial = storage.get_trial(result.pop("trial_id"))
