@@ -4,8 +4,11 @@ The encoder reads the normalized history together with its covariates; the decod
 horizon step at once, not autoregressively, so errors do not compound over a week ahead and one forward
 pass yields the whole horizon. Each step's output comes from one MLP shared across steps, fed with the
 encoder's context, that step's known covariates (calendar, holidays) and a learned embedding of the
-step's lead time. A linear skip from the raw window (DLinear-like) is added to the MLP's output, so the
-network starts from at least the linear forecast and spends its capacity on the nonlinear effects.
+step's lead time. With `local_context` > 0 each step also gets a context of its own, projected from the
+encoder's state (MQ-RNN's horizon-specific contexts): the state then shapes every forecast hour directly,
+instead of through the one shared vector that all hours must decode from. A linear skip from the raw
+window (DLinear-like) is added to the MLP's output, so the network starts from at least the linear
+forecast and spends its capacity on the nonlinear effects.
 
 Past-only inputs (P of them: the region's zones' recent load) join the encoder's input beside the
 covariates; the decoder reads the known-future covariates only.
@@ -34,11 +37,14 @@ class LSTMParams:
     mlp_hidden: int = 128  # width of the decoder MLP
     skip: bool = True  # add the linear history -> horizon path
     patch_len: int = 1  # hours per LSTM step: 24 reads a 336 h window in 14 daily steps, ~20x less CPU time
+    local_context: int = 0  # size of MQ-RNN's horizon-specific contexts, one per step from the encoder (0: none)
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "context_size", "step_embed", "mlp_hidden", "patch_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"lstm param {name} must be >= 1, got {getattr(self, name)}")
+        if self.local_context < 0:
+            raise ValueError(f"lstm param local_context must be >= 0, got {self.local_context}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"lstm param dropout must be in [0, 1), got {self.dropout}")
 
@@ -63,8 +69,9 @@ class MQLSTM(nn.Module):
         )
         self.to_context = nn.Linear(p.hidden_size, p.context_size)
         self.step_embedding = nn.Embedding(horizon, p.step_embed)
+        self.to_local = nn.Linear(p.hidden_size, horizon * p.local_context) if p.local_context else None
         self.decoder = nn.Sequential(
-            nn.Linear(p.context_size + n_covariates + p.step_embed, p.mlp_hidden),
+            nn.Linear(p.context_size + n_covariates + p.step_embed + p.local_context, p.mlp_hidden),
             nn.GELU(),
             nn.Dropout(p.dropout),
             nn.Linear(p.mlp_hidden, n_outputs),
@@ -99,12 +106,12 @@ class MQLSTM(nn.Module):
                     kernels: bool = False) -> HeadInputs:
         """Everything up to the quantile head; `kernels` runs the encoder through the Triton LSTM kernel."""
         B = x.shape[0]
-        context = self.to_context(self.encode(self.steps(x, past_cov), kernels))  # [B, context]
-        per_step = torch.cat([
-            context.unsqueeze(1).expand(B, self.horizon, -1),
-            future_cov,
-            self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1),
-        ], dim=-1)  # [B, H, context + C + step_embed]
+        final = self.encode(self.steps(x, past_cov), kernels)  # [B, hidden]
+        steps = self.step_embedding.weight.unsqueeze(0).expand(B, -1, -1)  # [B, H, step_embed]
+        per_step = [self.to_context(final).unsqueeze(1).expand(B, self.horizon, -1), future_cov, steps]
+        if self.to_local is not None:  # MQ-RNN: each horizon step gets its own context from the encoder
+            per_step.append(self.to_local(final).view(B, self.horizon, -1))
+        per_step = torch.cat(per_step, dim=-1)  # [B, H, context + C + step_embed (+ local)]
         skip = self.skip(x).view(B, self.horizon, self.n_outputs) if self.skip is not None else None
         return HeadInputs(self.decoder[:-1](per_step), self.decoder[-1], skip)  # decoder[-1]: the quantile head
 

@@ -243,7 +243,7 @@ MODELS = {
     "linear": ("linear", {}, 0),
     # region context: 5 more encoder inputs per hour than the decoder reads
     "lstm-region": ("lstm", {"hidden_size": 32, "num_layers": 2, "patch_len": 24, "context_size": 16,
-                             "step_embed": 8, "mlp_hidden": 32}, 14, 5),
+                             "step_embed": 8, "mlp_hidden": 32, "local_context": 4}, 14, 5),
     "transformer-region": ("transformer", {"d_model": 16, "n_heads": 4, "e_layers": 1, "d_ff": 32}, 14, 5),
 }
 

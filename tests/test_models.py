@@ -148,6 +148,7 @@ def test_unknown_param_is_named(name: str) -> None:
 @pytest.mark.parametrize("name, params, named", [
     ("lstm", {"hidden_size": 0}, "hidden_size"),
     ("lstm", {"dropout": 1.5}, "dropout"),
+    ("lstm", {"local_context": -1}, "local_context"),
     ("transformer", {"norm": "group"}, "norm"),
     ("transformer", {"d_model": 30, "n_heads": 4}, "d_model"),
     ("linear", {"kernel_size": 24}, "kernel_size"),
@@ -190,6 +191,27 @@ def test_fits_a_noiseless_daily_cycle(name: str, params: dict) -> None:
         losses.append(loss.item())
     final = sum(losses[-10:]) / 10
     assert final < 0.04, f"{name} did not fit a noiseless daily cycle: pinball {final:.4f}"
+
+
+@pytest.mark.parametrize("local_context", [0, 4])
+def test_lstm_local_contexts_reach_each_step_from_the_history(local_context: int) -> None:
+    """MQ-RNN's horizon-specific contexts: with the shared context and the linear skip silenced, the forecast
+    still follows the history, step by step differently, through the local contexts alone (and without
+    them it cannot)."""
+    torch.manual_seed(0)
+    model = make("lstm", 48, 14, local_context=local_context, skip=False, dropout=0.0).eval()
+    if local_context:
+        assert model.backbone.to_local.out_features == 48 * local_context
+    torch.nn.init.zeros_(model.backbone.to_context.weight)
+    history, past_cov, future_cov = inputs(1, 48, 14)
+    with torch.no_grad():
+        q, _, _ = model.forward_normalized(history, past_cov, future_cov)
+        shifted, _, _ = model.forward_normalized(history.flip(1), past_cov, future_cov)  # same loc and scale
+    change = (shifted - q)[0, :, 1]  # the median, in normalized units
+    if local_context:
+        assert change.abs().min() > 0 and change.std() > 0.1 * change.abs().mean()
+    else:
+        assert change.abs().max() < 1e-6
 
 
 def test_lstm_patches_read_the_most_recent_whole_days() -> None:
