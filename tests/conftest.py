@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,52 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Process-global state a test may change only if it puts it back: the kernel switches, Triton's mode and
+# torch's precision and thread settings. One test that leaked ENERGYOPT_KERNELS=on once failed 36 others.
+GUARDED_ENV_PREFIXES = ("ENERGYOPT_", "TRITON_", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RAY_ADDRESS")
+
+
+def _global_state() -> dict[str, object]:
+    state: dict[str, object] = {
+        "environment": {k: v for k, v in os.environ.items() if k.startswith(GUARDED_ENV_PREFIXES)},
+        "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "torch.backends.cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        "torch.get_num_threads()": torch.get_num_threads(),
+        "torch.is_grad_enabled()": torch.is_grad_enabled(),
+        "torch.get_default_dtype()": torch.get_default_dtype(),
+        "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
+    }
+    state["ray.is_initialized()"] = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    return state
+
+
+def _restore(state: dict[str, object]) -> None:
+    for key in [k for k in os.environ if k.startswith(GUARDED_ENV_PREFIXES)]:
+        del os.environ[key]
+    os.environ.update(state["environment"])
+    torch.backends.cuda.matmul.allow_tf32 = state["torch.backends.cuda.matmul.allow_tf32"]
+    torch.backends.cudnn.allow_tf32 = state["torch.backends.cudnn.allow_tf32"]
+    torch.set_num_threads(state["torch.get_num_threads()"])
+    torch.set_grad_enabled(state["torch.is_grad_enabled()"])
+    torch.set_default_dtype(state["torch.get_default_dtype()"])
+    torch.use_deterministic_algorithms(state["torch.are_deterministic_algorithms_enabled()"])
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_global_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails (as a teardown error) a test that leaves guarded global state changed, and puts it back so
+    that the tests after it run as they would alone."""
+    before = _global_state()
+    yield
+    after = _global_state()
+    if "ray_session" in request.fixturenames:  # the session's one Ray may have started for this test
+        before["ray.is_initialized()"] = after["ray.is_initialized()"]
+    changed = {key: (before.get(key), after[key]) for key in after if after[key] != before.get(key)}
+    if changed:
+        _restore(before)
+        pytest.fail(f"{request.node.nodeid} left process-global state changed (before, after): {changed}",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ Tolerances (issue 5): fp32 max abs error <= 1e-4 of the output's scale, bf16 <= 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,10 +32,17 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32(monkeypatch):
-    # the references must be fp32 on the GPU too (cuDNN and cuBLAS may use TF32 otherwise)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def _no_tf32() -> Iterator[None]:
+    # The references must be fp32 on the GPU too (cuDNN and cuBLAS may use TF32 otherwise). Set through
+    # torch's own switches and put back in `finally`: monkeypatch.setattr on torch's backend modules fails
+    # to undo with pytest >= 9.2 ('cuBLASModule' has no attribute 'allow_tf32'), which left every later
+    # patch of the test in place.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def recurrence_inputs(batch: int, steps: int, hp: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,11 +112,21 @@ def train(
     evaluate: bool = True,
     log: Callable[[str], None] = print,
 ) -> Bundle:
-    """Train (or, for the seasonal naive, just build), calibrate, evaluate and save a bundle at `out`."""
-    out = Path(out)
-    cfg, tr = config, config.training
-    if tr.num_threads:
-        torch.set_num_threads(tr.num_threads)
+    """Train (or, for the seasonal naive, just build), calibrate, evaluate and save a bundle at `out`.
+
+    `training.num_threads` holds for this call only: the caller's torch thread count is put back after."""
+    threads = torch.get_num_threads()
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    try:
+        return _train(config, data, Path(out), progress=progress, evaluate=evaluate, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, data: str | Path | None, out: Path, *, progress: bool, evaluate: bool,
+           log: Callable[[str], None]) -> Bundle:
+    tr = cfg.training
     pl.seed_everything(tr.seed, verbose=False)
     split, report, data_fp = prepare_data(cfg, data)
     for line in report.summary_lines():
