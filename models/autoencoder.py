@@ -91,8 +91,6 @@ class ConvAutoencoder(nn.Module):
     """load [B, W], ref [B, W], cal [B, W, C] (MW and features) -> reconstruction, target [B, W] in
     units of the window's reference level, and that level [B, 1] (MW)."""
 
-    bundle_kind = "autoencoder"
-
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         if config.input_length % DAY:
@@ -234,7 +232,7 @@ def calibrate_detector(model: ConvAutoencoder, features: FeatureSpec, segments: 
 def detector_of(bundle: Any) -> tuple[ConvAutoencoder, Calibration]:
     """The autoencoder and calibration of an anomaly bundle (models.bundle.load_bundle); a clear error
     for any other bundle."""
-    if getattr(bundle, "kind", "forecaster") != "autoencoder" or "detector" not in bundle.meta:
+    if bundle.kind != "autoencoder" or "detector" not in bundle.meta:
         raise ValueError(f"model {bundle.name!r} is a {bundle.kind} bundle, not an anomaly detector; "
                          f"train one with `energyopt train --model autoencoder`")
     return bundle.model, Calibration.from_dict(bundle.meta["detector"])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.forecaster import DEFAULT_QUANTILES, register
+from models.forecaster import DEFAULT_QUANTILES, Backbone, register
 
 
 @dataclass
@@ -29,22 +29,23 @@ class LinearParams:
 
 
 @register("linear")
-class DLinear(nn.Module):
+class DLinear(Backbone):
     """DLinear (Zeng et al. 2023): the window split into a moving-average trend and a remainder, each
     mapped to the horizon by one Linear; plus a linear map of each step's known covariates, so calendar
     and holiday effects enter the forecast additively.
 
-    individual=False: one history response, for the middle output, the median that QuantileForecaster's
+    individual=False: one history response, for the median output that QuantileForecaster's
     monotone_quantiles builds the others around; the other outputs (the gaps to the neighbouring
     quantiles) depend on the step and calendar only, so intervals scale with the window's std. This is
     what DLinear's default sharing means for one series. individual=True: each output responds to the
     history on its own (Q times the weights), so intervals can also follow the recent shape.
     """
 
-    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, **params) -> None:
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
+                 **params) -> None:
         super().__init__()
         p = LinearParams(**params)
-        self.horizon, self.n_outputs = horizon, n_outputs
+        self.horizon, self.n_outputs, self.median = horizon, n_outputs, median
         self.kernel_size, self.individual = p.kernel_size, p.individual
         maps = n_outputs if p.individual else 1
         self.trend = nn.Linear(input_length, horizon * maps, bias=False)
@@ -63,8 +64,7 @@ class DLinear(nn.Module):
         trend = self.moving_average(x)
         out = (self.trend(trend) + self.remainder(x - trend)).view(B, self.horizon, -1)  # [B, H, Q or 1]
         if not self.individual:  # the history response goes to the median column only
-            mid = self.n_outputs // 2
-            out = F.pad(out, (mid, self.n_outputs - 1 - mid))
+            out = F.pad(out, (self.median, self.n_outputs - 1 - self.median))
         out = out + self.bias
         if self.covariates is not None:
             out = out + self.covariates(future_cov)
@@ -85,18 +85,19 @@ class SeasonalNaiveParams:
 
 
 @register("seasonal_naive")
-class SeasonalNaive(nn.Module):
+class SeasonalNaive(Backbone):
     """Median: the value one season earlier (the last season repeated beyond one season ahead).
     Other quantiles: that value plus the window's own seasonal differences x[t] - x[t - season] over its
     last season, at quantile q minus their median, so the median stays the plain naive forecast (the
     standard benchmark) and the band is the spread of how much this series changed season over season.
 
-    It has no parameters: training code should skip fitting a model whose parameters list is empty.
+    It has no parameters, so training skips the fit (`trainable`).
     """
 
-    outputs_sorted_quantiles = True
+    outputs_sorted_quantiles, trainable = True, False
 
-    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, **params) -> None:
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
+                 **params) -> None:
         super().__init__()
         p = SeasonalNaiveParams(**params)
         if input_length < 2 * p.season:

@@ -16,13 +16,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 import models  # noqa: F401  (registers every backbone)
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
@@ -30,11 +31,6 @@ from models.features import FeatureSpec, calendar_features, future_timestamps, r
 from models.forecaster import ForecasterConfig, QuantileForecaster
 
 BUNDLE_FORMAT = 1
-# What a bundle holds (config.json "kind"; absent means a forecaster): how to rebuild its module.
-KINDS = {
-    "forecaster": lambda d: QuantileForecaster(ForecasterConfig.from_dict(d)),
-    "autoencoder": lambda d: ConvAutoencoder(AutoencoderConfig.from_dict(d)),  # anomaly detection
-}
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
 
 
@@ -44,18 +40,35 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    """A loaded model with its metadata; `predict` turns histories into quantile forecasts."""
+    """What every loaded bundle holds: its model, feature spec, name, version, metadata and metrics.
+    load_bundle returns the subclass its config.json "kind" names."""
 
-    model: QuantileForecaster  # or a ConvAutoencoder when kind == "autoencoder"
+    kind: ClassVar[str]  # config.json "kind" (absent in a file: a forecaster)
+    module: ClassVar[type[nn.Module]]  # rebuilt from config.json "model" through `config_type`
+    config_type: ClassVar[type[ForecasterConfig] | type[AutoencoderConfig]]
+
+    model: nn.Module
     features: FeatureSpec
     name: str
     version: str
     meta: dict[str, Any] = field(default_factory=dict)  # zones, scaling, data, training, versions
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def kind(self) -> str:
-        return getattr(self.model, "bundle_kind", "forecaster")
+
+@dataclass
+class DetectorBundle(Bundle):
+    """An anomaly detector: the autoencoder, its calibration in meta["detector"] (models.autoencoder)."""
+
+    kind, module, config_type = "autoencoder", ConvAutoencoder, AutoencoderConfig
+    model: ConvAutoencoder
+
+
+@dataclass
+class ForecasterBundle(Bundle):
+    """A forecaster with its metadata; `predict` turns histories into quantile forecasts."""
+
+    kind, module, config_type = "forecaster", QuantileForecaster, ForecasterConfig
+    model: QuantileForecaster
 
     @property
     def config(self) -> ForecasterConfig:
@@ -77,19 +90,6 @@ class Bundle:
     def region_zones(self) -> tuple[str, ...]:
         """Zones whose recent load the model reads beside each series (empty: its own history only)."""
         return self.features.region_zones
-
-    def covariates(self, timestamps: pd.DatetimeIndex, extra: np.ndarray | None = None) -> np.ndarray:
-        """Known covariates [T, C] for `timestamps`: calendar features, then the spec's extra columns."""
-        cal = calendar_features(timestamps, self.features)
-        n_extra = len(self.features.covariates)
-        if n_extra == 0:
-            return cal
-        if extra is None or extra.shape != (len(timestamps), n_extra):
-            raise ValueError(
-                f"this model needs covariates {list(self.features.covariates)} for every hour, "
-                f"shape ({len(timestamps)}, {n_extra}); got {None if extra is None else extra.shape}"
-            )
-        return np.concatenate([cal, extra.astype(np.float32)], axis=1)
 
     @torch.no_grad()
     def predict(
@@ -194,6 +194,9 @@ class Bundle:
         return past, future
 
 
+KINDS: dict[str, type[Bundle]] = {cls.kind: cls for cls in (ForecasterBundle, DetectorBundle)}
+
+
 def save_bundle(
     path: str | Path,
     model: QuantileForecaster | ConvAutoencoder,
@@ -209,7 +212,7 @@ def save_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": BUNDLE_FORMAT,
-        "kind": getattr(model, "bundle_kind", "forecaster"),
+        "kind": next(kind for kind, cls in KINDS.items() if isinstance(model, cls.module)),
         "name": name,
         "version": version,
         "model": model.config.to_dict(),
@@ -253,10 +256,11 @@ def load_bundle(path: str | Path) -> Bundle:
         config = json.loads((path / CONFIG_FILE).read_text())
         if config.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"bundle {path} has format {config.get('format')!r}; this version reads {BUNDLE_FORMAT}")
-        kind = config.get("kind", "forecaster")
+        kind = config.get("kind", ForecasterBundle.kind)
         if kind not in KINDS:
             raise BundleError(f"bundle {path} holds a {kind!r} model; this version reads {sorted(KINDS)}")
-        model = KINDS[kind](config["model"])
+        cls = KINDS[kind]
+        model = cls.module(cls.config_type.from_dict(config["model"]))
         features = FeatureSpec.from_dict(config["features"])
     except BundleError:
         raise
@@ -279,8 +283,8 @@ def load_bundle(path: str | Path) -> Bundle:
         except json.JSONDecodeError as err:
             raise BundleError(f"corrupt {METRICS_FILE} in bundle {path}: {err}") from None
     meta = {k: v for k, v in config.items() if k not in ("format", "kind", "name", "version", "model", "features")}
-    return Bundle(model=model, features=features, name=config["name"], version=str(config["version"]),
-                  meta=meta, metrics=metrics)
+    return cls(model=model, features=features, name=config["name"], version=str(config["version"]),
+               meta=meta, metrics=metrics)
 
 
 def _library_versions() -> dict[str, str]:

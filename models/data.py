@@ -336,29 +336,48 @@ def clean(table: pd.DataFrame, *, max_interpolate_hours: int = 6,
     table = _canonical(table, default_zone=None, source="table")
     cov_names = tuple(c for c in table.columns if c not in REQUIRED_COLUMNS)
     stamps = pd.DatetimeIndex(table[TIMESTAMP])
+    codes, zone_names = pd.factorize(table[ZONE], sort=True)
+    # counts: ZoneReport fields, one value per zone, from each step
+    codes, hour, load, covs, counts = _hourly_rows(table, stamps, codes, cov_names, len(zone_names))
+    grid = _ZoneGrid.build(codes, hour, load, covs, len(zone_names))
+    counts["absurd_values"] = grid.drop_absurd()
+    valid, counts["missing_hours_interpolated"], counts["gaps_split"] = grid.fill_short_gaps(
+        zone_names, max_interpolate_hours)
+    seg_start, seg_end, seg_zone, counts["segments_dropped"] = grid.segments(valid, zone_names, min_segment_hours)
+    counts["covariate_values_filled"] = np.zeros(len(zone_names), dtype=np.int64)
+    if cov_names:
+        grid.cov, counts["covariate_values_filled"] = _fill_covariates(grid.cov, seg_start, seg_end, seg_zone,
+                                                                       zone_names, cov_names)
+    out = [grid.series(a, b, z, str(zone_names[z]), cov_names, stamps.tz)
+           for a, b, z in zip(seg_start, seg_end, seg_zone)]
+    return out, _repair_report(out, zone_names, counts)
+
+
+def _per_zone(zone_codes: np.ndarray, mask: np.ndarray, n_zones: int) -> np.ndarray:
+    return np.bincount(zone_codes[mask], minlength=n_zones)
+
+
+def _hourly_rows(table: pd.DataFrame, stamps: pd.DatetimeIndex, codes: np.ndarray, cov_names: tuple[str, ...],
+                 n_zones: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Rows -> one (zone code, hour, load, covariates) per zone and hour, sorted, invalid loads NaN; with the
+    per-zone counts of what was found (rows, NaN and non-positive loads, disorder, duplicate hours)."""
     us = stamps.asi8
     off_hour = us % _HOUR_US != 0
     if off_hour.any():
         i = int(off_hour.argmax())
         raise SeriesError(f"zone {table[ZONE].iloc[i]!r}: timestamp {stamps[i]} is not on the hour; "
                           f"resample the data to hourly means first")
-    codes, zone_names = pd.factorize(table[ZONE], sort=True)
-    n_zones = len(zone_names)
     hour = us // _HOUR_US
     load = table[LOAD].to_numpy(dtype=np.float64)
-
-    def per_zone(mask: np.ndarray, zone_codes: np.ndarray = codes) -> np.ndarray:
-        return np.bincount(zone_codes[mask], minlength=n_zones)
-
-    rows_in = np.bincount(codes, minlength=n_zones)
-    nan_values = per_zone(~np.isfinite(load))
-    nonpositive = per_zone(np.isfinite(load) & (load <= 0))
+    counts = {"rows_in": np.bincount(codes, minlength=n_zones),
+              "nan_values": _per_zone(codes, ~np.isfinite(load), n_zones),
+              "nonpositive_values": _per_zone(codes, np.isfinite(load) & (load <= 0), n_zones)}
     load = np.where(np.isfinite(load) & (load > 0), load, np.nan)
 
     # Out of order: within a zone, in input order, an hour earlier than the row before it.
     by_zone = np.argsort(codes, kind="stable")
     zc, zh = codes[by_zone], hour[by_zone]
-    non_monotonic = per_zone((zc[1:] == zc[:-1]) & (zh[1:] < zh[:-1]), zc[1:]) > 0
+    counts["non_monotonic"] = _per_zone(zc[1:], (zc[1:] == zc[:-1]) & (zh[1:] < zh[:-1]), n_zones) > 0
 
     # Sort by (zone, hour) and merge duplicate hours by their mean.
     order = np.lexsort((hour, codes))
@@ -367,80 +386,98 @@ def clean(table: pd.DataFrame, *, max_interpolate_hours: int = 6,
     new_hour = np.r_[True, (codes[1:] != codes[:-1]) | (hour[1:] != hour[:-1])]
     starts = np.flatnonzero(new_hour)
     sizes = np.diff(np.r_[starts, len(codes)])
-    duplicates = per_zone(sizes > 1, codes[starts])
-    codes, hour = codes[starts], hour[starts]
-    load = _group_mean(load, starts)
+    counts["duplicate_hours_merged"] = _per_zone(codes[starts], sizes > 1, n_zones)
     covs = _group_mean(covs, starts) if cov_names else covs[starts]
+    return codes[starts], hour[starts], _group_mean(load, starts), covs, counts
 
-    # A full hourly grid per zone, zones back to back with ABSURD_WINDOW_HOURS // 2 empty hours between
-    # them so one rolling median over the whole grid never mixes two zones.
-    pad = ABSURD_WINDOW_HOURS // 2
-    zone_first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    first_hour = hour[zone_first]
-    span = hour[np.r_[zone_first[1:], len(hour)] - 1] - first_hour + 1
-    base = np.r_[0, np.cumsum(span + pad)[:-1]]
-    n_grid = int(base[-1] + span[-1])
-    position = base[codes] + (hour - first_hour[codes])
-    grid = np.full(n_grid, np.nan)
-    grid[position] = load
-    grid_cov = np.full((n_grid, len(cov_names)), np.nan)
-    grid_cov[position] = covs
-    lo_z, hi_z = np.repeat(base, span + pad)[:n_grid], np.repeat(base + span - 1, span + pad)[:n_grid]
-    in_zone = np.arange(n_grid) <= hi_z
-    grid_zone = np.where(in_zone, np.repeat(np.arange(n_zones), span + pad)[:n_grid], -1)
 
-    median = pd.Series(grid).rolling(ABSURD_WINDOW_HOURS, center=True, min_periods=1).median().to_numpy()
-    with np.errstate(invalid="ignore"):
-        ratio = grid / median
-    absurd = (ratio < ABSURD_LOW) | (ratio > ABSURD_HIGH)
-    absurd_values = per_zone(absurd, grid_zone)
-    grid[absurd] = np.nan
+@dataclass
+class _ZoneGrid:
+    """A full hourly grid per zone, zones back to back with ABSURD_WINDOW_HOURS // 2 empty hours between
+    them so one rolling median over the whole grid never mixes two zones."""
 
-    # Fill short interior runs of missing hours; longer runs split the zone into segments.
-    valid = np.isfinite(grid)
-    empty = [str(zone_names[z]) for z in np.flatnonzero(per_zone(valid, grid_zone) == 0)]
-    if empty:
-        raise SeriesError(f"zone(s) {empty}: no valid load value (all missing, non-positive or absurd); "
-                          f"fix or remove these zones")
-    before, after = _nearest_valid(valid, lo_z, hi_z)
-    missing = in_zone & ~valid
-    interior = missing & (before >= 0) & (after < n_grid)
-    run_length = after - before - 1
-    fill = interior & (run_length <= max_interpolate_hours)
-    gap_starts = interior & ~fill & (np.arange(n_grid) == before + 1)
-    grid = _interpolate(grid, before, after, fill)
-    valid |= fill
+    load: np.ndarray  # [G] MW, NaN where missing
+    cov: np.ndarray  # [G, K]
+    zone: np.ndarray  # [G] zone code of each grid hour, -1 in the padding
+    lo: np.ndarray  # [G] first and last grid position of each hour's zone
+    hi: np.ndarray
+    base: np.ndarray  # [Z] grid position of each zone's first hour
+    first_hour: np.ndarray  # [Z] that hour (hours since the epoch)
 
-    # Segments: maximal runs of valid hours inside a zone.
-    edges = np.diff(np.r_[False, valid, False].astype(np.int8))
-    seg_start, seg_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # end exclusive
-    seg_zone = grid_zone[seg_start]
-    keep = (seg_end - seg_start) >= min_segment_hours
-    segments_dropped = np.bincount(seg_zone[~keep], minlength=n_zones)
-    seg_start, seg_end, seg_zone = seg_start[keep], seg_end[keep], seg_zone[keep]
-    no_segment = [str(zone_names[z]) for z in np.flatnonzero(np.bincount(seg_zone, minlength=n_zones) == 0)]
-    if no_segment:
-        raise SeriesError(f"zone(s) {no_segment}: no gap-free stretch of at least min_segment_hours="
-                          f"{min_segment_hours} hours; lower min_segment_hours or raise max_interpolate_hours")
+    @classmethod
+    def build(cls, codes: np.ndarray, hour: np.ndarray, load: np.ndarray, covs: np.ndarray,
+              n_zones: int) -> "_ZoneGrid":
+        pad = ABSURD_WINDOW_HOURS // 2
+        zone_first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        first_hour = hour[zone_first]
+        span = hour[np.r_[zone_first[1:], len(hour)] - 1] - first_hour + 1
+        base = np.r_[0, np.cumsum(span + pad)[:-1]]
+        n_grid = int(base[-1] + span[-1])
+        position = base[codes] + (hour - first_hour[codes])
+        grid = np.full(n_grid, np.nan)
+        grid[position] = load
+        grid_cov = np.full((n_grid, covs.shape[1]), np.nan)
+        grid_cov[position] = covs
+        lo, hi = np.repeat(base, span + pad)[:n_grid], np.repeat(base + span - 1, span + pad)[:n_grid]
+        zone = np.where(np.arange(n_grid) <= hi, np.repeat(np.arange(n_zones), span + pad)[:n_grid], -1)
+        return cls(grid, grid_cov, zone, lo, hi, base, first_hour)
 
-    covariate_filled = np.zeros(n_zones, dtype=np.int64)
-    if cov_names:
-        grid_cov, covariate_filled = _fill_covariates(grid_cov, seg_start, seg_end, seg_zone,
-                                                      zone_names, cov_names)
+    def per_zone(self, mask: np.ndarray) -> np.ndarray:
+        return _per_zone(self.zone, mask, len(self.base))
 
-    tz = stamps.tz
-    out: list[Series] = []
-    for a, b, z in zip(seg_start, seg_end, seg_zone):
-        first = pd.Timestamp((first_hour[z] + a - base[z]) * _HOUR_US, unit="us", tz="UTC" if tz else None)
-        out.append(Series(
-            zone=str(zone_names[z]),
-            timestamps=pd.date_range(first.tz_convert(tz) if tz else first, periods=int(b - a), freq="h"),
-            load=grid[a:b].astype(np.float32),
-            covariates=grid_cov[a:b].astype(np.float32) if cov_names else None,
-            covariate_names=cov_names,
-        ))
+    def drop_absurd(self) -> np.ndarray:
+        """Set absurd values (see ABSURD_LOW) missing; returns their count per zone."""
+        median = pd.Series(self.load).rolling(ABSURD_WINDOW_HOURS, center=True, min_periods=1).median().to_numpy()
+        with np.errstate(invalid="ignore"):
+            ratio = self.load / median
+        absurd = (ratio < ABSURD_LOW) | (ratio > ABSURD_HIGH)
+        self.load[absurd] = np.nan
+        return self.per_zone(absurd)
 
-    interpolated, gaps_split = per_zone(fill, grid_zone), per_zone(gap_starts, grid_zone)
+    def fill_short_gaps(self, zone_names: pd.Index,
+                        max_interpolate_hours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fill short interior runs of missing hours; longer runs split the zone into segments. Returns the
+        valid hours and, per zone, the hours filled and the gaps left."""
+        n_grid = len(self.load)
+        valid = np.isfinite(self.load)
+        empty = [str(zone_names[z]) for z in np.flatnonzero(self.per_zone(valid) == 0)]
+        if empty:
+            raise SeriesError(f"zone(s) {empty}: no valid load value (all missing, non-positive or absurd); "
+                              f"fix or remove these zones")
+        before, after = _nearest_valid(valid, self.lo, self.hi)
+        missing = (self.zone >= 0) & ~valid
+        interior = missing & (before >= 0) & (after < n_grid)
+        run_length = after - before - 1
+        fill = interior & (run_length <= max_interpolate_hours)
+        gap_starts = interior & ~fill & (np.arange(n_grid) == before + 1)
+        self.load = _interpolate(self.load, before, after, fill)
+        return valid | fill, self.per_zone(fill), self.per_zone(gap_starts)
+
+    def segments(self, valid: np.ndarray, zone_names: pd.Index,
+                 min_segment_hours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Maximal runs of valid hours inside a zone of at least `min_segment_hours`: start, end (exclusive)
+        and zone code of each, and the number dropped per zone."""
+        edges = np.diff(np.r_[False, valid, False].astype(np.int8))
+        seg_start, seg_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        seg_zone = self.zone[seg_start]
+        keep = (seg_end - seg_start) >= min_segment_hours
+        dropped = np.bincount(seg_zone[~keep], minlength=len(self.base))
+        seg_start, seg_end, seg_zone = seg_start[keep], seg_end[keep], seg_zone[keep]
+        no_segment = [str(zone_names[z]) for z in np.flatnonzero(np.bincount(seg_zone, minlength=len(self.base)) == 0)]
+        if no_segment:
+            raise SeriesError(f"zone(s) {no_segment}: no gap-free stretch of at least min_segment_hours="
+                              f"{min_segment_hours} hours; lower min_segment_hours or raise max_interpolate_hours")
+        return seg_start, seg_end, seg_zone, dropped
+
+    def series(self, a: int, b: int, z: int, zone: str, cov_names: tuple[str, ...], tz: Any) -> Series:
+        """Grid hours [a, b) of zone code z as a Series, timestamps back in the input's time zone."""
+        first = pd.Timestamp((self.first_hour[z] + a - self.base[z]) * _HOUR_US, unit="us", tz="UTC" if tz else None)
+        timestamps = pd.date_range(first.tz_convert(tz) if tz else first, periods=int(b - a), freq="h")
+        covariates = self.cov[a:b].astype(np.float32) if cov_names else None
+        return Series(zone, timestamps, self.load[a:b].astype(np.float32), covariates, cov_names)
+
+
+def _repair_report(out: list[Series], zone_names: pd.Index, counts: dict[str, np.ndarray]) -> RepairReport:
     segments_of: dict[str, list[Series]] = {}
     for s in out:
         segments_of.setdefault(s.zone, []).append(s)
@@ -448,22 +485,10 @@ def clean(table: pd.DataFrame, *, max_interpolate_hours: int = 6,
     for z, name in enumerate(zone_names):
         segs = segments_of[str(name)]
         report.zones[str(name)] = ZoneReport(
-            rows_in=int(rows_in[z]),
-            duplicate_hours_merged=int(duplicates[z]),
-            missing_hours_interpolated=int(interpolated[z]),
-            gaps_split=int(gaps_split[z]),
-            nonpositive_values=int(nonpositive[z]),
-            absurd_values=int(absurd_values[z]),
-            nan_values=int(nan_values[z]),
-            non_monotonic=bool(non_monotonic[z]),
-            segments=len(segs),
-            segments_dropped=int(segments_dropped[z]),
-            covariate_values_filled=int(covariate_filled[z]),
-            first_timestamp=segs[0].timestamps[0],
-            last_timestamp=segs[-1].timestamps[-1],
-            hours_out=sum(len(s) for s in segs),
-        )
-    return out, report
+            **{key: values[z].item() for key, values in counts.items()},  # an int, or a bool for non_monotonic
+            segments=len(segs), first_timestamp=segs[0].timestamps[0], last_timestamp=segs[-1].timestamps[-1],
+            hours_out=sum(len(s) for s in segs))
+    return report
 
 
 def _fill_covariates(grid_cov: np.ndarray, seg_start: np.ndarray, seg_end: np.ndarray, seg_zone: np.ndarray,

@@ -53,7 +53,10 @@ class ForecasterConfig:
         return max(len(self.quantiles), 1)
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+def median_index(quantiles: tuple[float, ...]) -> int:
+    """The output column every quantile is built and scaled around: 0.5 where configured, else the middle one.
+    The one definition: the quantile head, the Triton epilogue, calibration and every caller read it."""
+    return quantiles.index(0.5) if 0.5 in quantiles else len(quantiles) // 2
 
 
 @dataclass
@@ -73,10 +76,29 @@ class HeadInputs:
         return out
 
 
-def register(name: str) -> Callable[[type], type]:
+class Backbone(nn.Module):
+    """(x [B, L] normalized, past_cov [B, L, C + P], future_cov [B, H, C]) -> unconstrained outputs [B, H, Q].
+    Built from input_length, horizon, n_covariates, n_outputs, median (`median_index`), the config's params
+    and n_past_covariates where it reads them. Capabilities are class attributes, never probed:"""
+
+    reads_past_covariates = False  # takes n_past_covariates: P inputs known over the history (region context)
+    outputs_sorted_quantiles = False  # outputs are increasing quantiles already: no monotone_quantiles
+    trainable = True  # has weights to fit (False: training skips straight to calibration)
+
+    def head_inputs(self, x: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor, *,
+                    kernels: bool = False) -> HeadInputs:
+        """Everything up to the quantile head, for the fused epilogue; by default no head, the outputs as base
+        (the epilogue then fuses monotone quantiles, intervals and de-normalization only)."""
+        return HeadInputs(None, None, self(x, past_cov, future_cov))
+
+
+BACKBONES: dict[str, type[Backbone]] = {}  # model type name in configs -> backbone class
+
+
+def register(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
     """Class decorator: make a backbone available under `name` in configs."""
 
-    def wrap(cls: type) -> type:
+    def wrap(cls: type[Backbone]) -> type[Backbone]:
         BACKBONES[name] = cls
         return cls
 
@@ -97,13 +119,13 @@ class QuantileForecaster(nn.Module):
         if list(config.quantiles) != sorted(set(config.quantiles)) or not all(0 < q < 1 for q in config.quantiles):
             raise ValueError(f"quantiles must be distinct, increasing and inside (0, 1), got {config.quantiles}")
         kernel_mode(config.kernels)  # a typo is an error here, not on the first GPU forward
-        if config.n_past_covariates and not getattr(BACKBONES[config.type], "reads_past_covariates", False):
+        if config.n_past_covariates and not BACKBONES[config.type].reads_past_covariates:
             raise ValueError(f"model type {config.type!r} reads no inputs beside its own history and known-future "
                              "covariates (no region context); use lstm or transformer")
         self.config = config
         self.backbone = BACKBONES[config.type](
             input_length=config.input_length, horizon=config.horizon, n_covariates=config.n_covariates,
-            n_outputs=config.n_outputs, **config.params,
+            n_outputs=config.n_outputs, median=median_index(config.quantiles), **config.params,
             **({"n_past_covariates": config.n_past_covariates} if config.n_past_covariates else {}),
         )
         # Conformal scaling of each quantile's distance from the median, fitted on validation data.
@@ -112,8 +134,7 @@ class QuantileForecaster(nn.Module):
 
     @property
     def median_index(self) -> int:
-        qs = self.config.quantiles
-        return qs.index(0.5) if 0.5 in qs else len(qs) // 2
+        return median_index(self.config.quantiles)
 
     def forward(self, history: torch.Tensor, past_cov: torch.Tensor, future_cov: torch.Tensor) -> torch.Tensor:
         if self.uses_kernels(history.device):
@@ -131,15 +152,12 @@ class QuantileForecaster(nn.Module):
         """`forward` with the backbone's kernel path and the fused epilogue (same result within fp error)."""
         loc, scale = window_stats(history)
         x = (history - loc) / scale
-        if hasattr(self.backbone, "head_inputs"):
-            parts = self.backbone.head_inputs(x, past_cov, future_cov, kernels=True)
-        else:  # baselines: only monotone quantiles, intervals and de-normalization are fused
-            parts = HeadInputs(None, None, self.backbone(x, past_cov, future_cov))
+        parts = self.backbone.head_inputs(x, past_cov, future_cov, kernels=True)
         head = parts.head
         return quantile_epilogue(
             parts.features, head.weight if head else None, head.bias if head else None, parts.base,
             loc, scale, self.interval_scale, self.median_index,
-            monotone=not getattr(self.backbone, "outputs_sorted_quantiles", False),
+            monotone=not self.backbone.outputs_sorted_quantiles,
         )
 
     def forward_normalized(
@@ -151,8 +169,8 @@ class QuantileForecaster(nn.Module):
         """
         loc, scale = window_stats(history)
         raw = self.backbone((history - loc) / scale, past_cov, future_cov)  # [B, H, Q]
-        if not getattr(self.backbone, "outputs_sorted_quantiles", False):
-            raw = monotone_quantiles(raw)
+        if not self.backbone.outputs_sorted_quantiles:
+            raw = monotone_quantiles(raw, self.median_index)
         return self._scale_intervals(raw), loc, scale
 
     def _scale_intervals(self, q: torch.Tensor) -> torch.Tensor:
@@ -169,13 +187,13 @@ def window_stats(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loc, scale
 
 
-def monotone_quantiles(raw: torch.Tensor) -> torch.Tensor:
-    """Unconstrained outputs [..., Q] -> increasing quantiles: the median column plus cumulative
-    softplus steps outward on each side, so quantiles can never cross."""
+def monotone_quantiles(raw: torch.Tensor, mid: int | None = None) -> torch.Tensor:
+    """Unconstrained outputs [..., Q] -> increasing quantiles: the median column `mid` (default the middle
+    one) plus cumulative softplus steps outward on each side, so quantiles can never cross."""
     q = raw.shape[-1]
     if q == 1:
         return raw
-    mid = q // 2
+    mid = q // 2 if mid is None else mid
     centre = raw[..., mid : mid + 1]
     upper = centre + torch.cumsum(F.softplus(raw[..., mid + 1 :]), dim=-1)
     lower = centre - torch.flip(torch.cumsum(F.softplus(torch.flip(raw[..., :mid], [-1])), dim=-1), [-1])

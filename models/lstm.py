@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.forecaster import HeadInputs, register
+from models.forecaster import Backbone, HeadInputs, register
 from models.kernels import lstm_forward, lstm_unsupported_reason
 
 
@@ -50,12 +50,12 @@ class LSTMParams:
 
 
 @register("lstm")
-class MQLSTM(nn.Module):
+class MQLSTM(Backbone):
     """history [B, L], past_cov [B, L, C + P], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
 
     reads_past_covariates = True
 
-    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int,
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
                  n_past_covariates: int = 0, **params) -> None:
         super().__init__()
         p = LSTMParams(**params)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.forecaster import HeadInputs, register
+from models.forecaster import Backbone, HeadInputs, register
 
 
 @dataclass
@@ -127,12 +127,12 @@ class EncoderLayer(nn.Module):
 
 
 @register("transformer")
-class PatchTST(nn.Module):
+class PatchTST(Backbone):
     """history [B, L], past_cov [B, L, C + P], future_cov [B, H, C] -> unconstrained outputs [B, H, Q]."""
 
     reads_past_covariates = True
 
-    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int,
+    def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
                  n_past_covariates: int = 0, **params) -> None:
         super().__init__()
         p = PatchTSTParams(**params)

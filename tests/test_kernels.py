@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.forecaster import ForecasterConfig, QuantileForecaster
+from models.forecaster import ForecasterConfig, QuantileForecaster, median_index, monotone_quantiles
 from models.kernels import ENV_VAR, kernels_enabled
 from models.kernels.epilogue import quantile_epilogue, quantile_epilogue_reference
 from models.kernels.lstm import (
@@ -280,6 +280,33 @@ def test_forecaster_kernel_path_equals_reference(name: str, monkeypatch) -> None
     assert (out.diff(dim=-1) >= 0).all()
     monkeypatch.setenv(ENV_VAR, "on")
     assert not model.uses_kernels(DEVICE)  # recording gradients: kernels have no backward
+
+
+@pytest.mark.parametrize("kind,params", [("linear", {}), ("lstm", MODELS["lstm-patched"][1])])
+def test_one_median_for_uneven_quantiles(kind: str, params: dict, monkeypatch) -> None:
+    """(0.1, 0.5, 0.9, 0.95), which config validation accepts: 0.5 is column 1 for the quantile head, the
+    interval scaling, DLinear's history response and the Triton epilogue alike."""
+    qs = (0.1, 0.5, 0.9, 0.95)
+    torch.manual_seed(0)
+    model = QuantileForecaster(ForecasterConfig(type=kind, input_length=336, horizon=24, quantiles=qs,
+                                                params=params)).to(DEVICE).eval()
+    assert median_index(qs) == model.median_index == 1
+    raw = torch.randn(3, 24, 4)
+    torch.testing.assert_close(monotone_quantiles(raw, model.median_index)[..., 1], raw[..., 1])
+    history = (torch.rand(5, 336) * 800 + 1000).to(DEVICE)
+    past, future = torch.zeros(5, 336, 0, device=DEVICE), torch.zeros(5, 24, 0, device=DEVICE)
+    with torch.no_grad():
+        monkeypatch.setenv(ENV_VAR, "off")
+        unscaled = model(history, past, future)
+        model.interval_scale.copy_(torch.tensor([1.4, 1.0, 0.7, 2.0]))
+        ref = model(history, past, future)
+        monkeypatch.setenv(ENV_VAR, "on")
+        out = model(history, past, future)
+    torch.testing.assert_close(ref[..., 1], unscaled[..., 1])  # intervals stretch around the 0.5 column
+    assert rel_err(out, ref) <= FP32_TOL  # the epilogue builds and scales around the same column
+    if kind == "linear":  # the history response goes to the median column only
+        shifted = model.backbone(history + 1.0, past, future) - model.backbone(history, past, future)
+        assert shifted[..., 1].abs().max() > 0 and shifted[..., [0, 2, 3]].abs().max() == 0
 
 
 @pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("pytorch_lightning", "pandas", "holidays")),

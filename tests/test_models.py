@@ -39,10 +39,6 @@ def inputs(batch: int, horizon: int, n_covariates: int, input_length: int = L) -
     return history, torch.randn(batch, input_length, n_covariates), torch.randn(batch, horizon, n_covariates)
 
 
-def is_trainable(model: torch.nn.Module) -> bool:
-    return any(p.requires_grad for p in model.parameters())
-
-
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 @pytest.mark.parametrize("horizon", [48, 168])
 @pytest.mark.parametrize("n_covariates", [0, 14])
@@ -73,7 +69,12 @@ def test_runs_under_autocast(name: str, dtype: torch.dtype) -> None:
     assert torch.isfinite(out).all() and (out.diff(dim=-1) >= 0).all()
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(BACKBONES) if is_trainable(make(n, 48, 14))])
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_declared_trainable_means_weights_to_fit(name: str) -> None:
+    assert BACKBONES[name].trainable == any(p.requires_grad for p in make(name, 48, 14).parameters())
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(BACKBONES) if BACKBONES[n].trainable])
 @pytest.mark.parametrize("n_covariates", [0, 14])
 def test_gradients_reach_every_parameter(name: str, n_covariates: int) -> None:
     torch.manual_seed(0)
@@ -93,7 +94,7 @@ def test_region_channels_widen_the_encoder_only(name: str) -> None:
     the C known-future ones. Backbones that cannot read them say so when built."""
     config = ForecasterConfig(type=name, input_length=L, horizon=48, quantiles=QUANTILES, n_covariates=14,
                               n_past_covariates=5, params={"quantiles": QUANTILES} if name == "seasonal_naive" else {})
-    if not getattr(BACKBONES[name], "reads_past_covariates", False):
+    if not BACKBONES[name].reads_past_covariates:
         with pytest.raises(ValueError, match="no region context"):
             QuantileForecaster(config)
         return

@@ -200,6 +200,11 @@ def covariate_engine(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Pa
 def test_covariates_reach_the_model(covariate_engine: Engine):
     import torch
 
+    from models.features import calendar_features
+
+    def covariates(hours: pd.DatetimeIndex, extra: np.ndarray) -> np.ndarray:  # calendar, then the extra column
+        return np.concatenate([calendar_features(hours, bundle.features), extra], axis=1)
+
     bundle = covariate_engine.bundle
     rng = np.random.default_rng(0)
     history = rng.uniform(900, 1100, 60).astype(np.float32)
@@ -211,8 +216,8 @@ def test_covariates_reach_the_model(covariate_engine: Engine):
     response = answer(covariate_engine, covariate_engine.series_job(request))
 
     hours = pd.date_range(end=last, periods=48, freq="h")
-    past = bundle.covariates(hours, past_t[-48:, None])
-    future = bundle.covariates(pd.date_range(last + pd.Timedelta(hours=1), periods=12, freq="h"), future_t[:, None])
+    past = covariates(hours, past_t[-48:, None])
+    future = covariates(pd.date_range(last + pd.Timedelta(hours=1), periods=12, freq="h"), future_t[:, None])
     with torch.no_grad():
         want = bundle.model(torch.from_numpy(history[None, -48:]), torch.from_numpy(past[None]),
                             torch.from_numpy(future[None])).numpy()[0, :6]

@@ -115,7 +115,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _region_reader(self) -> "TrainConfig":
-        if self.features.region_zones and not getattr(BACKBONES.get(self.model.type), "reads_past_covariates", False):
+        backbone = BACKBONES.get(self.model.type)  # None for the autoencoder
+        if self.features.region_zones and not (backbone and backbone.reads_past_covariates):
             raise ValueError(f"features.region_zones: model type {self.model.type!r} reads no region context; "
                              "use lstm or transformer, or leave region_zones empty")
         return self

@@ -30,7 +30,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from models.bundle import Bundle, load_bundle, save_bundle
+from models.bundle import Bundle, ForecasterBundle, load_bundle, save_bundle
 from training.config import TrainConfig
 from training.evaluate import backtest, score
 from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals, prepare_data
@@ -172,7 +172,7 @@ def train_distributed(
     meta["training"]["distributed"] = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers,
                                        "use_gpu": use_gpu, "backend": "nccl" if use_gpu else "gloo"}
     features = config.features.spec()
-    bundle = Bundle(model=model, features=features, name=config.name, version=_version(), meta=meta)
+    bundle = ForecasterBundle(model=model, features=features, name=config.name, version=_version(), meta=meta)
     metrics = None
     if evaluate:
         frame = backtest(bundle, split.test)

@@ -17,7 +17,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from utilsforecast import losses
 
-from models.bundle import Bundle
+from models.bundle import Bundle, ForecasterBundle
 from models.data import Series, Split
 from models.region import RegionPanel
 from training.windows import extra_covariates
@@ -177,7 +177,7 @@ def evaluate_bundle(
     if baselines:
         naive_cfg = load_config(model="seasonal_naive", **overrides)
         naive_cfg.model.quantiles = list(bundle.quantiles)
-        naive = Bundle(build_model(naive_cfg).eval(), bundle.features, BASELINES[0], "baseline")
+        naive = ForecasterBundle(build_model(naive_cfg).eval(), bundle.features, BASELINES[0], "baseline")
         log("fitting the linear baseline on the same training data ...")
         cfg.model.quantiles = list(bundle.quantiles)
         with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.anomaly import COMPONENTS
 from models.autoencoder import WEEK, AutoencoderParams, ConvAutoencoder, calibrate_detector
-from models.bundle import Bundle, load_bundle, save_bundle
+from models.bundle import Bundle, ForecasterBundle, load_bundle, save_bundle
 from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
 from models.forecaster import QuantileForecaster
 from models.series import BUNDLED_PJM
@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, data: str | Path | None, out: Path, *, progress: bo
     scales = calibrate_intervals(model, dm.val_set)
     log(f"interval calibration on validation: {dict(zip(model.config.quantiles, np.round(scales, 3)))}")
     meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
-    bundle = Bundle(model=model.eval(), features=features, name=cfg.name, version=_version(), meta=meta)
+    bundle = ForecasterBundle(model=model.eval(), features=features, name=cfg.name, version=_version(), meta=meta)
     metrics = None
     if evaluate:
         try:

@@ -40,7 +40,7 @@ def quantile_epilogue_reference(
     Q = raw.shape[-1]
     if Q > 1:
         if monotone:
-            mid = Q // 2
+            mid = median_index  # the column the others are built around: models.forecaster.median_index
             centre = raw[..., mid : mid + 1]
             upper = centre + torch.cumsum(F.softplus(raw[..., mid + 1 :]), dim=-1)
             lower = centre - torch.flip(torch.cumsum(F.softplus(torch.flip(raw[..., :mid], [-1])), dim=-1), [-1])
@@ -69,7 +69,7 @@ def quantile_epilogue_kernel(
     loc_ptr, scale_ptr,  # [B] per series
     iscale_ptr,  # [Q] conformal interval scale
     out_ptr,  # [R, Q] fp32
-    R, S, K, Q, MEDIAN,  # rows, steps per series (row r belongs to series r // S), features, quantiles
+    R, S, K, Q, MEDIAN,  # rows, steps per series (row r belongs to series r // S), features, quantiles, median
     stride_fr, stride_br,
     HAS_FEAT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BASE: tl.constexpr, MONOTONE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QP: tl.constexpr, PRECISION: tl.constexpr,
@@ -97,7 +97,7 @@ def quantile_epilogue_kernel(
     if MONOTONE:
         # median column plus cumulative softplus steps outward: upper_j = centre + sum_{mid<k<=j} sp_k,
         # lower_j = centre - sum_{j<=k<mid} sp_k (the latter as the lower total minus an exclusive cumsum)
-        mid = Q // 2
+        mid = MEDIAN
         centre = tl.sum(tl.where(qc == mid, raw, 0.0), axis=1)[:, None]
         sp = _softplus(raw)
         up = tl.cumsum(tl.where((qc > mid) & (qc < Q), sp, 0.0), axis=1)
