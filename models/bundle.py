@@ -27,8 +27,9 @@ from torch import nn
 
 import models  # noqa: F401  (registers every backbone)
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder
-from models.features import FeatureSpec, calendar_features, future_timestamps, region_channels, region_inputs
+from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster
+from models.inputs import InputError, ModelInputs
 
 BUNDLE_FORMAT = 1
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
@@ -87,6 +88,11 @@ class ForecasterBundle(Bundle):
         return self.config.horizon
 
     @property
+    def inputs(self) -> ModelInputs:
+        """How this model's inputs are checked and assembled (models.inputs)."""
+        return ModelInputs(self.features, self.input_length, self.max_horizon, self.name)
+
+    @property
     def region_zones(self) -> tuple[str, ...]:
         """Zones whose recent load the model reads beside each series (empty: its own history only)."""
         return self.features.region_zones
@@ -115,31 +121,9 @@ class ForecasterBundle(Bundle):
         zone has no value; see models.region.RegionPanel), and `zones`, each series' zone name (a zone
         outside `region_zones` is forecast as a zone the model has not met).
         """
-        history = np.asarray(history, dtype=np.float32)
-        if history.ndim != 2:
-            raise ValueError(f"history must be 2-D [series, hours], got shape {history.shape}")
-        if len(last_timestamps) != history.shape[0]:
-            raise ValueError(f"{history.shape[0]} histories but {len(last_timestamps)} last timestamps")
-        if history.shape[1] < self.input_length:
-            raise ValueError(f"history too short: the model reads {self.input_length} hours, got {history.shape[1]}")
         if not 1 <= horizon <= self.max_horizon:
-            raise ValueError(f"horizon must be between 1 and {self.max_horizon} hours, got {horizon}")
-        history = history[:, -self.input_length :]
-        if not np.isfinite(history).all():
-            raise ValueError("history contains NaN or infinite values")
-        past, future = self._calendar_windows(pd.DatetimeIndex(last_timestamps), horizon)
-        if self.features.covariates:
-            past, future = self._with_extra(past, future, extra)
-        elif extra is not None:
-            raise ValueError(f"model {self.name} takes no extra covariates, but some were given")
-        if self.region_zones:
-            channels = self._region_context(region, len(history))
-            if zones is None or len(zones) != len(history):
-                raise ValueError(f"model {self.name} reads region context: pass zones, the zone name of each of the "
-                                 f"{len(history)} series (got {None if zones is None else len(zones)})")
-            past, future = region_inputs(past, future, list(zones), channels, self.region_zones)
-        elif region is not None or zones is not None:
-            raise ValueError(f"model {self.name} reads no region context, but some was given")
+            raise InputError("horizon", f"horizon must be between 1 and {self.max_horizon} hours, got {horizon}")
+        history, past, future = self.inputs.build(history, last_timestamps, extra=extra, region=region, zones=zones)
         model = self.model.to(device)
         out = []
         for i in range(0, len(history), batch_size):
@@ -147,51 +131,6 @@ class ForecasterBundle(Bundle):
             q = model(*(torch.from_numpy(a[sl]).to(device) for a in (history, past, future)))
             out.append(q[:, :horizon].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, horizon, self.model.config.n_outputs), np.float32)
-
-    def _with_extra(self, past: np.ndarray, future: np.ndarray,
-                    extra: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Calendar windows with the extra covariates' values in their columns, checked."""
-        names = list(self.features.covariates)
-        want = ((len(past), self.input_length, len(names)), (len(future), self.max_horizon, len(names)))
-        if extra is None:
-            raise ValueError(f"model {self.name} needs covariates {names}: pass extra=(past, future) of shapes "
-                             f"{want[0]} and {want[1]}")
-        got = tuple(np.shape(a) for a in extra)
-        if got != want:
-            raise ValueError(f"covariates {names}: expected past and future of shapes {want[0]} and {want[1]}, "
-                             f"got {got[0]} and {got[1]}")
-        if not all(np.isfinite(a).all() for a in extra):
-            raise ValueError(f"covariates {names} contain NaN or infinite values")
-        n_cal = self.features.size - len(names)
-        past[:, :, n_cal:], future[:, :, n_cal:] = extra
-        return past, future
-
-    def _region_context(self, region: np.ndarray | None, n: int) -> np.ndarray:
-        """The region zones' load windows [B, L, R] in MW, checked -> the model's region channels."""
-        zones, length = list(self.region_zones), self.input_length
-        if region is None:
-            raise ValueError(f"model {self.name} reads the recent load of zones {zones} beside each series: pass "
-                             f"region of shape ({n}, {length}, {len(zones)})")
-        region = np.asarray(region, dtype=np.float32)
-        if region.ndim != 3 or region.shape[0] != n or region.shape[1] < length or region.shape[2] != len(zones):
-            raise ValueError(f"region context of zones {zones}: expected shape ({n}, >= {length}, {len(zones)}), "
-                             f"got {region.shape}")
-        region = region[:, -length:]
-        if np.isinf(region).any():
-            raise ValueError(f"region context of zones {zones} contains infinite values")
-        return region_channels(region)
-
-    def _calendar_windows(self, last: pd.DatetimeIndex, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """Past [B, L, C] and future [B, H, C] calendar features, computed once per distinct last hour."""
-        length, full_h = self.input_length, self.max_horizon
-        past = np.empty((len(last), length, self.features.size), np.float32)
-        future = np.empty((len(last), full_h, self.features.size), np.float32)
-        for stamp in last.unique():
-            hours = future_timestamps(stamp - pd.Timedelta(hours=length), length + full_h)
-            feats = calendar_features(hours, self.features)
-            rows = np.flatnonzero(last == stamp)
-            past[rows, :, : feats.shape[1]], future[rows, :, : feats.shape[1]] = feats[:length], feats[length:]
-        return past, future
 
 
 KINDS: dict[str, type[Bundle]] = {cls.kind: cls for cls in (ForecasterBundle, DetectorBundle)}

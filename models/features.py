@@ -44,7 +44,7 @@ class FeatureSpec:
     @property
     def known_size(self) -> int:
         """Known-future inputs per hour the model reads: `size`, then for a region-context model the series'
-        zone, one-hot among `region_zones` (see region_inputs)."""
+        zone, one-hot among `region_zones` (see models.inputs.region_inputs)."""
         return self.size + len(self.region_zones)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,20 +116,6 @@ def zone_identity(zones: Sequence[str], region_zones: Sequence[str]) -> np.ndarr
         if z in where:
             out[i, where[z]] = 1.0
     return out
-
-
-def region_inputs(past: np.ndarray, future: np.ndarray, zones: Sequence[str], channels: np.ndarray,
-                  region_zones: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A region-context model's inputs from the calendar (and extra) windows past [B, L, C] and future
-    [B, H, C]: the series' zone (one-hot) joins the known inputs of every hour, past and future, so the
-    model can learn how much each zone follows its neighbours; the region channels [B, L, R] follow in
-    past. -> past [B, L, C + 2R], future [B, H, C + R]."""
-    identity = zone_identity(zones, region_zones)[:, None]  # [B, 1, R]
-    (b, length, _), horizon = past.shape, future.shape[1]
-    r = identity.shape[-1]
-    past = np.concatenate([past, np.broadcast_to(identity, (b, length, r)), channels], axis=2)
-    future = np.concatenate([future, np.broadcast_to(identity, (b, horizon, r))], axis=2)
-    return past, future
 
 
 def future_timestamps(last_observed: pd.Timestamp, horizon: int) -> pd.DatetimeIndex:

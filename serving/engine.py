@@ -25,7 +25,8 @@ import torch
 
 from models.bundle import Bundle
 from models.data import load_series
-from models.features import calendar_features, future_timestamps, region_channels, region_inputs
+from models.features import calendar_features, future_timestamps, region_channels
+from models.inputs import region_inputs
 from models.region import RegionPanel
 from models.series import DEFAULT_REGION
 from serving.api.energyopt.v1 import forecast_pb2 as pb

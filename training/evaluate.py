@@ -20,7 +20,7 @@ from utilsforecast import losses
 from models.bundle import Bundle, ForecasterBundle
 from models.data import Series, Split
 from models.region import RegionPanel
-from training.windows import extra_covariates
+from models.inputs import extra_covariates
 
 SEASON = 168
 PROTOCOL_HORIZON = 48

@@ -8,26 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.features import FeatureSpec, calendar_features, region_channels, region_inputs
 from models.data import Series
+from models.features import FeatureSpec, region_channels
+from models.inputs import forecast_origins, known_covariates, region_inputs
 from models.region import RegionPanel
-
-
-def series_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
-    """Known covariates [T, C] of one series in the spec's order: calendar, then extra columns."""
-    cal = calendar_features(series.timestamps, features)
-    if not features.covariates:
-        return cal
-    return np.concatenate([cal, extra_covariates(series, features)], axis=1)
-
-
-def extra_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
-    """The spec's extra covariate columns [T, K] of one series, in the spec's order."""
-    missing = [c for c in features.covariates if c not in series.covariate_names]
-    if missing:
-        raise ValueError(f"zone {series.zone}: covariate columns {missing} are not in the data")
-    cols = [series.covariate_names.index(c) for c in features.covariates]
-    return series.covariates[:, cols].astype(np.float32)
 
 
 class WindowDataset(Dataset):
@@ -37,7 +21,7 @@ class WindowDataset(Dataset):
     gap-free segment and the target starts at or after the segment's `target_start` (so validation and
     test targets never leak into one another while their history may reach back into earlier data).
     `origin_hours` keeps only origins at those hours of the day (the backtest protocol uses 00:00).
-    With `features.region_zones`, the covariates also carry the series' zone (models.features.region_inputs)
+    With `features.region_zones`, the covariates also carry the series' zone (models.inputs.region_inputs)
     and past covariates those zones' region channels over the window, read from `region` (a panel of at
     least those zones, e.g. built from all of the data's segments).
     """
@@ -54,7 +38,7 @@ class WindowDataset(Dataset):
     ) -> None:
         self.input_length, self.horizon = input_length, horizon
         self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
-        self.covs = [torch.from_numpy(series_covariates(s, features)) for s in series]
+        self.covs = [torch.from_numpy(known_covariates(s, features)) for s in series]
         self.zones = [s.zone for s in series]
         self.region, self.region_offsets = None, None
         if features.region_zones:
@@ -66,16 +50,7 @@ class WindowDataset(Dataset):
             columns = [region.zones.index(z) for z in features.region_zones]
             self.region = RegionPanel(features.region_zones, region.start, region.values[:, columns])
             self.region_offsets = [int(region.positions(s.timestamps[:1])[0]) if len(s) else 0 for s in series]
-        index = []
-        for i, s in enumerate(series):
-            first = input_length
-            if getattr(s, "target_start", None) is not None:
-                first = max(first, int(s.timestamps.searchsorted(s.target_start)))
-            origins = np.arange(first, len(s.load) - horizon + 1)
-            if origin_hours is not None and len(origins):
-                origins = origins[np.isin(s.timestamps.hour[origins], list(origin_hours))]
-            index.append(np.stack([np.full(len(origins), i), origins], axis=1))
-        self.index = np.concatenate(index) if index else np.zeros((0, 2), dtype=np.int64)
+        self.index = _window_index([forecast_origins(s, input_length, horizon, origin_hours) for s in series])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -94,7 +69,7 @@ class WindowDataset(Dataset):
             out.append((load[start:origin], cov[start:origin], cov[origin:end], load[origin:end]))
         if self.region is None:
             return out
-        # the same layout as at inference (models.features.region_inputs), for the whole batch at once
+        # the same layout as at inference (models.inputs.region_inputs), for the whole batch at once
         picked = self.index[list(items)]
         ends = np.array([self.region_offsets[i] + origin for i, origin in picked])
         past, future = region_inputs(
@@ -116,15 +91,8 @@ class ReferenceWindowDataset(Dataset):
         self.window = window
         self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
         self.refs = [torch.from_numpy(reference(s.load, reference_weeks)) for s in series]
-        self.covs = [torch.from_numpy(series_covariates(s, features)) for s in series]
-        index = []
-        for i, s in enumerate(series):
-            first = WEEK * reference_weeks
-            if getattr(s, "target_start", None) is not None:
-                first = max(first, int(s.timestamps.searchsorted(s.target_start)))
-            starts = np.arange(first, len(s.load) - window + 1)
-            index.append(np.stack([np.full(len(starts), i), starts], axis=1))
-        self.index = np.concatenate(index) if index else np.zeros((0, 2), dtype=np.int64)
+        self.covs = [torch.from_numpy(known_covariates(s, features)) for s in series]
+        self.index = _window_index([forecast_origins(s, WEEK * reference_weeks, window) for s in series])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -133,3 +101,9 @@ class ReferenceWindowDataset(Dataset):
         i, start = self.index[item]
         sl = slice(start, start + self.window)
         return self.loads[i][sl], self.refs[i][sl], self.covs[i][sl]
+
+
+def _window_index(origins: list[np.ndarray]) -> np.ndarray:
+    """(series, origin) pairs [N, 2] from each series' origins."""
+    pairs = [np.stack([np.full(len(o), i), o], axis=1) for i, o in enumerate(origins)]
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
