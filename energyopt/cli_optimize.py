@@ -41,12 +41,11 @@ def optimize(
     """Schedule batteries (and shiftable load) for many sites at once, with and without the battery."""
     import torch
 
+    from models.kernels import kernels_enabled
     from optimization.io import read_sites, schedules_frame, summary_frame
     from optimization.problem import ProblemError, synthetic_problems
     from optimization.solver import keep_freed_memory_in_heap, solve
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     if device == "cpu":
         keep_freed_memory_in_heap()  # 15-25 % of a CPU solve is page faults on fresh temporaries otherwise
     if (sites is None) == (synthetic is None):
@@ -69,15 +68,25 @@ def optimize(
         _fail(str(err))
 
     console.print(f"{problems.n:,} sites x {problems.horizon} steps of {problems.dt_hours * 60:g} min on {device}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("iteration {task.fields[iteration]}"), TimeElapsedColumn(),
-                  console=console, disable=quiet, transient=False) as bar:
-        results = []
-        for label, batch in (("with battery", problems), ("without battery", problems.without_battery())):
-            task = bar.add_task(label, total=problems.n, iteration=0)
-            results.append(solve(batch, device=device, tol=tol,
-                                 progress=lambda done, total, it, task=task: bar.update(task, completed=done,
-                                                                                        iteration=it)))
+    try:
+        kernel = kernels_enabled(device)  # ENERGYOPT_KERNELS decides, as for the models' kernels
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    callers_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("iteration {task.fields[iteration]}"), TimeElapsedColumn(),
+                      console=console, disable=quiet, transient=False) as bar:
+            results = []
+            for label, batch in (("with battery", problems), ("without battery", problems.without_battery())):
+                task = bar.add_task(label, total=problems.n, iteration=0)
+                results.append(solve(batch, device=device, tol=tol, kernel=kernel,
+                                     progress=lambda done, total, it, task=task: bar.update(task, completed=done,
+                                                                                            iteration=it)))
+    finally:  # the caller's setting back (a test, a notebook calling the command)
+        torch.set_num_threads(callers_threads)
     solution, baseline = results
     out.parent.mkdir(parents=True, exist_ok=True)
     schedules_frame(problems, solution).to_parquet(out, index=False)

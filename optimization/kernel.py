@@ -8,7 +8,7 @@ Python loop over the T steps (hundreds of small launches on a GPU), here it is o
 program owns BLOCK sites and walks the horizon once forward and once back, coalesced across sites.
 
 Import this module only through `optimization.solver` (it dispatches: CUDA -> this kernel, else
-PyTorch; ENERGYOPT_KERNELS=off forces PyTorch). Under TRITON_INTERPRET=1 (set before import) it runs
+PyTorch, unless the caller decides). Under TRITON_INTERPRET=1 (set before import) it runs
 on CPU tensors, which is how the tests compare it with the reference.
 """
 

@@ -35,7 +35,7 @@ import numpy as np
 VARIABLES = ("charge", "discharge", "soc", "grid_import", "grid_export", "flex", "peak_slack")
 NV = len(VARIABLES)  # per-step variables; the site's peak p is one more (the last column)
 C, D, S, G, E, F, Q = range(NV)
-ROWS = ("balance", "battery", "peak")  # per-step rows; then one "flexible" row per day
+# rows: per step "balance", "battery", "peak"; then one "flexible" row per day
 
 
 class ProblemError(ValueError):

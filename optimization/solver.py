@@ -31,7 +31,6 @@ stays: a Farkas certificate in the limit).
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -398,25 +397,18 @@ def _iterate(b: _Batch, st: _State, rp: torch.Tensor, rp_day: torch.Tensor, rd: 
 # The driver
 # ----------------------------------------------------------------------------------------------------------
 
-KERNEL_MODES = ("auto", "on", "off")
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def choose_kkt_solve(device: torch.device, kernel: Optional[bool] = None) -> tuple[Callable, bool]:
     """The structured solve to use on `device`: the Triton kernel or the PyTorch reference.
 
-    kernel=None follows ENERGYOPT_KERNELS (as the models' kernels do): auto (default) = the kernel for CUDA,
-    PyTorch elsewhere; on = the kernel wherever Triton runs (CUDA, or CPU under TRITON_INTERPRET=1);
-    off = always PyTorch. kernel=True/False decides directly.
+    kernel=None: the kernel for CUDA (when Triton is installed), PyTorch elsewhere; True/False decides.
+    The solver reads no environment: callers that honour ENERGYOPT_KERNELS (the Serve replica, `energyopt
+    optimize`) ask `models.kernels.kernels_enabled` and pass its answer.
     """
     if kernel is None:
-        mode = os.environ.get("ENERGYOPT_KERNELS", "auto").strip().lower() or "auto"
-        if mode not in KERNEL_MODES:
-            raise ValueError(f"environment variable ENERGYOPT_KERNELS must be one of {', '.join(KERNEL_MODES)}; "
-                             f"got {mode!r}")
-        interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-        have_triton = importlib.util.find_spec("triton") is not None
-        kernel = have_triton and (mode == "on" and (device.type == "cuda" or interpreted)
-                                  or mode == "auto" and device.type == "cuda")
+        kernel = HAVE_TRITON and device.type == "cuda"
     if not kernel:
         return kkt_solve, False
     from optimization.kernel import kkt_solve_kernel
@@ -461,66 +453,90 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
     """Solve every site's dispatch LP together.
 
     device: where the batch lives ("cpu", "cuda"). kernel: use the Triton kernel for the structured solve
-    (default: on CUDA unless ENERGYOPT_KERNELS=off). progress(done, total, iteration) is called after each
+    (None: on CUDA; see `choose_kkt_solve`). progress(done, total, iteration) is called after each
     iteration. Infeasible sites are reported with a reason and never stop the others. chunk: most sites
     per working batch (default: CPU_CHUNK on CPU, all on a GPU); larger batches are solved chunk by chunk.
     """
     device = torch.device(device)
     chunk = chunk or (CPU_CHUNK if device.type == "cpu" else problems.n)
     if problems.n > chunk:
-        started = time.perf_counter()
-        parts, offset = [], 0
-        for lo in range(0, problems.n, chunk):
-            idx = np.arange(lo, min(lo + chunk, problems.n))
-            report = None if progress is None else (lambda d, _n, it, o=offset: progress(o + d, problems.n, it))
-            parts.append(solve(problems.subset(idx), device=device, tol=tol, max_iter=max_iter, kernel=kernel,
-                               progress=report, chunk=chunk))
-            offset += len(idx)
-        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-        return Solution(site=list(problems.site), status=sum((p.status for p in parts), []),
-                        reason=sum((p.reason for p in parts), []), objective=cat("objective"),
-                        iterations=cat("iterations"), primal_residual=cat("primal_residual"),
-                        dual_residual=cat("dual_residual"), gap=cat("gap"), x=cat("x"), peak=cat("peak"),
-                        seconds=time.perf_counter() - started, device=str(device), kernel=parts[0].kernel,
-                        sf=standard_form(problems))
+        return _solve_in_chunks(problems, chunk, device=device, tol=tol, max_iter=max_iter, kernel=kernel,
+                                progress=progress)
     started = time.perf_counter()
-    device = torch.device(device)
     sf = standard_form(problems)
     n, t = sf.n, sf.horizon
     kkt, used_kernel = choose_kkt_solve(device, kernel)
+    outcome = _Outcome(n, NV * t + 1, diagnose(problems))
+    work = torch.as_tensor([i for i in range(n) if outcome.reasons[i] is None], dtype=torch.long)
+    if len(work):
+        _iterate_until_finished(_Batch(sf.take(work.numpy()), device), work.to(device), outcome, tol, max_iter,
+                                kkt, progress)
+    objective = np.where(np.array(outcome.status) == "infeasible", np.nan, outcome.measures["pobj"] * sf.cost_scale)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return Solution(site=list(problems.site), status=outcome.status, reason=outcome.reasons, objective=objective,
+                    iterations=outcome.iterations, primal_residual=outcome.measures["primal"],
+                    dual_residual=outcome.measures["dual"], gap=outcome.measures["gap"],
+                    x=outcome.x[:, :-1].reshape(n, NV, t), peak=outcome.x[:, -1],
+                    seconds=time.perf_counter() - started, device=str(device), kernel=used_kernel, sf=sf)
 
-    status = ["iteration_limit"] * n
-    reasons: list[Optional[str]] = diagnose(problems)
-    for i, r in enumerate(reasons):
-        if r is not None:
-            status[i] = "infeasible"
-    out_x = np.full((n, NV * t + 1), np.nan)
-    out = {k: np.full(n, np.nan) for k in ("primal", "dual", "gap", "pobj")}
-    iterations = np.zeros(n, dtype=np.int64)
 
-    work = torch.as_tensor([i for i in range(n) if reasons[i] is None], dtype=torch.long)
-    b = _Batch(sf.take(work.numpy()), device) if len(work) else None
-    st = _initial_state(b) if b is not None else None
-    work = work.to(device)
-    finished = torch.zeros(len(work), dtype=torch.bool, device=device)
+def _solve_in_chunks(problems: DispatchProblems, chunk: int, *, device: torch.device, tol: float, max_iter: int,
+                     kernel: Optional[bool], progress: Optional[Callable[[int, int, int], None]]) -> Solution:
+    """`solve` over consecutive chunks of `chunk` sites, concatenated into one Solution."""
+    started = time.perf_counter()
+    parts, offset = [], 0
+    for lo in range(0, problems.n, chunk):
+        idx = np.arange(lo, min(lo + chunk, problems.n))
+        report = None if progress is None else (lambda d, _n, it, o=offset: progress(o + d, problems.n, it))
+        parts.append(solve(problems.subset(idx), device=device, tol=tol, max_iter=max_iter, kernel=kernel,
+                           progress=report, chunk=chunk))
+        offset += len(idx)
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return Solution(site=list(problems.site), status=sum((p.status for p in parts), []),
+                    reason=sum((p.reason for p in parts), []), objective=cat("objective"),
+                    iterations=cat("iterations"), primal_residual=cat("primal_residual"),
+                    dual_residual=cat("dual_residual"), gap=cat("gap"), x=cat("x"), peak=cat("peak"),
+                    seconds=time.perf_counter() - started, device=str(device), kernel=parts[0].kernel,
+                    sf=standard_form(problems))
 
-    def record(sel: torch.Tensor, m: _Measures, label: str, it: int) -> None:
-        ids = work[sel].cpu().numpy()
-        for key, value in (("primal", m.primal), ("dual", m.dual), ("gap", m.gap), ("pobj", m.pobj)):
-            out[key][ids] = value[sel].cpu().numpy()
-        out_x[ids] = st.x[:, sel].T.cpu().numpy()
-        iterations[ids] = it
+
+FAILURE_REASONS = {
+    "numerical_error": "the iterations broke down numerically (please report this site's data)",
+    "infeasible": "no schedule meets the flexible load, the battery and the grid limits together "
+                  "(the solver's primal residual stalls while its dual diverges)",
+}
+
+
+class _Outcome:
+    """Every site's result, filled in as sites finish; sites `diagnose` found infeasible start finished."""
+
+    def __init__(self, n: int, width: int, reasons: list[Optional[str]]) -> None:
+        self.reasons = reasons
+        self.status = ["iteration_limit" if r is None else "infeasible" for r in reasons]
+        self.x = np.full((n, width), np.nan)  # (N, V): the flattened variables and the peak last
+        self.measures = {k: np.full(n, np.nan) for k in ("primal", "dual", "gap", "pobj")}
+        self.iterations = np.zeros(n, dtype=np.int64)
+
+    def record(self, ids: np.ndarray, sel: torch.Tensor, m: _Measures, st: _State, label: str, it: int) -> None:
+        """Sites `ids` (the working batch's `sel`) finished at iteration `it` with status `label`."""
+        for key, values in self.measures.items():
+            values[ids] = getattr(m, key)[sel].cpu().numpy()
+        self.x[ids] = st.x[:, sel].T.cpu().numpy()
+        self.iterations[ids] = it
         for i in ids:
-            status[i] = label
-            if label == "numerical_error":
-                reasons[i] = "the iterations broke down numerically (please report this site's data)"
-            if label == "infeasible":
-                reasons[i] = ("no schedule meets the flexible load, the battery and the grid limits together "
-                              "(the solver's primal residual stalls while its dual diverges)")
+            self.status[i] = label
+            self.reasons[i] = FAILURE_REASONS.get(label, self.reasons[i])
 
-    it = 0
-    total_done = n - len(work)
-    while b is not None and it <= max_iter:
+
+def _iterate_until_finished(b: _Batch, work: torch.Tensor, outcome: _Outcome, tol: float, max_iter: int,
+                            kkt: Callable, progress: Optional[Callable[[int, int, int], None]]) -> None:
+    """Iterate the working sites `work` (indices into the whole batch) until each has converged, diverged,
+    broken down or reached max_iter, recording each in `outcome` as it finishes."""
+    n = len(outcome.status)
+    st = _initial_state(b)
+    finished = torch.zeros(len(work), dtype=torch.bool, device=work.device)
+    for it in range(max_iter + 1):
         m, rp, rp_day, rd = _measure(b, st)
         done = (m.primal <= tol) & (m.dual <= tol) & (m.gap <= tol) & ~finished
         # primal infeasible: the dual objective runs away (a Farkas ray) while the dual stays feasible and
@@ -528,35 +544,20 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
         diverged = (~finished & ~done & (m.primal > 1e3 * tol) & (m.dual < 1e-3)
                     & (m.dobj - m.pobj > 1e6 * (1 + m.pobj.abs())))
         broken = ~finished & ~done & ~diverged & ~torch.isfinite(m.primal + m.dual + m.gap)
+        ends = [(done, "optimal"), (diverged, "infeasible"), (broken, "numerical_error")]
         if it == max_iter:
-            limit = ~finished & ~done & ~diverged & ~broken
-            record(limit, m, "iteration_limit", it)
-            finished |= limit
-        for mask, label in ((done, "optimal"), (diverged, "infeasible"), (broken, "numerical_error")):
+            ends.append((~finished & ~done & ~diverged & ~broken, "iteration_limit"))
+        for mask, label in ends:
             if mask.any():
-                record(mask, m, label, it)
+                outcome.record(work[mask].cpu().numpy(), mask, m, st, label, it)
                 finished |= mask
-        total_done = n - len(work) + int(finished.sum())
         if progress is not None:
-            progress(total_done, n, it)
+            progress(n - len(work) + int(finished.sum()), n, it)
         if bool(finished.all()) or it == max_iter:
-            break
+            return
         # drop finished sites from the working batch once they are a quarter of it
         if finished.float().mean() >= 0.25:
             keep = torch.nonzero(~finished)[:, 0]
-            b, st, work = b.take(keep), st.take(keep), work[keep]
-            finished = finished[keep]
+            b, st, work, finished = b.take(keep), st.take(keep), work[keep], finished[keep]
             m, rp, rp_day, rd = _measure(b, st)
         _iterate(b, st, rp, rp_day, rd, finished, kkt)
-        it += 1
-
-    x = out_x[:, :-1].reshape(n, NV, t)
-    objective = np.where(np.array(status) == "infeasible", np.nan, out["pobj"] * sf.cost_scale)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return Solution(site=list(problems.site), status=status, reason=reasons, objective=objective,
-                    iterations=iterations, primal_residual=out["primal"], dual_residual=out["dual"], gap=out["gap"],
-                    x=x, peak=out_x[:, -1], seconds=time.perf_counter() - started, device=str(device),
-                    kernel=used_kernel, sf=sf)
-
-

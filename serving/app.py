@@ -17,6 +17,8 @@ bundle in the background and swap it in between batches, so serving never stops.
 """
 
 import asyncio
+import functools
+import inspect
 import logging
 import os
 from collections import defaultdict
@@ -38,19 +40,30 @@ from serving.anomaly import AnomalyDetector
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import ApiError, Engine, Job, Limits, load_histories
+from serving.engine import ApiError, Engine, Job, Limits, invalid, load_histories, not_found
 
 logger = logging.getLogger("ray.serve")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ForecastService"].full_name  # "energyopt.v1.ForecastService"
-GRPC_SERVICER_FUNCTIONS = [
-    "serving.api.energyopt.v1.forecast_pb2_grpc.add_ForecastServiceServicer_to_server",
-    "serving.api.energyopt.v1.anomaly_pb2_grpc.add_AnomalyServiceServicer_to_server",
-    "serving.api.energyopt.v1.dispatch_pb2_grpc.add_DispatchServiceServicer_to_server",
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-]
-DEFAULT_MODEL = "runs/demo/model"
 HISTOGRAM_BINS = 64  # batch sizes 1..63 and "64 or more", in requests
+
+
+class ReplicaConfig(BaseModel):
+    """The deployment's `user_config`: applied to running replicas without restarting them. Its defaults
+    are the only ones (the `@serve.batch` decorator and `build_app` take them from here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("runs/demo/model", description="Model bundle directory (relative: from where Ray started).")
+    max_batch_series: int = Field(256, ge=1, description="Series per forward pass (region requests count "
+                                                          "one per zone): the dynamic batch size.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
+    anomaly_model: Optional[str] = Field(None, description="Anomaly model bundle (`energyopt train --model "
+                                                           "autoencoder`) for DetectAnomalies; none: it answers "
+                                                           "FAILED_PRECONDITION.")
+
+
+_REPLICA_DEFAULTS = ReplicaConfig()
 
 
 class AppArgs(BaseModel):
@@ -62,29 +75,17 @@ class AppArgs(BaseModel):
                                                   "(default: the bundled PJM zones).")
     region: str = Field(DEFAULT_REGION, description="Name of the region made of every zone in the data.")
     regions: dict[str, list[str]] = Field(default_factory=dict, description="More regions: name -> zones.")
-    max_series_per_request: int = Field(1024, ge=1, description="ForecastSeries: most series per request.")
-    max_points_per_request: int = Field(2_000_000, ge=1, description="ForecastSeries: most history values.")
+    max_series_per_request: int = Field(Limits.max_series_per_request, ge=1,
+                                        description="ForecastSeries: most series per request.")
+    max_points_per_request: int = Field(Limits.max_points_per_request, ge=1,
+                                        description="ForecastSeries: most history values.")
     torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads per replica "
                                                                  "(default: the replica's num_cpus).")
-    # Defaults of the deployment's user_config, for `serve run serving.app:build_app model=...`;
-    # serve.yaml sets them under deployments[].user_config, which can change without a restart.
-    model: str = DEFAULT_MODEL
-    max_batch_series: int = Field(256, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
-
-
-class ReplicaConfig(BaseModel):
-    """The deployment's `user_config`: applied to running replicas without restarting them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(DEFAULT_MODEL, description="Model bundle directory (relative: from where Ray started).")
-    max_batch_series: int = Field(256, ge=1, description="Series per forward pass (region requests count "
-                                                          "one per zone): the dynamic batch size.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
-    anomaly_model: Optional[str] = Field(None, description="Anomaly model bundle (`energyopt train --model "
-                                                           "autoencoder`) for DetectAnomalies; none: it answers "
-                                                           "FAILED_PRECONDITION.")
+    # The deployment's user_config for `serve run serving.app:build_app model=...` (unset: ReplicaConfig's
+    # defaults); serve.yaml sets them under deployments[].user_config, which can change without a restart.
+    model: Optional[str] = None
+    max_batch_series: Optional[int] = Field(None, ge=1)
+    batch_wait_timeout_s: Optional[float] = Field(None, ge=0)
 
 
 def _series_in(jobs: list[Job]) -> int:
@@ -98,26 +99,67 @@ http_app = FastAPI(
 )
 
 
-def _error_json(err: ApiError) -> JSONResponse:
-    return JSONResponse({"code": err.code.name, "message": err.message}, status_code=err.http_status)
-
-
-def _parse(body: Any, message: Any) -> Any:
+async def _body(request: Request, message: Any) -> Any:
+    """The HTTP request's JSON body parsed into the proto `message`."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise invalid("request body: not valid JSON") from None
     try:
         return json_format.ParseDict(body, message)
     except json_format.ParseError as err:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"request body: {err}") from None
+        raise invalid(f"request body: {err}") from None
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "request body: not valid JSON") from None
+def _api(empty: Optional[Callable[[], Any]] = None) -> Callable:
+    """The one error mapping of every RPC (`empty`: its response type) and HTTP/JSON route (no `empty`).
 
+    The method returns a response message or raises ApiError. An RPC answers an ApiError with its gRPC
+    status code and message (and an empty response; without a grpc_context, as when an HTTP route calls
+    the RPC, the ApiError propagates); a route with the matching HTTP status and {"code", "message"}, and
+    a result as the message's proto3 JSON. Anything else is logged and answered INTERNAL, never with a
+    stack trace.
+    """
 
-def _to_json(message: Any) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    def decorate(method: Callable) -> Callable:
+        async def answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, *args, **kwargs)
+            except ApiError:
+                raise
+            except Exception:
+                logger.exception("%s failed", method.__name__)
+                raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the forecaster replica; "
+                                                         "the replica log has the details") from None
+
+        if empty is None:
+            @functools.wraps(method)
+            async def route(self: Any, **kwargs: Any) -> JSONResponse:
+                try:
+                    return JSONResponse(json_format.MessageToDict(await answer(self, **kwargs),
+                                                                  preserving_proto_field_name=True))
+                except ApiError as err:
+                    return JSONResponse({"code": err.code.name, "message": err.message}, status_code=err.http_status)
+
+            # FastAPI reads the route's parameters from this signature; the body is JSON, not the message
+            route.__signature__ = inspect.signature(method).replace(return_annotation=JSONResponse)
+            return route
+
+        async def rpc(self: Any, request: Any, grpc_context: Any = None) -> Any:
+            try:
+                return await answer(self, request)
+            except ApiError as err:
+                if grpc_context is None:
+                    raise
+                grpc_context.set_code(err.code)
+                grpc_context.set_details(err.message)
+                return empty()
+
+        # name and doc only: Serve passes grpc_context to methods whose own signature (this one) names it
+        rpc.__name__, rpc.__qualname__, rpc.__doc__ = method.__name__, method.__qualname__, method.__doc__
+        return rpc
+
+    return decorate
 
 
 @serve.deployment(name="Forecaster", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1},
@@ -178,7 +220,8 @@ class Forecaster:
 
     # ------------------------------------------------------------------------------------------ batching
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_series_in)
+    @serve.batch(max_batch_size=_REPLICA_DEFAULTS.max_batch_series,
+                 batch_wait_timeout_s=_REPLICA_DEFAULTS.batch_wait_timeout_s, batch_size_fn=_series_in)
     async def _run_batch(self, jobs: list[Job]) -> list[Any]:
         """Every waiting request's inputs in one forward pass (per model, should a swap be under way).
 
@@ -230,58 +273,26 @@ class Forecaster:
     # ------------------------------------------------------------------------------------------ operations
 
     async def _answer(self, make_job: Callable[[Engine], Job], request: Any) -> Any:
-        """Run one request; raises ApiError for anything the caller should see."""
+        """Run one forecast request; raises ApiError for anything the caller should see."""
         engine = self.engine
         if engine is None:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
-        try:
-            return await self._submit(make_job(engine, request))
-        except ApiError:
-            raise
-        except Exception:
-            logger.exception("forecast failed")
-            raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the forecaster replica; "
-                                                     "the replica log has the details") from None
+        return await self._submit(make_job(engine, request))
 
-    async def _grpc(self, make_job: Callable, request: Any, empty: Any, grpc_context: Any) -> Any:
-        try:
-            return await self._answer(make_job, request)
-        except ApiError as err:
-            if grpc_context is None:
-                raise
-            grpc_context.set_code(err.code)
-            grpc_context.set_details(err.message)
-            return empty
+    @_api(pb.ForecastRegionResponse)
+    async def ForecastRegion(self, request: pb.ForecastRegionRequest) -> pb.ForecastRegionResponse:
+        return await self._answer(Engine.region_job, request)
 
-    async def ForecastRegion(self, request: pb.ForecastRegionRequest, grpc_context=None) -> pb.ForecastRegionResponse:
-        return await self._grpc(Engine.region_job, request, pb.ForecastRegionResponse(), grpc_context)
+    @_api(pb.ForecastSeriesResponse)
+    async def ForecastSeries(self, request: pb.ForecastSeriesRequest) -> pb.ForecastSeriesResponse:
+        return await self._answer(Engine.series_job, request)
 
-    async def ForecastSeries(self, request: pb.ForecastSeriesRequest, grpc_context=None) -> pb.ForecastSeriesResponse:
-        return await self._grpc(Engine.series_job, request, pb.ForecastSeriesResponse(), grpc_context)
+    @_api(apb.DetectAnomaliesResponse)
+    async def DetectAnomalies(self, request: apb.DetectAnomaliesRequest) -> apb.DetectAnomaliesResponse:
+        return await self.anomaly.detect(request)
 
-    async def DetectAnomalies(self, request: apb.DetectAnomaliesRequest,
-                              grpc_context=None) -> apb.DetectAnomaliesResponse:
-        try:
-            return await self.anomaly.detect(request)
-        except ApiError as err:
-            if grpc_context is None:
-                raise
-            grpc_context.set_code(err.code)
-            grpc_context.set_details(err.message)
-            return apb.DetectAnomaliesResponse()
-
-    async def OptimizeDispatch(self, request: dpb.OptimizeDispatchRequest,
-                               grpc_context=None) -> dpb.OptimizeDispatchResponse:
-        try:
-            return await self._dispatch(request)
-        except ApiError as err:
-            if grpc_context is None:
-                raise
-            grpc_context.set_code(err.code)
-            grpc_context.set_details(err.message)
-            return dpb.OptimizeDispatchResponse()
-
-    async def _dispatch(self, request: dpb.OptimizeDispatchRequest) -> dpb.OptimizeDispatchResponse:
+    @_api(dpb.OptimizeDispatchResponse)
+    async def OptimizeDispatch(self, request: dpb.OptimizeDispatchRequest) -> dpb.OptimizeDispatchResponse:
         """serving/dispatch.py does the work; zone loads come from this replica's own forecasts."""
         from serving import dispatch
 
@@ -299,17 +310,8 @@ class Forecaster:
             raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the dispatch solver; "
                                                      "the replica log has the details") from None
 
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context=None) -> pb.ModelInfo:
-        try:
-            return self._model_info(request)
-        except ApiError as err:
-            if grpc_context is None:
-                raise
-            grpc_context.set_code(err.code)
-            grpc_context.set_details(err.message)
-            return pb.ModelInfo()
-
-    def _model_info(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
+    @_api(pb.ModelInfo)
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
         if self.engine is None:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
         info = self.engine.model_info(request, self.serving_stats())
@@ -317,12 +319,10 @@ class Forecaster:
         return info
 
     # grpc.health.v1.Health, answered by a replica (so SERVING means a model is loaded and answering).
-    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
+    @_api(health_pb2.HealthCheckResponse)
+    async def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
         if request.service not in ("", SERVICE):
-            if grpc_context is not None:
-                grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-                grpc_context.set_details(f"unknown service {request.service!r}; this server has {SERVICE!r}")
-            return health_pb2.HealthCheckResponse()
+            raise not_found(f"unknown service {request.service!r}; this server has {SERVICE!r}")
         status = health_pb2.HealthCheckResponse.SERVING if self.engine else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
@@ -333,61 +333,41 @@ class Forecaster:
 
     # ------------------------------------------------------------------------------------------ HTTP/JSON
 
-    async def _http(self, make_job: Callable, request: Any) -> JSONResponse:
-        try:
-            return JSONResponse(_to_json(await self._answer(make_job, request)))
-        except ApiError as err:
-            return _error_json(err)
-
     @http_app.post("/v1/forecast/region", summary="ForecastRegion (body: ForecastRegionRequest as JSON)")
-    async def http_forecast_region(self, request: Request) -> JSONResponse:
-        try:
-            message = _parse(await _json(request), pb.ForecastRegionRequest())
-        except ApiError as err:
-            return _error_json(err)
-        return await self._http(Engine.region_job, message)
+    @_api()
+    async def http_forecast_region(self, request: Request) -> pb.ForecastRegionResponse:
+        return await self.ForecastRegion(await _body(request, pb.ForecastRegionRequest()))
 
     @http_app.get("/v1/forecast/region", summary="ForecastRegion with query parameters (for browsers)")
+    @_api()
     async def http_forecast_region_get(
         self, region: str = DEFAULT_REGION, horizon: int = 48, quantiles: list[float] = Query(default=[]),
         zones: list[str] = Query(default=[]), issue_time: str = "", model: str = "",
-    ) -> JSONResponse:
+    ) -> pb.ForecastRegionResponse:
         if not 0 <= horizon < 2**32:
-            return _error_json(ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"horizon: must be positive, got {horizon}"))
-        message = pb.ForecastRegionRequest(region=region, horizon=horizon, quantiles=quantiles, zones=zones,
-                                           issue_time=issue_time, model=model)
-        return await self._http(Engine.region_job, message)
+            raise invalid(f"horizon: must be positive, got {horizon}")
+        return await self.ForecastRegion(pb.ForecastRegionRequest(
+            region=region, horizon=horizon, quantiles=quantiles, zones=zones, issue_time=issue_time, model=model))
 
     @http_app.post("/v1/forecast/series", summary="ForecastSeries (body: ForecastSeriesRequest as JSON)")
-    async def http_forecast_series(self, request: Request) -> JSONResponse:
-        try:
-            message = _parse(await _json(request), pb.ForecastSeriesRequest())
-        except ApiError as err:
-            return _error_json(err)
-        return await self._http(Engine.series_job, message)
+    @_api()
+    async def http_forecast_series(self, request: Request) -> pb.ForecastSeriesResponse:
+        return await self.ForecastSeries(await _body(request, pb.ForecastSeriesRequest()))
 
     @http_app.post("/v1/anomalies", summary="DetectAnomalies (body: DetectAnomaliesRequest as JSON)")
-    async def http_detect_anomalies(self, request: Request) -> JSONResponse:
-        try:
-            return JSONResponse(_to_json(await self.anomaly.detect(
-                _parse(await _json(request), apb.DetectAnomaliesRequest()))))
-        except ApiError as err:
-            return _error_json(err)
+    @_api()
+    async def http_detect_anomalies(self, request: Request) -> apb.DetectAnomaliesResponse:
+        return await self.DetectAnomalies(await _body(request, apb.DetectAnomaliesRequest()))
 
     @http_app.post("/v1/dispatch", summary="OptimizeDispatch (body: OptimizeDispatchRequest as JSON)")
-    async def http_optimize_dispatch(self, request: Request) -> JSONResponse:
-        try:
-            message = _parse(await _json(request), dpb.OptimizeDispatchRequest())
-            return JSONResponse(_to_json(await self._dispatch(message)))
-        except ApiError as err:
-            return _error_json(err)
+    @_api()
+    async def http_optimize_dispatch(self, request: Request) -> dpb.OptimizeDispatchResponse:
+        return await self.OptimizeDispatch(await _body(request, dpb.OptimizeDispatchRequest()))
 
     @http_app.get("/v1/model", summary="GetModelInfo")
-    async def http_model_info(self, model: str = "") -> JSONResponse:
-        try:
-            return JSONResponse(_to_json(self._model_info(pb.GetModelInfoRequest(model=model))))
-        except ApiError as err:
-            return _error_json(err)
+    @_api()
+    async def http_model_info(self, model: str = "") -> pb.ModelInfo:
+        return await self.GetModelInfo(pb.GetModelInfoRequest(model=model))
 
     @http_app.get("/healthz", summary="200 once a model is loaded (for load balancers)")
     async def http_healthz(self) -> JSONResponse:
@@ -400,6 +380,5 @@ class Forecaster:
 def build_app(args: dict) -> serve.Application:
     """The application builder named in serve.yaml (`import_path: serving.app:build_app`)."""
     parsed = AppArgs.model_validate(args or {})
-    user_config = ReplicaConfig(model=parsed.model, max_batch_series=parsed.max_batch_series,
-                                batch_wait_timeout_s=parsed.batch_wait_timeout_s)
+    user_config = ReplicaConfig(**parsed.model_dump(include=set(ReplicaConfig.model_fields), exclude_none=True))
     return Forecaster.options(user_config=user_config.model_dump()).bind(parsed.model_dump())

@@ -19,6 +19,7 @@ import pandas as pd
 from models.anomaly import detection_segments
 from models.autoencoder import detect_segments, detector_of
 from models.bundle import Bundle, load_bundle
+from models.runtime import ensure_ray
 from models.series import LOAD, TIMESTAMP, ZONE, SeriesError
 
 EVENT_COLUMNS = {"zone": "str", "start": "datetime64[us]", "end": "datetime64[us]", "hours": "int64",
@@ -47,8 +48,7 @@ def detect_parquet(model: str | Path | Bundle, input_path: str | Path, output: s
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
     detector_of(bundle)  # fail here, not in every task, when it is not an anomaly bundle
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    ensure_ray(include_dashboard=False)
     try:
         ds = ray.data.read_parquet(str(input_path), columns=[ZONE, TIMESTAMP, LOAD])
     except Exception as err:  # noqa: BLE001 - Ray wraps pyarrow's errors; say which file and why

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import grpc
 import numpy as np
 
+from models.kernels import kernels_enabled
 from optimization.problem import DispatchProblems, ProblemError
 from optimization.solver import solve
 from serving.api.energyopt.v1 import dispatch_pb2 as pb
@@ -118,8 +119,9 @@ def optimize(request: pb.OptimizeDispatchRequest, zone_load_mw: Mapping[str, np.
              limits: DispatchLimits = DispatchLimits(), device: str = "cpu") -> pb.OptimizeDispatchResponse:
     """Solve the request's sites with and without their batteries and build the response."""
     problems = problems_from_request(request, zone_load_mw or {}, limits)
-    solution = solve(problems, device=device)
-    baseline = solve(problems.without_battery(), device=device)
+    kernel = kernels_enabled(device)  # ENERGYOPT_KERNELS decides, as for the forecasters' kernels
+    solution = solve(problems, device=device, kernel=kernel)
+    baseline = solve(problems.without_battery(), device=device, kernel=kernel)
     with_b, without = solution.schedule(), baseline.schedule()
     response = pb.OptimizeDispatchResponse(solve_seconds=solution.seconds + baseline.seconds)
     for i, name in enumerate(problems.site):

@@ -45,6 +45,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from models.bundle import Bundle, load_bundle
+from models.runtime import ensure_ray
 from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE
 
 HOUR_NS = 3_600_000_000_000
@@ -321,15 +322,6 @@ def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: 
     return _last_windows(pa.concat_tables(parts, promote_options="default"), length, skip_log)
 
 
-def ensure_ray() -> None:
-    """Join the cluster in RAY_ADDRESS if set, else start (or reuse) a local Ray instance."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
-
-
-
 ACTOR_CPUS = 0.5  # a forecasting actor's CPU reservation (torch runs one thread in each)
 FEEDER_CPUS = 1.0  # left free for the read, shuffle and windowing tasks that feed the actors
 
@@ -366,6 +358,7 @@ def _fit_workers(num_workers: int | None, use_gpu: bool) -> int:
                            "--num-workers or a larger cluster")
     return workers
 
+
 def score(
     model: str | Path,
     input: str | Path,  # noqa: A002 - the CLI option's name
@@ -385,6 +378,51 @@ def score(
     from ray.data import ActorPoolStrategy
 
     started = time.perf_counter()
+    bundle, horizon = _scoring_bundle(model, horizon)
+    if batch_size < 1 or (num_workers is not None and num_workers < 1):
+        raise ScoringError("--batch-size and --num-workers must be at least 1")
+    in_fs, in_path, schema, rows = inspect_input(input)
+    out_fs, out_path, tmp = _prepare_output(output)
+    tz = schema.field(TIMESTAMP).type.tz
+    try:
+        ensure_ray()
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        workers = _fit_workers(num_workers, use_gpu)
+        skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
+        log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
+            f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
+        windows = _windows(in_fs, in_path, rows, bundle.input_length, workers, skip_log, log)
+        actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}
+        forecasts = windows.map_batches(
+            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
+            fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),
+            **actor_resources)
+        forecasts.write_parquet(tmp, filesystem=out_fs)
+        skipped = ray.get(skip_log.items.remote())
+        written = _count_rows(out_fs, tmp)
+        series = written // horizon
+        if series == 0:
+            reasons = "; ".join(f"{z}: {r}" for z, r in skipped[:3])
+            raise ScoringError(f"no series in {input} could be scored ({len(skipped)} skipped; {reasons})")
+        seconds = time.perf_counter() - started
+        manifest = {"model": str(model), "model_name": bundle.name, "model_version": bundle.version,
+                    "input": str(input), "input_rows": rows, "series": series, "rows": written,
+                    "skipped": len(skipped), "horizon": horizon, "quantiles": list(bundle.quantiles),
+                    "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _publish(out_fs, tmp, out_path, skipped, manifest)
+    except BaseException as err:
+        try:
+            out_fs.delete_dir(tmp)
+        except OSError:
+            pass
+        if isinstance(err, ray.exceptions.RayError):
+            raise ScoringError(f"scoring failed: {_root_cause(err)}") from None
+        raise
+    return ScoreResult(output=str(output), series=series, rows=written, skipped=skipped, seconds=seconds)
+
+
+def _scoring_bundle(model: str | Path, horizon: int | None) -> tuple[Bundle, int]:
+    """The bundle at `model`, checked for batch scoring, and the horizon to forecast (default: the model's)."""
     try:
         bundle = load_bundle(model)
     except ValueError as err:
@@ -399,70 +437,43 @@ def score(
     horizon = horizon or bundle.max_horizon
     if not 1 <= horizon <= bundle.max_horizon:
         raise ScoringError(f"horizon must be between 1 and {bundle.max_horizon} hours, got {horizon}")
-    if batch_size < 1 or (num_workers is not None and num_workers < 1):
-        raise ScoringError("--batch-size and --num-workers must be at least 1")
-    in_fs, in_path, schema, rows = inspect_input(input)
-    out_fs, out_path, tmp = _prepare_output(output)
-    tz = schema.field(TIMESTAMP).type.tz
-    try:
-        ensure_ray()
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
-        workers = _fit_workers(num_workers, use_gpu)
-        skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
-        log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
-            f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
-        units = zone_ordered_units(in_fs, in_path)
-        if units is not None:  # tasks own disjoint zone ranges: read and window in parallel
-            log(f"input ordered by zone: {len(units)} read task(s), no shuffle")
-            windows = ray.data.from_items([{"unit": i} for i in range(len(units))],
-                                          override_num_blocks=len(units)).map_batches(
-                _read_unit_windows, batch_size=1, batch_format="numpy",
-                fn_kwargs={"units": units, "fs": in_fs, "length": bundle.input_length, "skip_log": skip_log})
-        else:
-            ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=list(REQUIRED_COLUMNS))
-            # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
-            partitions = max(workers, min(200, rows // UNIT_ROWS + 1))
-            # Every row of a zone lands in the same block (this is what `groupby().map_groups()` builds on),
-            # so one vectorized call per block finds all its series' windows, rather than a call per series.
-            windows = ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
-                _last_windows, batch_size=None, batch_format="pyarrow",
-                fn_kwargs={"length": bundle.input_length, "skip_log": skip_log})
-        actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}
-        forecasts = windows.map_batches(
-            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
-            fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),
-            **actor_resources)
-        forecasts.write_parquet(tmp, filesystem=out_fs)
-        skipped = ray.get(skip_log.items.remote())
-        written = _count_rows(out_fs, tmp)
-        series = written // horizon
-        if series == 0:
-            reasons = "; ".join(f"{z}: {r}" for z, r in skipped[:3])
-            raise ScoringError(f"no series in {input} could be scored ({len(skipped)} skipped; {reasons})")
-        if skipped:
-            table = pa.table({"zone": [z for z, _ in skipped], "reason": [r for _, r in skipped]})
-            with out_fs.open_output_stream(f"{tmp}/{SKIPPED_FILE}") as out:
-                import pyarrow.parquet as pq
+    return bundle, horizon
 
-                pq.write_table(table, out)
-        seconds = time.perf_counter() - started
-        manifest = {"model": str(model), "model_name": bundle.name, "model_version": bundle.version,
-                    "input": str(input), "input_rows": rows, "series": series, "rows": written,
-                    "skipped": len(skipped), "horizon": horizon, "quantiles": list(bundle.quantiles),
-                    "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with out_fs.open_output_stream(f"{tmp}/{SUCCESS_FILE}") as out:
-            out.write(json.dumps(manifest, indent=2).encode())
-        _swap_into_place(out_fs, tmp, out_path)
-    except BaseException as err:
-        try:
-            out_fs.delete_dir(tmp)
-        except OSError:
-            pass
-        if isinstance(err, ray.exceptions.RayError):
-            raise ScoringError(f"scoring failed: {_root_cause(err)}") from None
-        raise
-    return ScoreResult(output=str(output), series=series, rows=written, skipped=skipped, seconds=seconds)
+
+def _windows(fs: pafs.FileSystem, path: str, rows: int, length: int, workers: int, skip_log: Any,
+             log: Callable[[str], None]) -> Any:
+    """The Ray Data stage that turns the input into one row per series (`_last_windows`)."""
+    import ray.data
+
+    units = zone_ordered_units(fs, path)
+    if units is not None:  # tasks own disjoint zone ranges: read and window in parallel
+        log(f"input ordered by zone: {len(units)} read task(s), no shuffle")
+        return ray.data.from_items([{"unit": i} for i in range(len(units))],
+                                   override_num_blocks=len(units)).map_batches(
+            _read_unit_windows, batch_size=1, batch_format="numpy",
+            fn_kwargs={"units": units, "fs": fs, "length": length, "skip_log": skip_log})
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=list(REQUIRED_COLUMNS))
+    # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
+    partitions = max(workers, min(200, rows // UNIT_ROWS + 1))
+    # Every row of a zone lands in the same block (this is what `groupby().map_groups()` builds on),
+    # so one vectorized call per block finds all its series' windows, rather than a call per series.
+    return ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
+        _last_windows, batch_size=None, batch_format="pyarrow",
+        fn_kwargs={"length": length, "skip_log": skip_log})
+
+
+def _publish(fs: pafs.FileSystem, tmp: str, target: str, skipped: list[tuple[str, str]], manifest: dict) -> None:
+    """Add `_skipped.parquet` (when series were skipped) and `_SUCCESS` to the finished result in `tmp`,
+    then swap it into place at `target`."""
+    import pyarrow.parquet as pq
+
+    if skipped:
+        table = pa.table({"zone": [z for z, _ in skipped], "reason": [r for _, r in skipped]})
+        with fs.open_output_stream(f"{tmp}/{SKIPPED_FILE}") as out:
+            pq.write_table(table, out)
+    with fs.open_output_stream(f"{tmp}/{SUCCESS_FILE}") as out:
+        out.write(json.dumps(manifest, indent=2).encode())
+    _swap_into_place(fs, tmp, target)
 
 
 def _count_rows(fs: pafs.FileSystem, path: str) -> int:

@@ -102,10 +102,13 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     from ray.serve._private.api import serve_start  # what `serve run` uses; no public equivalent yet
     from ray.serve.config import gRPCOptions
 
+    from models.runtime import ensure_ray
+
     schema = _validate(config)
     if not ray.is_initialized():
         configure_local_ray(haproxy)
-        ray.init(namespace="serve", include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
+    # Ray's own start-up lines stay in the terminal of `energyopt serve`
+    ensure_ray(namespace="serve", include_dashboard=False, num_cpus=num_cpus, configure_logging=True)
     client = serve_start(
         http_options=schema.http_options.model_dump(),
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
