@@ -20,9 +20,11 @@ Every refusal is an `InputError` that names the input at fault.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -195,6 +197,27 @@ class ModelInputs:
         return history, past, future
 
 
+class LRU(OrderedDict):
+    """A small thread-safe least-recently-used cache: `get_or_make(key, make)`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_or_make(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
 class CalendarGrid:
     """Calendar blocks for a server that forecasts from many issue times over a known span: the calendar
     of every hour of the span is computed once and a forecast's block is a slice of it (the features are
@@ -204,10 +227,9 @@ class CalendarGrid:
     MAX_HOURS = 5_000_000  # an absurd span is computed per request instead
 
     def __init__(self, inputs: ModelInputs, start: pd.Timestamp | None, end: pd.Timestamp | None,
-                 cache_size: int = 1024) -> None:
+                 cache_size: int = 512) -> None:
         self.inputs = inputs
-        self._cache: OrderedDict[pd.Timestamp, tuple[np.ndarray, np.ndarray, list[str]]] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache = LRU(cache_size)  # last observed hour -> (past [L, C], future [H, C], timestamps)
         self._start, self._grid, self._iso = None, None, None
         if start is None or end is None:
             return
@@ -227,13 +249,10 @@ class CalendarGrid:
             if 0 <= first and first + length + full_h <= len(self._grid):
                 return (self._grid[first : first + length], self._grid[first + length : first + length + full_h],
                         self._iso[first + length : first + length + full_h].tolist())
-        if last in self._cache:
-            self._cache.move_to_end(last)
-            return self._cache[last]
-        hours = future_timestamps(last - length * HOUR, length + full_h)
-        feats = calendar_features(hours, self.inputs.features)
-        made = feats[:length], feats[length:], [t.isoformat() for t in hours[length:]]
-        self._cache[last] = made
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return made
+
+        def make() -> tuple[np.ndarray, np.ndarray, list[str]]:
+            hours = future_timestamps(last - length * HOUR, length + full_h)
+            feats = calendar_features(hours, self.inputs.features)
+            return feats[:length], feats[length:], [t.isoformat() for t in hours[length:]]
+
+        return self._cache.get_or_make(last, make)

@@ -12,8 +12,6 @@ field; nothing else is shown to callers.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
@@ -25,8 +23,8 @@ import torch
 
 from models.bundle import Bundle
 from models.data import load_series
-from models.features import calendar_features, future_timestamps, region_channels
-from models.inputs import region_inputs
+from models.features import region_channels
+from models.inputs import LRU, CalendarGrid
 from models.region import RegionPanel
 from models.series import DEFAULT_REGION
 from serving.api.energyopt.v1 import forecast_pb2 as pb
@@ -147,25 +145,6 @@ class Job:
         return len(self.history)
 
 
-class _LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.lock = threading.Lock()
-
-    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
-        with self.lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
-        value = make()
-        with self.lock:
-            self[key] = value
-            while len(self) > self.size:
-                self.popitem(last=False)
-        return value
-
-
 @dataclass
 class Engine:
     """A loaded bundle plus the history of every region it serves."""
@@ -188,9 +167,11 @@ class Engine:
                              f"; the served data lacks {missing} (it has {sorted(self.histories)})")
         self._panel = RegionPanel.from_parts({z: [(h.start, h.values)] for z, h in self.histories.items()},
                                              self.bundle.region_zones) if self.bundle.region_zones else None
-        self._calendar = _LRU(512)  # last observed hour -> (past [L, C], future [H, C], timestamps)
-        self._grid_calendar()
-        self._windows = _LRU(256)  # (region, issue time) -> history windows [zones, L]
+        spans = [(h.start, h.end) for h in self.histories.values()]
+        self.inputs = self.bundle.inputs
+        self.calendar = CalendarGrid(self.inputs, min((a for a, _ in spans), default=None),
+                                     max((b for _, b in spans), default=None))
+        self._windows = LRU(256)  # (region, issue time) -> history windows [zones, L]
         self.levels = np.array(self.bundle.quantiles or (0.5,), dtype=np.float64)
         self.median = self.bundle.model.median_index
 
@@ -258,39 +239,6 @@ class Engine:
                     answers[job.answer_key] = job.respond(out[index])
                 responses.append(answers[job.answer_key])
         return responses, n_out
-
-    def _grid_calendar(self) -> None:
-        """Calendar features and ISO timestamps of every hour the histories span (plus a horizon after),
-        computed once: a request's covariates are then a slice. The features are a function of each
-        hour alone, so a slice equals what `calendar_features` gives for the window."""
-        self._grid_start, self._grid = None, None
-        if not self.histories:
-            return
-        start = min(h.start for h in self.histories.values())
-        end = max(h.end for h in self.histories.values()) + self.bundle.max_horizon * HOUR
-        hours = pd.date_range(start, end, freq="h")
-        if hours.tz is not None or len(hours) > 5_000_000:  # offsets in the strings, or absurd spans: no grid
-            return
-        self._grid_start = start
-        self._grid = calendar_features(hours, self.bundle.features)
-        self._grid_iso = np.datetime_as_string(hours.to_numpy(), unit="s")
-
-    def calendar(self, last: pd.Timestamp) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Calendar covariates of the L hours up to `last` and the H_max hours after, and the ISO
-        timestamps of those H_max hours (as `Bundle.predict` builds them)."""
-        length, full_h = self.bundle.input_length, self.bundle.max_horizon
-        if self._grid is not None and last.tz is None:
-            first = (last - self._grid_start) // HOUR - length + 1  # grid row of the window's first hour
-            if 0 <= first and first + length + full_h <= len(self._grid):
-                return (self._grid[first : first + length], self._grid[first + length : first + length + full_h],
-                        self._grid_iso[first + length : first + length + full_h].tolist())
-
-        def make() -> tuple[np.ndarray, np.ndarray, list[str]]:
-            hours = future_timestamps(last - length * HOUR, length + full_h)
-            feats = calendar_features(hours, self.bundle.features)
-            return feats[:length], feats[length:], [t.isoformat() for t in hours[length:]]
-
-        return self._calendar.get_or_make(last, make)
 
     # ------------------------------------------------------------------------------------------ validation
 
@@ -379,8 +327,7 @@ class Engine:
         past, future = np.broadcast_to(past, (n, *past.shape)), np.broadcast_to(future, (n, *future.shape))
         if self.bundle.region_zones:  # the same context for every zone of the request, and each zone's name
             context = self._region_context(issue)
-            past, future = region_inputs(past, future, zones, np.broadcast_to(context, (n, *context.shape)),
-                                         self.bundle.region_zones)
+            past, future = self.inputs.with_region(past, future, zones, np.broadcast_to(context, (n, *context.shape)))
         region = req.region
 
         def respond(out: np.ndarray) -> pb.ForecastRegionResponse:
@@ -451,8 +398,9 @@ class Engine:
         extra = self.bundle.features.covariates
         n_cal = self.bundle.features.size - len(extra)
         history = np.empty((n, length), np.float32)
-        past = np.empty((n, length, self.bundle.features.size), np.float32)
-        future = np.empty((n, full_h, self.bundle.features.size), np.float32)
+        past = np.zeros((n, length, self.bundle.features.size), np.float32)
+        future = np.zeros((n, full_h, self.bundle.features.size), np.float32)
+        extra_past, extra_future = (np.empty((n, hours, len(extra)), np.float32) for hours in (length, full_h))
         stamps = []
         for i, s in enumerate(req.series):
             where = f"series[{i}]"
@@ -470,8 +418,9 @@ class Engine:
             history[i] = values[-length:]
             past[i, :, :n_cal], future[i, :, :n_cal] = cal_past, cal_future
             if extra or s.covariates:
-                past[i, :, n_cal:], future[i, :, n_cal:] = self._covariates(s, where, len(values), extra)
+                extra_past[i], extra_future[i] = self._covariates(s, where, len(values), extra)
             stamps.append(ts[:horizon])
+        past, future = self.inputs.with_extra(past, future, (extra_past, extra_future) if extra else None)
         names = [s.name for s in req.series]
 
         def respond(out: np.ndarray) -> pb.ForecastSeriesResponse:
