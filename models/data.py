@@ -291,7 +291,13 @@ def _parse_load(column: pd.Series, source: str) -> pd.Series:
 
 # ---------------------------------------------------------------------------------------------- cleaning
 
-def _group_mean(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def hour_runs(codes: np.ndarray, hours: np.ndarray) -> np.ndarray:
+    """First row of each run of rows with the same (zone code, hour), for rows sorted by both: where
+    duplicate hours (daylight saving, resends) are merged, by ingest and by batch scoring alike."""
+    return np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (hours[1:] != hours[:-1])])
+
+
+def mean_per_run(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Mean of the finite values of each run of rows starting at `starts`; NaN where a run has none."""
     finite = np.isfinite(values)
     sums = np.add.reduceat(np.where(finite, values, 0.0), starts, axis=0)
@@ -383,12 +389,11 @@ def _hourly_rows(table: pd.DataFrame, stamps: pd.DatetimeIndex, codes: np.ndarra
     order = np.lexsort((hour, codes))
     codes, hour, load = codes[order], hour[order], load[order]
     covs = table[list(cov_names)].to_numpy(dtype=np.float64)[order]
-    new_hour = np.r_[True, (codes[1:] != codes[:-1]) | (hour[1:] != hour[:-1])]
-    starts = np.flatnonzero(new_hour)
+    starts = hour_runs(codes, hour)
     sizes = np.diff(np.r_[starts, len(codes)])
     counts["duplicate_hours_merged"] = _per_zone(codes[starts], sizes > 1, n_zones)
-    covs = _group_mean(covs, starts) if cov_names else covs[starts]
-    return codes[starts], hour[starts], _group_mean(load, starts), covs, counts
+    covs = mean_per_run(covs, starts) if cov_names else covs[starts]
+    return codes[starts], hour[starts], mean_per_run(load, starts), covs, counts
 
 
 @dataclass

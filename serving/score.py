@@ -45,6 +45,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from models.bundle import Bundle, load_bundle
+from models.data import hour_runs, mean_per_run
 from models.runtime import ensure_ray
 from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE
 
@@ -87,14 +88,10 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.n
     if not ((step_zone > 0) | ((step_zone == 0) & (step_hour >= 0))).all():  # already ordered: skip the sort
         order = np.lexsort((stamps, codes))
         codes, stamps, loads = codes[order], stamps[order], loads[order]
-    # one value per (zone, hour): duplicates averaged
-    first = np.ones(len(codes), bool)
-    first[1:] = (codes[1:] != codes[:-1]) | (stamps[1:] != stamps[:-1])
-    starts = np.flatnonzero(first)
+    # one value per (zone, hour): duplicates averaged, as ingest does
+    starts = hour_runs(codes, stamps)
     if len(starts) < len(codes):
-        counts = np.diff(np.append(starts, len(codes)))
-        loads = np.add.reduceat(loads, starts) / counts
-        codes, stamps = codes[starts], stamps[starts]
+        loads, codes, stamps = mean_per_run(loads, starts), codes[starts], stamps[starts]
     # series boundaries [begin, end)
     begin = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     end = np.append(begin[1:], len(codes))
