@@ -113,16 +113,6 @@ def load_histories(data: str | Path | None = None) -> dict[str, ZoneHistory]:
     return out
 
 
-def histories_from_series(histories: Mapping[str, pd.Series]) -> dict[str, ZoneHistory]:
-    """`ZoneHistory`s from hourly pandas series indexed by timestamp (tests, notebooks)."""
-    out = {}
-    for zone, s in histories.items():
-        s = s.sort_index()
-        grid = pd.date_range(s.index[0], s.index[-1], freq="h")
-        out[zone] = ZoneHistory(grid[0], s.reindex(grid).to_numpy(np.float32))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- jobs
 
 @dataclass
@@ -183,10 +173,6 @@ class Engine:
         histories = load_histories(data)
         named = {region: sorted(histories)} | {k: list(v) for k, v in (regions or {}).items()}
         return cls(bundle, histories, named, limits or Limits(), bundle_path)
-
-    def with_bundle(self, bundle: Bundle, bundle_path: str = "") -> "Engine":
-        """The same regions and history served by another model (a swap)."""
-        return Engine(bundle, self.histories, self.regions, self.limits, bundle_path)
 
     # ------------------------------------------------------------------------------------------ model
 

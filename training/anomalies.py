@@ -58,12 +58,6 @@ class Anomaly:
         return int((self.end - self.start) // pd.Timedelta(hours=1)) + 1
 
 
-def labels_frame(anomalies: Sequence[Anomaly]) -> pd.DataFrame:
-    """The labels as a table (zone, kind, start, end, magnitude, hours)."""
-    rows = [asdict(a) | {"hours": a.hours} for a in anomalies]
-    return pd.DataFrame(rows, columns=["zone", "kind", "start", "end", "magnitude", "hours"])
-
-
 def inject_anomalies(
     table: pd.DataFrame,
     *,
