@@ -3,7 +3,7 @@
     python benchmarks/accuracy.py --dataset pjm     -> benchmarks/results/accuracy_pjm.json
     python benchmarks/accuracy.py --dataset etth1   -> benchmarks/results/accuracy_etth1.json
 
-PJM: the five bundled zones; each model is trained by `training.fit.train` (the code behind `energyopt
+PJM: the five bundled zones; each model is trained by `training.pipeline.train` (the code behind `energyopt
 train`) in its own process, so its training time per epoch and its peak memory are its own. All models
 are then backtested on the same origins (daily at 00:00 over each zone's last 365 days, 48 h ahead) and
 scored together by `training.evaluate.score`.
@@ -41,7 +41,7 @@ def _train_in_child(model: str, out: Path, max_epochs: int | None, horizon: int,
     import torch
 
     from training.config import load_config
-    from training.fit import train
+    from training.pipeline import train
 
     torch.set_num_threads(2)
     cfg = load_config(model=model, **{"training.max_epochs": max_epochs, "model.horizon": horizon})
@@ -63,7 +63,7 @@ def run_pjm(args: argparse.Namespace) -> Path:
     from models.bundle import BundleError, load_bundle
     from training.config import load_config
     from training.evaluate import backtest, score
-    from training.fit import prepare_data
+    from training.pipeline import prepare_data
 
     workdir = Path(args.workdir)
     training = {}

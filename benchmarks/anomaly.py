@@ -41,7 +41,7 @@ from models.bundle import load_bundle  # noqa: E402
 from models.data import Series  # noqa: E402
 from training.anomalies import ANOMALY_TYPES, KINDS, evaluate  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.fit import prepare_data, train  # noqa: E402
+from training.pipeline import prepare_data, train  # noqa: E402
 
 SEED = 2024
 MERGE_GAP = 6

@@ -71,7 +71,7 @@ def demo_forecaster(path: Path = DEMO_BUNDLE, tag: str = "forecaster") -> tuple[
 
     from models.bundle import load_bundle
     from training.config import load_config
-    from training.fit import train
+    from training.pipeline import train
 
     try:
         return load_bundle(path), None

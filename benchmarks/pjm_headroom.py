@@ -132,7 +132,7 @@ def main() -> None:
     from models.series import BUNDLED_PJM
     from training.config import load_config
     from training.evaluate import backtest, score
-    from training.fit import prepare_data, train
+    from training.pipeline import prepare_data, train
 
     torch.set_num_threads(2)
     cfg = load_config(model="linear")

@@ -1,4 +1,4 @@
-"""Training throughput: plain Lightning (`training.fit.train`) vs Ray Train with 1 and 2 DDP workers
+"""Training throughput: plain Lightning (`training.pipeline.train`) vs Ray Train with 1 and 2 DDP workers
 (`training.distributed.train_distributed`), same config, same data, same number of optimizer steps.
 
     python benchmarks/training.py [--zones 5] [--epochs 3] [--samples 6400]
@@ -35,7 +35,7 @@ def main() -> None:
 
     from training.config import CONFIG_DIR, load_config
     from training.distributed import train_distributed
-    from training.fit import train
+    from training.pipeline import train
     from training.synthetic import synthetic_load
 
     cfg = load_config(CONFIG_DIR / "models" / "demo.yaml", **{

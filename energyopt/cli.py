@@ -94,7 +94,7 @@ def train(
     """Train a forecaster (or the anomaly autoencoder) and write a model bundle (config.json,
     model.safetensors, metrics.json)."""
     from training.config import load_config
-    from training.fit import train as fit
+    from training.pipeline import train as fit
 
     cfg = load_config(config, model=model, **{"training.max_epochs": max_epochs, "training.seed": seed})
     if config is None:
@@ -124,7 +124,7 @@ def evaluate(
 ) -> None:
     """Backtest a bundle under the project's protocol (daily origins over the last 365 days)."""
     from models.bundle import load_bundle
-    from training.evaluate import evaluate_bundle
+    from training.pipeline import evaluate_bundle
 
     bundle = load_bundle(model)
     results = evaluate_bundle(bundle, data, horizon=horizon, baselines=baselines, log=console.print)
@@ -189,7 +189,7 @@ def demo(
     """The main job end to end on the bundled PJM data: repair, train (once), forecast, plot."""
     from models.bundle import BundleError, load_bundle
     from training.config import CONFIG_DIR, load_config
-    from training.fit import train as fit
+    from training.pipeline import train as fit
     from energyopt.plots import plot_region
 
     bundle_dir = workdir / "model"

@@ -94,7 +94,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path, tiny_config) -> Path:
-    from training.fit import train
+    from training.pipeline import train
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     train(tiny_config, synthetic_csv, out, progress=False, log=lambda _: None)
@@ -136,7 +136,7 @@ def ray_session():
 def tiny_anomaly_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path) -> Path:
     """A small anomaly autoencoder trained on the synthetic zones (60-day validation and test periods)."""
     from training.config import load_config
-    from training.fit import train
+    from training.pipeline import train
 
     cfg = load_config(model="autoencoder", **{
         "model.params": {"hidden": 16, "latent": 3, "kernel": 7, "layers": 1, "reference_weeks": 4, "stride": 24},

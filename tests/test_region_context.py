@@ -23,7 +23,7 @@ ZONES = ["Z000", "Z001", "Z002"]  # the synthetic data's zones (tests/conftest.p
 
 @pytest.fixture(scope="module")
 def region_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_csv: Path, tiny_config) -> Bundle:
-    from training.fit import train
+    from training.pipeline import train
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.name = "tiny-region"
@@ -149,7 +149,7 @@ def test_configs_refuse_region_context_where_it_cannot_be_read():
 
 
 def test_training_on_data_without_the_region_zones_is_a_clear_error(synthetic_csv, tiny_config, tmp_path):
-    from training.fit import train
+    from training.pipeline import train
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.features.region_zones = ["Z000", "AEP"]

@@ -135,7 +135,7 @@ def test_a_trial_failed_as_stale_leaves_no_bundle(synthetic_csv: Path, tmp_path:
     """The race a starved machine runs into: a live trial is declared stale (and re-queued) while it
     finishes. Its own report is then refused; the bundle it wrote must not stay behind as a result."""
     import models.bundle
-    from training.fit import prepare_data
+    from training.pipeline import prepare_data
     from training.sweep import SweepConfig, _run_trial, open_storage, storage_url
 
     sweep = SweepConfig.model_validate({**TINY_SWEEP, "overrides": {**TINY_SWEEP["overrides"],

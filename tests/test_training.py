@@ -18,7 +18,7 @@ from models.region import forecast_region
 from models.series import SeriesError
 from training.config import ConfigError, load_config
 from training.evaluate import backtest, score
-from training.fit import build_model, calibrate_intervals
+from training.pipeline import build_model, calibrate_intervals
 from training.windows import WindowDataset
 
 
@@ -38,7 +38,7 @@ def test_bundle_layout_and_metadata(tiny_bundle_dir):
 
 def test_a_day_ahead_model_is_scored_over_its_own_horizon(synthetic_csv, tiny_config, tmp_path):
     """The protocol's 48 h exceeds a 24 h model's reach: training must still end with a saved, scored bundle."""
-    from training.fit import train
+    from training.pipeline import train
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.model.horizon, cfg.training.max_epochs = 24, 1
@@ -224,7 +224,7 @@ def test_loss_units_data_is_the_mse_in_the_datas_units() -> None:
 def test_a_model_with_covariates_is_scored_on_their_values(synthetic_csv, tiny_config, tiny_bundle_dir, tmp_path):
     """A model trained with an extra covariate (the synthetic temperature) is backtested with the test
     period's own values of it; predict without them is a clear error, not a shape crash in torch."""
-    from training.fit import prepare_data, train
+    from training.pipeline import prepare_data, train
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.features.covariates, cfg.training.max_epochs = ["temperature_c"], 1
@@ -255,7 +255,7 @@ def test_a_model_with_covariates_is_scored_on_their_values(synthetic_csv, tiny_c
 def test_weight_averaging_keeps_the_validated_average(synthetic_csv, tiny_config, tmp_path):
     """With training.ema_decay the model that training returns holds the averaged weights it was validated
     with (not the last step's): its validation loss, recomputed, is the best epoch's logged one."""
-    from training.fit import EpochLog, _fit, prepare_data
+    from training.pipeline import EpochLog, fit_best, prepare_data
     from training.module import ForecastModule, WindowDataModule
 
     def fit(ema_decay: float | None) -> tuple[list[float], float]:
@@ -268,7 +268,7 @@ def test_weight_averaging_keeps_the_validated_average(synthetic_csv, tiny_config
         dm = WindowDataModule(split, model.config, cfg.features.spec(), batch_size=tr.batch_size,
                               samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
         module, epochs = ForecastModule.for_model(model, tr), EpochLog()
-        _fit(module, dm, tr, tmp_path / f"ema-{ema_decay}", False, epochs)
+        fit_best(module, dm, tr, epochs)
         module.eval()
         with torch.no_grad():
             batches = list(dm.val_dataloader())

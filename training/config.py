@@ -1,23 +1,25 @@
 """Training configuration: one YAML file per model under configs/models/, validated with pydantic.
 
 Every field has a default, so `energyopt train --model lstm` works without a file; a typo in a file is an
-error naming the field rather than a silently ignored setting.
+error naming the field rather than a silently ignored setting. A file may name a `base:` config (a model
+name, or a path relative to the file) and give only what differs from it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.autoencoder import AutoencoderConfig
 from models.features import FeatureSpec
-from models.forecaster import BACKBONES, DEFAULT_QUANTILES, ForecasterConfig
+from models.forecaster import BACKBONES, ForecasterConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 AUTOENCODER = "autoencoder"  # the anomaly detector (models/autoencoder.py); every other type forecasts
+_FORECASTER = ForecasterConfig()  # the model section's defaults are the runtime config's
 
 
 class _Strict(BaseModel):
@@ -25,12 +27,14 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    type: str = "lstm"
-    input_length: int = Field(336, ge=24, le=24 * 60)
-    horizon: int = Field(168, ge=1, le=24 * 31)
-    quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
-    params: dict[str, Any] = Field(default_factory=dict)
-    kernels: Literal["auto", "on", "off"] = "auto"  # Triton inference kernels (models/kernels): auto = on CUDA
+    """ForecasterConfig's settings that a file gives (the covariate counts follow from the features section)."""
+
+    type: str = _FORECASTER.type
+    input_length: int = Field(_FORECASTER.input_length, ge=24, le=24 * 60)
+    horizon: int = Field(_FORECASTER.horizon, ge=1, le=24 * 31)
+    quantiles: list[float] = Field(default_factory=lambda: list(_FORECASTER.quantiles))
+    params: dict[str, Any] = Field(default_factory=lambda: dict(_FORECASTER.params))
+    kernels: Literal["auto", "on", "off"] = _FORECASTER.kernels  # Triton kernels (models/kernels): auto = on CUDA
 
     @field_validator("type")
     @classmethod
@@ -137,22 +141,23 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and the field."""
 
 
+def model_config_path(ref: str | Path, folder: Path | None = None) -> Path:
+    """The config file `ref` names: a model name (configs/models/<name>.yaml) or a path, relative to `folder`."""
+    path = Path(ref)
+    if not path.suffix:
+        return CONFIG_DIR / "models" / f"{ref}.yaml"
+    return folder / path if folder else path
+
+
 def load_config(path: str | Path | None = None, *, model: str | None = None, **overrides: Any) -> TrainConfig:
     """Read a YAML config (default: configs/models/<model>.yaml) and apply dotted overrides such as
     `training.max_epochs=3`."""
     if path is None:
-        path = CONFIG_DIR / "models" / f"{model or 'lstm'}.yaml"
-        if not Path(path).is_file():
+        path = model_config_path(model or "lstm")
+        if not path.is_file():
             raise ConfigError(f"no default config for model {model!r} at {path}; pass --config FILE")
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    raw = _read(path)
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -161,8 +166,49 @@ def load_config(path: str | Path | None = None, *, model: str | None = None, **o
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+    return validated(TrainConfig, raw, f"config {path}")
+
+
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def validated(schema: type[Section], raw: dict[str, Any], what: str) -> Section:
+    """`raw` as `schema`, or a ConfigError naming `what` and every field that is wrong."""
     try:
-        return TrainConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid config {path}: {problems}") from None
+        raise ConfigError(f"invalid {what}: {problems}") from None
+
+
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds, or a ConfigError saying what is wrong with the file."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return raw
+
+
+def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's settings over those of its `base:` (and so on): mappings merge key by key, a value replaces."""
+    raw = read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = model_config_path(base, path.parent)
+    if base_path.resolve() in (path.resolve(), *children):
+        raise ConfigError(f"config file {path}: base {base!r} leads back to itself")
+    return _merge(_read(base_path, (*children, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged

@@ -1,4 +1,4 @@
-"""Distributed fit on Ray Train: the same LightningModule and DataModule as `training/fit.py`, run by N
+"""Distributed fit on Ray Train: the same LightningModule, DataModule and Trainer as `training/pipeline.py`, run by N
 workers with Lightning's DDP through Ray's strategy and cluster environment, checkpointed through Ray
 Train, ending in the same model bundle as a local run.
 
@@ -8,7 +8,8 @@ What stays equal to a local run: the optimizer steps. Each worker draws `samples
 windows per epoch (its own seed) in batches of `batch_size / N`, so the global batch, the number of
 steps and the one-cycle schedule are those of `energyopt train`. Validation loss is averaged over the
 workers (`sync_dist`). The best epoch's weights (lowest validation loss) come back from Ray Train's
-checkpoints; the driver then calibrates, evaluates and saves the bundle exactly as `train()` does.
+checkpoints; the driver then calibrates, evaluates and saves the bundle through the pipeline's `finish_fit`,
+as `train()` does.
 
 Fault tolerance: with `--max-failures K`, a failed worker group restarts from the latest Ray Train
 checkpoint (the Lightning checkpoint holds the optimizer and early-stopping state). CPU workers talk
@@ -20,21 +21,19 @@ the workers through the object store, so workers need no shared filesystem; chec
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from models.bundle import Bundle, ForecasterBundle, load_bundle, save_bundle
+from models.bundle import Bundle
+from models.runtime import ensure_ray
 from training.config import TrainConfig
-from training.evaluate import backtest, score
-from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals, prepare_data
-from training.module import ForecastModule, WindowDataModule, weight_averaging
+from training.module import ForecastModule
+from training.pipeline import EpochLog, build_model, build_trainer, data_module, finish_fit, new_version, prepare_data
 
 CHECKPOINT_FILE, EPOCHS_FILE = "checkpoint.ckpt", "epochs.json"
 
@@ -76,21 +75,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     pl.seed_everything(tr.seed, verbose=False)  # identical initial weights (DDP also broadcasts rank 0's)
     model = build_model(cfg)
     module = ForecastModule.for_model(model, tr)
-    per_worker = max(1, tr.samples_per_epoch // world)
-    batch = max(1, min(tr.batch_size, tr.samples_per_epoch) // world)
-    dm = WindowDataModule(split, model.config, cfg.features.spec(), batch_size=batch, samples_per_epoch=per_worker,
-                          val_samples=tr.val_samples, seed=tr.seed)
+    dm = data_module(split, model.config, cfg.features.spec(), tr, workers=world)
     torch.manual_seed(tr.seed + 1000 * (rank + 1))  # each worker draws its own training windows
     epochs = EpochLog()
-    trainer = pl.Trainer(
-        max_epochs=tr.max_epochs, accelerator="gpu" if config["use_gpu"] else "cpu", devices="auto",
-        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], precision=_precision(tr),
-        gradient_clip_val=tr.gradient_clip or None, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
-        callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, ReportCheckpoint(epochs),
-                   *weight_averaging(tr)],
-    )
-    trainer = prepare_trainer(trainer)
+    trainer = prepare_trainer(build_trainer(
+        tr, epochs, ReportCheckpoint(epochs), accelerator="gpu" if config["use_gpu"] else "cpu", devices="auto",
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], use_distributed_sampler=False))
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as ckpt:
@@ -111,9 +101,8 @@ def train_distributed(
     evaluate: bool = True,
     log: Callable[[str], None] = print,
 ) -> Bundle:
-    """Train with `num_workers` Ray Train workers and write the bundle at `out` (as `training.fit.train`)."""
+    """Train with `num_workers` Ray Train workers and write the bundle at `out` (as `training.pipeline.train`)."""
     import ray
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -122,25 +111,23 @@ def train_distributed(
     if config.model.type not in ("lstm", "transformer", "linear"):
         raise ValueError(f"distributed training serves the trained forecasters (lstm, transformer, linear), "
                          f"not {config.model.type!r}; train it with `energyopt train` without --num-workers")
-    out = Path(out)
     started = time.perf_counter()
-    split, report, data_fp = prepare_data(config, data)
-    for line in report.summary_lines():
+    prepared = prepare_data(config, data)
+    for line in prepared[1].summary_lines():
         log(f"  {line}")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
+    ensure_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     threads = config.training.num_threads or max(1, int(cpus // num_workers))
     storage_path = str(storage) if storage else str(Path(tempfile.gettempdir()) / "energyopt-ray-train")
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.model_dump(), "split": ray.put(split), "use_gpu": use_gpu,
+        train_loop_config={"config": config.model_dump(), "split": ray.put(prepared[0]), "use_gpu": use_gpu,
                            "threads": 0 if use_gpu else threads},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": min(1.0, cpus / num_workers)}),
         run_config=RunConfig(
-            name=f"{config.name}-{_version()}", storage_path=storage_path,
+            name=f"{config.name}-{new_version()}", storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=max_failures)),
@@ -151,8 +138,7 @@ def train_distributed(
     if result.error:
         raise RuntimeError(f"distributed training failed: {result.error}")
     best_ckpt, _ = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
-    model = build_model(config)
-    module = ForecastModule(model.config.to_dict())
+    module = ForecastModule(build_model(config).config.to_dict())
     with best_ckpt.as_directory() as ckpt:
         state = torch.load(Path(ckpt) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
@@ -161,21 +147,8 @@ def train_distributed(
         epochs.epochs = json.loads((Path(ckpt) / EPOCHS_FILE).read_text())
     for e in epochs.epochs:
         log(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f}, val_loss {e['val_loss']:.4f}")
-    model = module.model.cpu().float().eval()
-    tr = config.training
-    dm = WindowDataModule(split, model.config, config.features.spec(), batch_size=tr.batch_size,
-                          samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
-    dm.setup()
-    scales = calibrate_intervals(model, dm.val_set)
-    log(f"interval calibration on validation: {dict(zip(model.config.quantiles, np.round(scales, 3)))}")
-    meta = _metadata(config, split, report, data_fp, data, epochs, time.perf_counter() - started)
-    meta["training"]["distributed"] = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers,
-                                       "use_gpu": use_gpu, "backend": "nccl" if use_gpu else "gloo"}
-    features = config.features.spec()
-    bundle = ForecasterBundle(model=model, features=features, name=config.name, version=_version(), meta=meta)
-    metrics = None
-    if evaluate:
-        frame = backtest(bundle, split.test)
-        metrics = score(frame, [bundle.name], split.train)
-    save_bundle(out, model, features, name=config.name, version=bundle.version, meta=meta, metrics=metrics)
-    return load_bundle(out)
+    dm = data_module(prepared[0], module.model.config, config.features.spec(), config.training)
+    run = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers, "use_gpu": use_gpu,
+           "backend": "nccl" if use_gpu else "gloo"}
+    return finish_fit(config, module.model, dm, prepared, data, epochs, started, out, evaluate=evaluate, log=log,
+                      meta={"training": {"distributed": run}})

@@ -4,20 +4,19 @@ Per zone: forecasts issued daily with the first forecast hour at 00:00 inside th
 ahead, from the model's history window. Metrics over every step of every origin, per zone and overall:
 MAE, RMSE, MAPE (%), MASE (scaled by the in-sample MAE of the 168 h seasonal naive on the training
 data), pinball loss (mean over quantiles, MW) and the coverage of the 10-90 % band (80 % interval).
+Nothing here trains: comparing a bundle with freshly fitted baselines is `training.pipeline.evaluate_bundle`.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from utilsforecast import losses
 
-from models.bundle import Bundle, ForecasterBundle
+from models.bundle import Bundle
 from models.data import Series, Split
 from models.region import RegionPanel
 from models.inputs import extra_covariates
@@ -149,41 +148,3 @@ def score_test_period(bundle: Bundle, split: Split) -> dict:
     horizon = min(PROTOCOL_HORIZON, bundle.max_horizon)
     return {"horizon": horizon, **score(backtest(bundle, split.test, horizon=horizon), [bundle.name], split.train)}
 
-
-BASELINES = ("seasonal_naive_168", "linear")
-
-
-def evaluate_bundle(
-    bundle: Bundle,
-    data: str | Path | None = None,
-    *,
-    horizon: int = 48,
-    baselines: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Backtest `bundle` on `data` (default: the bundled PJM zones) with the split it was trained with,
-    and, in the same run, the seasonal naive and a freshly fitted linear baseline on the same origins."""
-    from training.config import load_config
-    from training.fit import build_model, prepare_data, train
-
-    split_cfg = bundle.meta.get("split", {})
-    overrides = {"data.val_days": split_cfg.get("val_days"), "data.test_days": split_cfg.get("test_days"),
-                 # every model must see the same origins, so all read at least the bundle's history length
-                 "model.input_length": max(bundle.input_length, 336)}
-    cfg = load_config(model="linear", **overrides)
-    split, _, _ = prepare_data(cfg, data)
-    frame = backtest(bundle, split.test, horizon=horizon)
-    names = [bundle.name]
-    if baselines:
-        naive_cfg = load_config(model="seasonal_naive", **overrides)
-        naive_cfg.model.quantiles = list(bundle.quantiles)
-        naive = ForecasterBundle(build_model(naive_cfg).eval(), bundle.features, BASELINES[0], "baseline")
-        log("fitting the linear baseline on the same training data ...")
-        cfg.model.quantiles = list(bundle.quantiles)
-        with tempfile.TemporaryDirectory() as tmp:
-            linear = train(cfg, data, Path(tmp) / "linear", progress=False, evaluate=False, log=lambda _: None)
-        for other, name in ((naive, BASELINES[0]), (linear, BASELINES[1])):
-            extra = backtest(other, split.test, horizon=horizon, column=name)
-            frame = frame.merge(extra.drop(columns="y"), on=["zone", "cutoff", "ds", "step"], how="left")
-            names.append(name)
-    return {"horizon": horizon, **score(frame, names, split.train)}

@@ -26,7 +26,27 @@ def weight_averaging(training: Any) -> list[pl.Callback]:
     return [pl.callbacks.EMAWeightAveraging(decay=training.ema_decay)]
 
 
-class ForecastModule(pl.LightningModule):
+class _WindowModule(pl.LightningModule):
+    """What both modules share: one step for training and validation (the subclass's `_loss`), and AdamW
+    with a one-cycle schedule over the whole fit."""
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        steps = self.trainer.estimated_stepping_batches
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=max(int(steps), 1),
+                                                    pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ForecastModule(_WindowModule):
     """Trains a QuantileForecaster with the pinball loss (MSE for a point model).
 
     loss_units: "window" (default) scores every window in its own normalized units, so zones of 100 MW
@@ -58,18 +78,16 @@ class ForecastModule(pl.LightningModule):
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         history, past, future, target = batch
         pred, loc, scale = self.model.forward_normalized(history, past, future)
-        if self.hparams.get("loss_units", "window") == "data":
+        if self.hparams.loss_units == "data":
             pred = pred.float() * scale.unsqueeze(-1) + loc.unsqueeze(-1)
             return forecast_loss(pred, target, self.model.config.quantiles)
         return forecast_loss(pred.float(), (target - loc) / scale, self.model.config.quantiles)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self._hide_region_channels(batch))
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[0]))
-        return loss
+        return super().training_step(self._hide_region_channels(batch), batch_idx)
 
     def _hide_region_channels(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        p = self.hparams.get("region_dropout", 0.0)  # the autoencoder module, a subclass, has none
+        p = self.hparams.region_dropout
         n = self.model.config.n_past_covariates if p else 0
         if not n:
             return batch
@@ -77,25 +95,22 @@ class ForecastModule(pl.LightningModule):
         keep = (torch.rand(past.shape[0], 1, n, device=past.device) >= p).to(past.dtype)  # per window and zone
         return history, torch.cat([past[..., :-n], past[..., -n:] * keep], dim=-1), future, target
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
 
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        steps = self.trainer.estimated_stepping_batches
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=max(int(steps), 1),
-                                                    pct_start=0.1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class AutoencoderModule(ForecastModule):
+class AutoencoderModule(_WindowModule):
     """Trains a ConvAutoencoder to reconstruct normal weeks (Huber loss in reference-level units);
     optimizer and schedule as for the forecasters."""
 
     def __init__(self, model_config: dict[str, Any], lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
-        pl.LightningModule.__init__(self)
-        self.save_hyperparameters({"model_config": model_config, "lr": lr, "weight_decay": weight_decay})
+        super().__init__()
+        self.save_hyperparameters()
         self.model = ConvAutoencoder(AutoencoderConfig.from_dict(model_config))
+
+    @classmethod
+    def for_model(cls, model: ConvAutoencoder, training: Any) -> "AutoencoderModule":
+        """A module that trains `model` with a config's training section's optimizer settings."""
+        module = cls(model.config.to_dict(), lr=training.lr, weight_decay=training.weight_decay)
+        module.model = model
+        return module
 
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.model.loss(*batch)

@@ -39,13 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pytorch_lightning as pl
 import optuna
-import yaml
+import pytorch_lightning as pl
 from optuna.exceptions import ExperimentalWarning
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.config import CONFIG_DIR, ConfigError, TrainConfig, load_config
+from models.bundle import load_bundle, write_metrics
+from models.runtime import ensure_ray, torch_threads
+from training.config import ConfigError, TrainConfig, load_config, model_config_path, read_yaml, validated
+from training.evaluate import score_test_period
+from training.module import ForecastModule
+from training.pipeline import EpochLog, Prepared, build_model, data_module, finish_fit, fit_best, prepare_data
 
 STUDY_FILE = "study.db"
 # heartbeats and stale-trial recovery are marked experimental in Optuna; they are what resume relies on
@@ -107,10 +112,7 @@ class SweepConfig(_Strict):
         return self
 
     def base_config(self, data_overrides: dict[str, Any] | None = None) -> TrainConfig:
-        path = Path(self.base)
-        if not path.suffix:
-            path = CONFIG_DIR / "models" / f"{self.base}.yaml"
-        return load_config(path, **{**self.overrides, **(data_overrides or {})})
+        return load_config(model_config_path(self.base), **{**self.overrides, **(data_overrides or {})})
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         cfg = self.base_config(params)
@@ -120,17 +122,7 @@ class SweepConfig(_Strict):
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"sweep config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep config {path} is not valid YAML: {err}") from None
-    try:
-        cfg = SweepConfig.model_validate(raw)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid sweep config {path}: {problems}") from None
+    cfg = validated(SweepConfig, read_yaml(path, "sweep config"), f"sweep config {path}")
     cfg.base_config()  # a broken base config or override fails now, not in every trial
     return cfg
 
@@ -145,7 +137,6 @@ def storage_url(storage: str | None, out: Path) -> str:
 
 
 def open_storage(url: str, *, heartbeat_s: int, max_retries: int) -> Any:
-    import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -177,8 +168,6 @@ def _recover(study: Any, url: str, heartbeat_s: int, max_retries: int) -> int:
     """Mark trials of dead processes failed (re-queueing those that had started); returns how many."""
     import datetime
 
-    from optuna.trial import TrialState
-
     if "://" not in url:
         return _retry_orphans(study, max_retries)
     before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
@@ -195,8 +184,6 @@ def _recover(study: Any, url: str, heartbeat_s: int, max_retries: int) -> int:
 
 def _retry_orphans(study: Any, max_retries: int) -> int:
     """Journal storages have no heartbeats: fail and re-queue every trial left RUNNING by an earlier run."""
-    from optuna.trial import TrialState
-
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in orphans:
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -206,77 +193,68 @@ def _retry_orphans(study: Any, max_retries: int) -> int:
 
 # ----------------------------------------------------------------------------------------------- trial
 
-def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_ref: Any, heartbeat_s: int,
-               data: str | None, out: str) -> dict[str, Any]:
-    """Ray task: one `study.optimize(n_trials=1)`; returns the trial's number, state and value. A
-    completed trial's bundle is written to `<out>/trials/<number>` before Optuna marks it COMPLETE, so
-    a completed trial always has its model, whenever the driver stops."""
-    import optuna
-    import ray
-    import torch
+class ReportToOptuna(pl.Callback):
+    """Feeds each epoch's validation loss to the pruner; a pruned trial stops training at once."""
 
-    from models.bundle import save_bundle
-    from training.fit import EpochLog, _metadata, _precision, _version, build_model, calibrate_intervals
-    from training.module import ForecastModule, WindowDataModule, weight_averaging
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    split, report, data_fp = ray.get(split_ref) if isinstance(split_ref, ray.ObjectRef) else split_ref
-    storage = open_storage(url, heartbeat_s=heartbeat_s, max_retries=sweep.max_retries)
-    study = optuna.load_study(
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.trial.report(float(trainer.callback_metrics["val_loss"]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {trainer.current_epoch}")
+
+
+def _load_study(sweep: SweepConfig, storage: Any, study_name: str, seed: int) -> optuna.Study:
+    """The study as a trial samples it: TPE with the constant liar (parallel trials), median pruning."""
+    return optuna.load_study(
         study_name=study_name, storage=storage,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.sampler_startup_trials,
                                            constant_liar=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
                                            n_warmup_steps=sweep.pruner_warmup_epochs))
+
+
+def _fit_trial(sweep: SweepConfig, trial: optuna.Trial, prepared: Prepared, data: str | None, out: str) -> float:
+    """The objective: train the trial's settings through the pipeline, save the bundle (its test period is
+    scored only for the best trial, at the end), and return the best validation loss."""
+    params = {key: dim.suggest(trial, key) for key, dim in sweep.space.items()}
+    cfg = sweep.trial_config(params)
+    tr = cfg.training
+    with torch_threads(max(1, int(sweep.cpus_per_trial))):
+        pl.seed_everything(tr.seed, verbose=False)
+        model = build_model(cfg)
+        dm = data_module(prepared[0], model.config, cfg.features.spec(), tr)
+        module = ForecastModule.for_model(model, tr)
+        epochs = EpochLog()
+        started = time.perf_counter()
+        best = fit_best(module, dm, tr, epochs, ReportToOptuna(trial),
+                        accelerator="gpu" if sweep.gpus_per_trial else "cpu")
+        finish_fit(cfg, module.model, dm, prepared, data, epochs, started, Path(out) / "trials" / str(trial.number),
+                   evaluate=False, log=lambda _: None,
+                   meta={"sweep": {"study": trial.study.study_name, "trial": trial.number, "params": params}})
+    return best.loss
+
+
+def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_ref: Any, heartbeat_s: int,
+               data: str | None, out: str) -> dict[str, Any]:
+    """Ray task: one `study.optimize(n_trials=1)`; returns the trial's number, state and value. A
+    completed trial's bundle is written to `<out>/trials/<number>` before Optuna marks it COMPLETE, so
+    a completed trial always has its model, whenever the driver stops."""
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepared = ray.get(split_ref) if isinstance(split_ref, ray.ObjectRef) else split_ref
+    storage = open_storage(url, heartbeat_s=heartbeat_s, max_retries=sweep.max_retries)
+    study = _load_study(sweep, storage, study_name, seed)
     result: dict[str, Any] = {}
-
-    class ReportToOptuna(pl.Callback):
-        """Feeds each epoch's validation loss to the pruner; a pruned trial stops training at once."""
-
-        def __init__(self, trial: optuna.Trial) -> None:
-            self.trial = trial
-
-        def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-            if trainer.sanity_checking:
-                return
-            self.trial.report(float(trainer.callback_metrics["val_loss"]), step=trainer.current_epoch)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {trainer.current_epoch}")
 
     def objective(trial: optuna.Trial) -> float:
         result["trial_id"] = trial._trial_id
-        params = {key: dim.suggest(trial, key) for key, dim in sweep.space.items()}
-        cfg = sweep.trial_config(params)
-        tr = cfg.training
-        torch.set_num_threads(max(1, int(sweep.cpus_per_trial)))
-        pl.seed_everything(tr.seed, verbose=False)
-        model = build_model(cfg)
-        features = cfg.features.spec()
-        dm = WindowDataModule(split, model.config, features, batch_size=min(tr.batch_size, tr.samples_per_epoch),
-                              samples_per_epoch=tr.samples_per_epoch, val_samples=tr.val_samples, seed=tr.seed)
-        module = ForecastModule.for_model(model, tr)
-        epochs = EpochLog()
-        best = BestState()
-        started = time.perf_counter()
-        trainer = pl.Trainer(
-            max_epochs=tr.max_epochs, accelerator="gpu" if sweep.gpus_per_trial else "cpu", devices=1,
-            precision=_precision(tr), gradient_clip_val=tr.gradient_clip or None, logger=False,
-            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-            callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=tr.patience), epochs, best,
-                       ReportToOptuna(trial), *weight_averaging(tr)])
-        trainer.fit(module, datamodule=dm)
-        module.load_state_dict(best.state)
-        model = module.model.cpu().float().eval()
-        calibrate_intervals(model, dm.val_set)
-        meta = _metadata(cfg, split, report, data_fp, data, epochs, time.perf_counter() - started)
-        meta["sweep"] = {"study": study_name, "trial": trial.number, "params": params}
-        save_bundle(Path(out) / "trials" / str(trial.number), model, features, name=cfg.name, version=_version(),
-                    meta=meta)
-        return best.loss
-
-    def guarded(trial: optuna.Trial) -> float:
         try:
-            return objective(trial)
+            return _fit_trial(sweep, trial, prepared, data, out)
         except (optuna.exceptions.UpdateFinishedTrialError, optuna.TrialPruned):
             raise  # a refused report (the trial was failed elsewhere), or pruning: not the objective's fault
         except BaseException:
@@ -284,7 +262,7 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
             raise
 
     try:
-        study.optimize(guarded, n_trials=1, catch=(ValueError, RuntimeError))
+        study.optimize(objective, n_trials=1, catch=(ValueError, RuntimeError))
     except Exception:
         # A driver or another worker saw this trial's heartbeat go stale (a machine starved of CPU) and
         # failed it, re-queueing its parameters, while it ran. Optuna then refuses this worker's own report,
@@ -294,26 +272,13 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
         if "trial_id" not in result or result.get("objective_failed"):
             raise
         stale = storage.get_trial(result["trial_id"])
-        if stale.state != optuna.trial.TrialState.FAIL:
+        if stale.state != TrialState.FAIL:
             raise
         shutil.rmtree(Path(out) / "trials" / str(stale.number), ignore_errors=True)
     if "trial_id" not in result:
         return {"trial": None, "state": None, "value": None}
     trial = storage.get_trial(result.pop("trial_id"))
     return {"trial": trial.number, "state": trial.state.name, "value": trial.value}
-
-
-class BestState(pl.Callback):
-    """Keeps the weights of the best validation epoch in memory (no checkpoint files on the worker)."""
-
-    def __init__(self) -> None:
-        self.loss, self.state = float("inf"), None
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        loss = float(trainer.callback_metrics.get("val_loss", float("inf")))
-        if not trainer.sanity_checking and loss < self.loss:
-            self.loss = loss
-            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -344,12 +309,6 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) the study until it has `trials` finished (completed or pruned) trials, at most
     `parallel` at a time, then export the best trial's bundle to `<out>/best`."""
-    import optuna
-    import ray
-    from optuna.trial import TrialState
-
-    from training.fit import prepare_data
-
     if trials < 1 or parallel < 1:
         raise ConfigError("--trials and --parallel must be at least 1")
     sweep = load_sweep_config(config)
@@ -357,6 +316,22 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
     name = study_name or sweep.name
+    study = _open_study(sweep, url, name, heartbeat_s, log)
+    done, running, failed = _counts(study)
+    log(f"study {name!r} in {url}: {done} finished, {running} running elsewhere or interrupted, {failed} failed; "
+        f"target {trials} trials, {parallel} at a time")
+    ensure_ray()
+    prepared = prepare_data(sweep.base_config(), data)
+    done, failed = _run_trials(sweep, study, url, prepared, trials, parallel, heartbeat_s, data, out, log)
+    best = _best(study)
+    best_dir = _export_best(best, out, prepared[0], log) if best is not None else None
+    return SweepResult(study=name, storage=url, finished=done, failed=failed,
+                       best_trial=best.number if best else None, best_value=best.value if best else None,
+                       best_params=dict(best.params) if best else {}, best_bundle=best_dir)
+
+
+def _open_study(sweep: SweepConfig, url: str, name: str, heartbeat_s: int, log: Callable[[str], None]) -> Any:
+    """Create or load the study, failing (and re-queueing) the trials an interrupted run left behind."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url, heartbeat_s=heartbeat_s, max_retries=sweep.max_retries)
     study = optuna.create_study(study_name=name, storage=store, direction="minimize", load_if_exists=True)
@@ -370,30 +345,34 @@ def run_sweep(
         recovered += _recover(study, url, heartbeat_s, sweep.max_retries)
     if recovered:
         log(f"{recovered} trial(s) of an interrupted run marked failed; those that had started are re-queued")
+    return study
 
-    def counts() -> tuple[int, int, int]:
-        ts = study.get_trials(deepcopy=False)
-        return (sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts),
-                sum(t.state == TrialState.RUNNING for t in ts), sum(t.state == TrialState.FAIL for t in ts))
 
-    done, running, failed = counts()
-    log(f"study {name!r} in {url}: {done} finished, {running} running elsewhere or interrupted, {failed} failed; "
-        f"target {trials} trials, {parallel} at a time")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, configure_logging=False)
-    prepared = prepare_data(sweep.base_config(), data)
+def _counts(study: Any) -> tuple[int, int, int]:
+    """Finished (completed or pruned), running and failed trials."""
+    ts = study.get_trials(deepcopy=False)
+    return (sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts),
+            sum(t.state == TrialState.RUNNING for t in ts), sum(t.state == TrialState.FAIL for t in ts))
+
+
+def _run_trials(sweep: SweepConfig, study: Any, url: str, prepared: Prepared, trials: int, parallel: int,
+                heartbeat_s: int, data: str | Path | None, out: Path, log: Callable[[str], None]) -> tuple[int, int]:
+    """Keep up to `parallel` trial tasks on Ray until the study has `trials` finished trials; returns the
+    finished and failed counts."""
+    import ray
+
     split_ref = ray.put(prepared)
     task = ray.remote(_run_trial).options(num_cpus=sweep.cpus_per_trial, num_gpus=sweep.gpus_per_trial,
                                           max_retries=0)
     in_flight: list[Any] = []
     launched = 0
     while True:
-        done, running, failed = counts()
+        done, running, failed = _counts(study)
         if done >= trials and not in_flight:
-            break
+            return done, failed
         while done + len(in_flight) < trials and len(in_flight) < parallel:
             seed = sweep.sampler_seed + done + launched  # distinct per task: parallel TPE samples differ
-            in_flight.append(task.remote(sweep, url, name, seed, split_ref, heartbeat_s,
+            in_flight.append(task.remote(sweep, url, study.study_name, seed, split_ref, heartbeat_s,
                                          None if data is None else str(data), str(out.resolve())))
             launched += 1
         if not in_flight:  # others are running the remaining trials: wait for them, or for them to go stale
@@ -403,37 +382,33 @@ def run_sweep(
         ready, in_flight = ray.wait(in_flight, num_returns=1)
         outcome = ray.get(ready[0])
         _recover(study, url, heartbeat_s, sweep.max_retries)
-        done, running, failed = counts()
+        done, running, failed = _counts(study)
         best = _best(study)
         value = "" if outcome["value"] is None else f", val_loss {outcome['value']:.4f}"
         best_text = "" if best is None else f"; best #{best.number} {best.value:.4f}"
         log(f"trial {done}/{trials}: #{outcome['trial']} {outcome['state']}{value}{best_text}")
-    best = _best(study)
-    best_dir = None
-    if best is not None:
-        source = out / "trials" / str(best.number)
-        if not source.is_dir():
-            raise ConfigError(f"the best trial #{best.number} has no saved model in {source}: was --out "
-                              "different in the run that made it, or not shared by every node?")
-        best_dir = out / "best"
-        tmp = out / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
-        _write_test_metrics(tmp, prepared[0], log)
-        shutil.rmtree(best_dir, ignore_errors=True)
-        os.replace(tmp, best_dir)
-        log(f"best trial #{best.number}: val_loss {best.value:.4f} {best.params} -> {best_dir}")
-    return SweepResult(study=name, storage=url, finished=done, failed=failed,
-                       best_trial=best.number if best else None, best_value=best.value if best else None,
-                       best_params=dict(best.params) if best else {}, best_bundle=best_dir)
+
+
+def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -> Path:
+    """Copy the best trial's bundle to `<out>/best` (atomically) with its test-period scores."""
+    source = out / "trials" / str(best.number)
+    if not source.is_dir():
+        raise ConfigError(f"the best trial #{best.number} has no saved model in {source}: was --out "
+                          "different in the run that made it, or not shared by every node?")
+    best_dir = out / "best"
+    tmp = out / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    _write_test_metrics(tmp, split, log)
+    shutil.rmtree(best_dir, ignore_errors=True)
+    os.replace(tmp, best_dir)
+    log(f"best trial #{best.number}: val_loss {best.value:.4f} {best.params} -> {best_dir}")
+    return best_dir
 
 
 def _write_test_metrics(bundle_dir: Path, split: Any, log: Callable[[str], None]) -> None:
     """Score the chosen model, once, on the test period: trials are compared on validation only, so the
     test figures stay unbiased, and the exported bundle carries them like any trained bundle does."""
-    from models.bundle import load_bundle, write_metrics
-    from training.evaluate import score_test_period
-
     try:
         metrics = score_test_period(load_bundle(bundle_dir), split)
     except ValueError as err:  # a test period too short for one forecast origin
@@ -446,8 +421,6 @@ def _write_test_metrics(bundle_dir: Path, split: Any, log: Callable[[str], None]
 
 
 def _best(study: Any) -> Any:
-    from optuna.trial import TrialState
-
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return min(complete, key=lambda t: t.value) if complete else None
 
