@@ -19,7 +19,7 @@ from utilsforecast import losses
 from models.bundle import Bundle
 from models.data import Series, Split
 from models.region import RegionPanel
-from models.inputs import extra_covariates
+from models.inputs import extra_covariates, forecast_origins
 
 SEASON = 168
 PROTOCOL_HORIZON = 48
@@ -48,9 +48,7 @@ def backtest(
     panel = RegionPanel.from_series(test, bundle.region_zones) if bundle.region_zones else None
     histories, lasts, targets, meta, past_extra, future_extra, regions = [], [], [], [], [], [], []
     for s in test:
-        start = length if s.target_start is None else max(length, int(s.timestamps.searchsorted(s.target_start)))
-        origins = np.arange(start, len(s.load) - reach + 1)
-        origins = origins[s.timestamps.hour[origins] == origin_hour]
+        origins = forecast_origins(s, length, reach, hours=(origin_hour,))
         if not len(origins):
             continue
         windows = sliding_window_view(s.load, length + horizon)[origins - length]
