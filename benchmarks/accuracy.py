@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 PJM_MODELS = ("lstm", "transformer", "lstm_region", "transformer_region", "linear", "seasonal_naive")
 
@@ -117,7 +117,8 @@ def run_pjm(args: argparse.Namespace) -> Path:
         "models": {b.name: b.meta["training"]["config"]["model"] for b in bundles.values()},
         "targets": {"mae_vs_linear_max": 0.90, "mae_vs_seasonal_naive_max": 0.45, "coverage_80": [0.75, 0.85]},
     }
-    path = write_result("accuracy_pjm" if args.period == "test" else "accuracy_pjm_val", config, results["rows"], summary)
+    name = "accuracy_pjm" if args.period == "test" else "accuracy_pjm_val"
+    path = write_result(name, config, results["rows"], summary)
     for name, m in overall.items():
         print(f"{name:>20}: " + "  ".join(f"{k} {v:.4g}" for k, v in m.items()))
     print({k: v for k, v in summary.items() if k.endswith(("linear", "naive"))})

@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from benchmarks.common import write_result  # noqa: E402
-from models.data import Series, Split  # noqa: E402
-from models.features import FeatureSpec  # noqa: E402
-from models.forecaster import ForecasterConfig  # noqa: E402
-from training.module import ForecastModule, WindowDataModule  # noqa: E402
-from training.windows import WindowDataset  # noqa: E402
+from benchmarks.common import write_result
+from models.data import Series, Split
+from models.features import FeatureSpec
+from models.forecaster import ForecasterConfig
+from training.module import ForecastModule, WindowDataModule
+from training.windows import WindowDataset
 
 ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett" / "ETTh1.csv"
 INPUT = 336

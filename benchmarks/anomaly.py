@@ -25,23 +25,23 @@ import argparse
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import demo_forecaster, write_result  # noqa: E402
-from models.anomaly import (Event, _flagged_runs, calibrate, find_events, forecast_expected,  # noqa: E402
-                            residual_features)
-from models.autoencoder import WEEK, detect_series, detector_of  # noqa: E402
-from models.bundle import load_bundle  # noqa: E402
-from models.data import Series  # noqa: E402
-from training.anomalies import ANOMALY_TYPES, KINDS, evaluate  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.pipeline import prepare_data, train  # noqa: E402
+from benchmarks.common import demo_forecaster, write_result
+from models.anomaly import Event, _flagged_runs, calibrate, find_events, forecast_expected, residual_features
+from models.autoencoder import WEEK, detect_series, detector_of
+from models.bundle import load_bundle
+from models.data import Series
+from training.anomalies import ANOMALY_TYPES, KINDS, evaluate
+from training.config import load_config
+from training.pipeline import prepare_data, train
 
 SEED = 2024
 MERGE_GAP = 6

@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def write_result(name: str, config: dict[str, Any], rows: list[dict[str, Any]], 
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_sha(),
         "machine": machine(),
         "config": config,

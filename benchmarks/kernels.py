@@ -33,15 +33,15 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.common import RESULTS, write_result  # noqa: E402
+from benchmarks.common import RESULTS, write_result
 
 INPUT_SIZE = 15
 BATCHES, STEPS, HIDDENS = (1, 64, 1024, 16384), (168, 336), (64, 128, 256)
@@ -156,9 +156,9 @@ def run_lstm_grid(batches, steps_list, hiddens, dtypes, log) -> list[dict]:
                             row["cudnn_ms"] = gpu_time_ms(case.cudnn)
                         except RuntimeError as err:  # e.g. a cuDNN without bf16 RNNs
                             row["cudnn_ms"], row["cudnn_error"] = None, str(err).splitlines()[0][:200]
-                        row["compile_ms"] = gpu_time_ms(lambda: case.reference(cell), repeats=5)
+                        row["compile_ms"] = gpu_time_ms(lambda: case.reference(cell), repeats=5)  # noqa: F821 - called before `del case`
                         try:
-                            replay = graphed(lambda: case.reference(cell))
+                            replay = graphed(lambda: case.reference(cell))  # noqa: F821 - called before `del case`
                             row["compile_graph_ms"] = gpu_time_ms(replay)
                             del replay
                         except RuntimeError as err:  # e.g. out of memory for the captured intermediates
@@ -250,7 +250,7 @@ def run_end_to_end(series: int, horizon: int, log, device: str = "cuda") -> list
 
         def forecast(precision: str) -> torch.Tensor:
             with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                return model(history, past, future)[:, :horizon]
+                return model(history, past, future)[:, :horizon]  # noqa: F821 - called before `del model`
 
         for precision in ("fp32", "bf16"):
             row = {"model": model_name, "precision": precision, "series": series, "horizon": horizon,
@@ -299,7 +299,7 @@ def tune(batches, hiddens, dtypes, steps: int, log, deadline_s: float = 1e9) -> 
                     try:
                         h = lstm_recurrence(xp, w, config=cfg)[1]
                         err = float((h - ref_h).abs().max())
-                        ms = gpu_time_ms(lambda: lstm_recurrence(xp, w, config=cfg), warmup=1, repeats=3)
+                        ms = gpu_time_ms(lambda: lstm_recurrence(xp, w, config=cfg), warmup=1, repeats=3)  # noqa: F821
                     except Exception as e:  # noqa: BLE001 - out of resources: not a candidate on this GPU
                         log(f"  {dname} hp={hp} B={batch} {cfg}: {type(e).__name__} {str(e)[:80]}")
                         continue

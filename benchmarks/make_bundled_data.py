@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout, installed or not
-from models.series import BUNDLED_PJM, LOAD, TIMESTAMP, ZONE
 from models.data import read_table
+from models.series import BUNDLED_PJM, LOAD, TIMESTAMP, ZONE
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pjm"
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 HISTORY, NEIGHBOUR_HOURS, HORIZON = 168, 48, 48
 RIDGE_PENALTY = 1.0  # on standardized-by-level inputs; fixed, not tuned on the test period

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 
 def make_inputs(folder: Path, series: int, hours: int, chunk: int = 10_000) -> None:

@@ -11,8 +11,8 @@
    (grpc.aio, one channel).
 3. For each case and concurrency (1, 8, 32, 64): `concurrency` workers each send a request, wait for the
    answer and send the next, for `--duration` seconds after a warm-up. The replicas' counters
-   (GetModelInfo, summed over replicas) before and after give the mean batch they saw; /proc gives the CPU used by the server
-   and this process ("ours") and by every other process on the machine ("others": contention).
+   (GetModelInfo, summed over replicas) before and after give the mean batch they saw; /proc gives the CPU used by
+   the server and this process ("ours") and by every other process on the machine ("others": contention).
    - region: ForecastRegion PJM, 5 zones, 48 h, 3 quantiles, from the server's latest history
      (identical requests: a batch computes the 5 zones once);
    - region_distinct: the same with a different issue time per request (every request computed);
@@ -32,15 +32,15 @@ import signal
 import subprocess
 import sys
 import time
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -94,7 +94,7 @@ class CpuMeter:
                 total += cpu
         return total
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.t0, self.busy0, self.ours0 = time.perf_counter(), _busy_cpu_s(), self._ours()
         return self
 
@@ -250,7 +250,7 @@ class ReplicaCounters(NamedTuple):
     max_batch_requests: int
 
 
-async def replica_counters(stub, replicas: int) -> ReplicaCounters:  # noqa: ANN001
+async def replica_counters(stub, replicas: int) -> ReplicaCounters:
     """Ask GetModelInfo until every replica has answered once, and add their counters up."""
     from serving.api.energyopt.v1 import forecast_pb2 as pb
 

@@ -30,19 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, machine, write_result  # noqa: E402
-from optimization.problem import standard_form, synthetic_problems, violation  # noqa: E402
-from optimization.solver import keep_freed_memory_in_heap, solve  # noqa: E402
+from benchmarks.common import RESULTS, machine, write_result
+from optimization.problem import standard_form, synthetic_problems, violation
+from optimization.solver import keep_freed_memory_in_heap, solve
 
 DEFAULT_REFERENCE = RESULTS / "solver_reference.json"
 
 
-def checksum(problems) -> float:  # noqa: ANN001
+def checksum(problems) -> float:
     return float(np.round(problems.load_kw.sum() + problems.battery_kwh.sum() + problems.import_price.sum(), 6))
 
 
 def run_case(n: int, t: int, seed: int, devices: list[str], highs: bool, reference: dict | None,
-             log, pool=None) -> tuple[list[dict], dict]:  # noqa: ANN001
+             log, pool=None) -> tuple[list[dict], dict]:
     problems = synthetic_problems(n, t, seed=seed)
     sf = standard_form(problems)
     key = f"{n}x{t}"

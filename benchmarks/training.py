@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import write_result
 
 
 def main() -> None:
@@ -64,8 +64,9 @@ def main() -> None:
             wall = time.perf_counter() - started
             epochs = bundle.meta["training"]["epochs"]
             fit_s = sum(e["seconds"] for e in epochs)
-            rows.append({"case": case, "workers": workers, "torch_threads": (threads or torch.get_num_threads())
-                         if case == "lightning" else max(1, 2 // workers), "epochs": len(epochs), "samples_per_epoch": args.samples,
+            torch_threads = (threads or torch.get_num_threads()) if case == "lightning" else max(1, 2 // workers)
+            rows.append({"case": case, "workers": workers, "torch_threads": torch_threads, "epochs": len(epochs),
+                         "samples_per_epoch": args.samples,
                          "fit_seconds": round(fit_s, 1), "wall_seconds": round(wall, 1),
                          "samples_per_s": round(len(epochs) * args.samples / fit_s, 1),
                          "best_val_loss": round(bundle.meta["training"]["best_val_loss"], 4)})
@@ -80,7 +81,8 @@ def main() -> None:
                "ray_2_workers_vs_lightning_1_thread": round(rows[3]["samples_per_s"] / rows[1]["samples_per_s"], 2),
                "ray_2_vs_1_workers": round(rows[3]["samples_per_s"] / rows[2]["samples_per_s"], 2)}
     config = {"zones": args.zones, "epochs": args.epochs, "samples_per_epoch": args.samples,
-              "model": "demo LSTM (configs/models/demo.yaml)", "ray": "local, num_cpus=2, gloo, 1 torch thread per worker",
+              "model": "demo LSTM (configs/models/demo.yaml)",
+              "ray": "local, num_cpus=2, gloo, 1 torch thread per worker",
               "note": "2 CPU cores shared with other jobs during the run; compare rows of this run only"}
     print(write_result("training", config, rows, summary))
 

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVE_CONFIG, TEMPLATE, OUTPUT = ROOT / "configs" / "serve.yaml", Path(__file__).with_name("rayservice.template.yaml"), \
-    Path(__file__).with_name("rayservice.yaml")
+SERVE_CONFIG = ROOT / "configs" / "serve.yaml"
+TEMPLATE, OUTPUT = Path(__file__).with_name("rayservice.template.yaml"), Path(__file__).with_name("rayservice.yaml")
 
 # (path, value): the only differences from configs/serve.yaml
 CLUSTER_OVERRIDES: list[tuple[tuple[Any, ...], Any]] = [

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
-from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
 from energyopt import cli_scale  # score, sweep, distributed train: imports Ray lazily
+from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
 from energyopt.cli_optimize import optimize  # typer options only; the solver is imported when it runs
+from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
@@ -81,13 +80,13 @@ def data_inspect(
 @_guard
 def train(
     model: str = typer.Option("lstm", help=f"Model type: {', '.join(MODEL_CHOICES)}."),
-    data: Optional[Path] = typer.Option(None, help="Training data (default: the bundled PJM zones)."),
+    data: Path | None = typer.Option(None, help="Training data (default: the bundled PJM zones)."),
     out: Path = typer.Option(..., help="Directory to write the model bundle to."),
-    config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/models/<model>.yaml)."),
-    max_epochs: Optional[int] = typer.Option(None, help="Override training.max_epochs."),
-    seed: Optional[int] = typer.Option(None, help="Override training.seed."),
+    config: Path | None = typer.Option(None, help="YAML config (default: configs/models/<model>.yaml)."),
+    max_epochs: int | None = typer.Option(None, help="Override training.max_epochs."),
+    seed: int | None = typer.Option(None, help="Override training.seed."),
     quiet: bool = typer.Option(False, help="No progress bar."),
-    num_workers: Optional[int] = typer.Option(None, help="Train on Ray Train with this many DDP workers "
+    num_workers: int | None = typer.Option(None, help="Train on Ray Train with this many DDP workers "
                                                          "(local Ray, or the cluster in RAY_ADDRESS)."),
     use_gpu: bool = typer.Option(False, help="With --num-workers: one GPU per worker (NCCL)."),
 ) -> None:
@@ -117,8 +116,8 @@ def train(
 @_guard
 def evaluate(
     model: Path = typer.Option(..., help="Model bundle directory."),
-    data: Optional[Path] = typer.Option(None, help="Data to backtest on (default: the bundled PJM zones)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON to this file."),
+    data: Path | None = typer.Option(None, help="Data to backtest on (default: the bundled PJM zones)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write results as JSON to this file."),
     baselines: bool = typer.Option(True, help="Also score the seasonal naive (168 h) and linear baselines."),
     horizon: int = typer.Option(48, help="Hours ahead of each daily origin."),
 ) -> None:
@@ -138,13 +137,13 @@ def evaluate(
 @app.command()
 @_guard
 def forecast(
-    model: Optional[Path] = typer.Option(None, help="Model bundle directory (in-process forecast)."),
-    server: Optional[str] = typer.Option(None, help="HOST:PORT of a running `energyopt serve`: ask it instead."),
-    data: Optional[Path] = typer.Option(None, help="Recent history (default: the bundled PJM zones)."),
+    model: Path | None = typer.Option(None, help="Model bundle directory (in-process forecast)."),
+    server: str | None = typer.Option(None, help="HOST:PORT of a running `energyopt serve`: ask it instead."),
+    data: Path | None = typer.Option(None, help="Recent history (default: the bundled PJM zones)."),
     horizon: int = typer.Option(48, help="Hours ahead."),
-    zone: Optional[list[str]] = typer.Option(None, help="Only these zones (repeatable)."),
+    zone: list[str] | None = typer.Option(None, help="Only these zones (repeatable)."),
     region: str = typer.Option("PJM", help="Region name for the total."),
-    plot: Optional[Path] = typer.Option(None, help="Draw history, forecast and bands to this PNG."),
+    plot: Path | None = typer.Option(None, help="Draw history, forecast and bands to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the forecast as JSON records."),
 ) -> None:
     """Forecast every zone of the data and the region total from the end of the history, in process with
@@ -187,10 +186,10 @@ def demo(
     retrain: bool = typer.Option(False, help="Train a new model even if one exists."),
 ) -> None:
     """The main job end to end on the bundled PJM data: repair, train (once), forecast, plot."""
+    from energyopt.plots import plot_region
     from models.bundle import BundleError, load_bundle
     from training.config import CONFIG_DIR, load_config
     from training.pipeline import train as fit
-    from energyopt.plots import plot_region
 
     bundle_dir = workdir / "model"
     bundle = None
@@ -215,7 +214,7 @@ def demo(
     console.print(f"plot: {plot}")
 
 
-def _histories(data: Optional[Path]) -> dict:
+def _histories(data: Path | None) -> dict:
     """Each zone's cleaned hourly history (its latest gap-free segment), by zone name."""
     import pandas as pd
 
@@ -229,7 +228,7 @@ def _histories(data: Optional[Path]) -> dict:
     return latest
 
 
-def _select_zones(histories: dict, zones: Optional[list[str]]) -> dict:
+def _select_zones(histories: dict, zones: list[str] | None) -> dict:
     from models.series import SeriesError
 
     if not zones:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,14 +25,14 @@ def _fail(message: str) -> None:
 
 def detect(
     model: Path = typer.Option(..., help="Anomaly model bundle (`energyopt train --model autoencoder`)."),
-    data: Optional[Path] = typer.Option(None, help="Long-format CSV/Parquet, a wide per-zone CSV or a folder "
+    data: Path | None = typer.Option(None, help="Long-format CSV/Parquet, a wide per-zone CSV or a folder "
                                                    "(default: the bundled PJM zones)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the events to this file as a JSON list "
+    json_path: Path | None = typer.Option(None, "--json", help="Write the events to this file as a JSON list "
                                                                   "of {zone, start, end, severity, expected, "
                                                                   "observed, ...}."),
-    zone: Optional[list[str]] = typer.Option(None, help="Only these zones (repeatable)."),
-    start: Optional[str] = typer.Option(None, help="Report events ending at or after this time (ISO 8601)."),
-    end: Optional[str] = typer.Option(None, help="Report events starting at or before this time (ISO 8601)."),
+    zone: list[str] | None = typer.Option(None, help="Only these zones (repeatable)."),
+    start: str | None = typer.Option(None, help="Report events ending at or after this time (ISO 8601)."),
+    end: str | None = typer.Option(None, help="Report events starting at or before this time (ISO 8601)."),
     max_interpolate_hours: int = typer.Option(6, help="Missing hours up to this long are interpolated; "
                                                       "longer gaps split a series."),
 ) -> None:
@@ -77,7 +76,7 @@ def detect(
         console.print(f"wrote {json_path}")
 
 
-def _time(text: Optional[str], name: str):  # noqa: ANN202
+def _time(text: str | None, name: str):  # noqa: ANN202
     import pandas as pd
 
     if text is None:
@@ -103,7 +102,7 @@ def _print_events(events: list) -> None:
         console.print(f"... and {len(events) - 200} more (all of them in --json)")
 
 
-def print_detection_metrics(metrics: Optional[dict]) -> None:
+def print_detection_metrics(metrics: dict | None) -> None:
     """The test-period evaluation that training stores in an anomaly bundle's metrics.json."""
     if not metrics or "by_kind" not in metrics:
         return

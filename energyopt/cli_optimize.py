@@ -6,7 +6,6 @@ A plain function with typer annotations, registered in `energyopt/cli.py` with `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -23,9 +22,9 @@ def _fail(message: str) -> None:
 
 
 def optimize(
-    sites: Optional[Path] = typer.Option(None, help="Site table (CSV/Parquet, one row per site and step; see "
+    sites: Path | None = typer.Option(None, help="Site table (CSV/Parquet, one row per site and step; see "
                                                     "optimization/io.py for the columns)."),
-    synthetic: Optional[int] = typer.Option(None, help="Instead of --sites: this many seeded synthetic sites."),
+    synthetic: int | None = typer.Option(None, help="Instead of --sites: this many seeded synthetic sites."),
     horizon: int = typer.Option(48, help="Steps per site (synthetic sites; a table must have this many)."),
     step_minutes: int = typer.Option(60, help="Step length when the table has no timestamps (and for "
                                               "synthetic sites)."),

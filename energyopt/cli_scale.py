@@ -8,7 +8,6 @@ them as a RayJob, see cluster/).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -27,16 +26,17 @@ def score(
     input: str = typer.Option(..., help="Parquet file or folder (local path or pyarrow filesystem URI such as "  # noqa: A002
                                         "s3://bucket/prefix) with long-format rows zone, timestamp, load_mw."),
     output: str = typer.Option(..., help="Output folder for the forecasts (Parquet); replaced atomically."),
-    num_workers: Optional[int] = typer.Option(None, help="Model actors (default: one per CPU, or per GPU "
+    num_workers: int | None = typer.Option(None, help="Model actors (default: one per CPU, or per GPU "
                                                          "with --use-gpu)."),
     batch_size: int = typer.Option(1024, help="Series per forward pass."),
-    horizon: Optional[int] = typer.Option(None, help="Hours ahead (default: the model's horizon)."),
+    horizon: int | None = typer.Option(None, help="Hours ahead (default: the model's horizon)."),
     use_gpu: bool = typer.Option(False, help="One GPU per model actor."),
     progress: bool = typer.Option(True, help="Ray Data progress bars."),
 ) -> None:
     """Forecast every series of a Parquet data set on Ray Data and write zone, origin, timestamp, horizon,
     mean, q<level>... as Parquet."""
-    from serving.score import ScoringError, score as run_score
+    from serving.score import ScoringError
+    from serving.score import score as run_score
 
     try:
         result = run_score(model, input, output, num_workers=num_workers, batch_size=batch_size,
@@ -57,11 +57,11 @@ def sweep(
     trials: int = typer.Option(20, help="Finished (completed or pruned) trials the study should end with."),
     parallel: int = typer.Option(2, help="Trials running at the same time (Ray tasks)."),
     out: Path = typer.Option(Path("runs/sweep"), help="Folder for the study (SQLite), trial bundles and best/."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage: an RDB URL (postgresql://..., "
+    storage: str | None = typer.Option(None, help="Optuna storage: an RDB URL (postgresql://..., "
                                                      "sqlite:///...) or a journal file path (default: "
                                                      "sqlite:///<out>/study.db)."),
-    study: Optional[str] = typer.Option(None, help="Study name (default: the config's name)."),
-    data: Optional[Path] = typer.Option(None, help="Training data (default: the bundled PJM zones)."),
+    study: str | None = typer.Option(None, help="Study name (default: the config's name)."),
+    data: Path | None = typer.Option(None, help="Training data (default: the bundled PJM zones)."),
     heartbeat: int = typer.Option(10, help="Seconds between trial heartbeats; a trial silent for 3 of them "
                                            "is failed and re-queued."),
 ) -> None:
@@ -79,7 +79,7 @@ def sweep(
                   f"open it with `optuna-dashboard {result.storage}`")
 
 
-def train_distributed(cfg, data: Optional[Path], out: Path, *, num_workers: int, use_gpu: bool):  # noqa: ANN001, ANN201
+def train_distributed(cfg, data: Path | None, out: Path, *, num_workers: int, use_gpu: bool):  # noqa: ANN001, ANN201
     """`energyopt train ... --num-workers N [--use-gpu]`: the same training on Ray Train (DDP)."""
     from training.distributed import train_distributed as fit_on_ray
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,18 +27,18 @@ def _fail(message: str) -> None:
 
 
 def serve(
-    model: Optional[Path] = typer.Option(None, help="Model bundle directory (default: runs/demo/model, "
+    model: Path | None = typer.Option(None, help="Model bundle directory (default: runs/demo/model, "
                                                     "written by `energyopt demo`)."),
     grpc_port: int = typer.Option(9000, help="Port of the gRPC API (all interfaces)."),
     http_port: int = typer.Option(8000, help="Port of the HTTP/JSON API."),
-    config: Optional[Path] = typer.Option(None, help="Ray Serve config file (default: configs/serve.yaml)."),
-    data: Optional[Path] = typer.Option(None, help="Long-format CSV/Parquet with the regions' recent history "
+    config: Path | None = typer.Option(None, help="Ray Serve config file (default: configs/serve.yaml)."),
+    data: Path | None = typer.Option(None, help="Long-format CSV/Parquet with the regions' recent history "
                                                    "(default: the bundled PJM zones)."),
-    replicas: Optional[int] = typer.Option(None, help="Fixed number of replicas (default: autoscaling as "
+    replicas: int | None = typer.Option(None, help="Fixed number of replicas (default: autoscaling as "
                                                       "in the config)."),
     haproxy: bool = typer.Option(True, help="Ray Serve's high-throughput ingress (HAProxy in front of the "
                                             "replicas); --no-haproxy uses Serve's Python proxies."),
-    anomaly_model: Optional[Path] = typer.Option(None, help="Anomaly detector bundle for DetectAnomalies "
+    anomaly_model: Path | None = typer.Option(None, help="Anomaly detector bundle for DetectAnomalies "
                                                             "(`energyopt train --model autoencoder`; default: "
                                                             "the config's, if any)."),
 ) -> None:
@@ -118,7 +117,7 @@ def remote_forecast(
     server: str = typer.Option("localhost:9000", help="HOST:PORT of the gRPC API (`energyopt serve`)."),
     region: str = typer.Option("PJM", help="Region to forecast."),
     horizon: int = typer.Option(48, help="Hours ahead."),
-    zones: Optional[list[str]] = typer.Option(None, "--zone", help="Only these zones (repeatable)."),
+    zones: list[str] | None = typer.Option(None, "--zone", help="Only these zones (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
 ) -> None:

@@ -22,8 +22,9 @@ and the expected and observed energy. The calibration is plain numbers kept in t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,8 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["start"], d["end"] = self.start.isoformat(), self.end.isoformat()
-        d["severity"], d["expected"], d["observed"] = (round(float(d[k]), 3) for k in ("severity", "expected", "observed"))
+        for k in ("severity", "expected", "observed"):
+            d[k] = round(float(d[k]), 3)
         return d
 
 
@@ -102,7 +104,7 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
         return cls(**dict(d))
 
     def scale_of(self, zone: str | None, components: np.ndarray | None = None) -> np.ndarray:

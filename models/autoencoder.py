@@ -25,8 +25,9 @@ Shapes: B windows, W hours, C calendar features.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ class AutoencoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoencoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> AutoencoderConfig:
         return cls(**{k: v for k, v in d.items() if k in ("type", "input_length", "n_covariates", "params")})
 
 
@@ -164,8 +165,9 @@ def reconstruct(model: ConvAutoencoder, features: FeatureSpec, load: np.ndarray,
     w, p = model.config.input_length, model.params
     first = WEEK * p.reference_weeks
     if len(load) < first + w:
+        need = f"{first + w} ({p.reference_weeks} weeks of reference before a {w} h window)"
         raise ValueError(f"series {zone or ''} too short: {len(load)} hours; the autoencoder needs at least "
-                         f"{first + w} ({p.reference_weeks} weeks of reference before a {w} h window)".replace("  ", " "))
+                         f"{need}".replace("  ", " "))
     if not np.isfinite(load).all():
         raise ValueError(f"series {zone} contains NaN or infinite values")
     ref = reference(load if reference_from is None else reference_from, p.reference_weeks)

@@ -10,6 +10,7 @@ Shapes: B series, L history hours, H horizon hours, C covariates, Q outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ class DLinear(Backbone):
     """
 
     def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
-                 **params) -> None:
+                 **params: Any) -> None:
         super().__init__()
         p = LinearParams(**params)
         self.horizon, self.n_outputs, self.median = horizon, n_outputs, median
@@ -97,7 +98,7 @@ class SeasonalNaive(Backbone):
     outputs_sorted_quantiles, trainable = True, False
 
     def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
-                 **params) -> None:
+                 **params: Any) -> None:
         super().__init__()
         p = SeasonalNaiveParams(**params)
         if input_length < 2 * p.season:

@@ -411,7 +411,7 @@ class _ZoneGrid:
 
     @classmethod
     def build(cls, codes: np.ndarray, hour: np.ndarray, load: np.ndarray, covs: np.ndarray,
-              n_zones: int) -> "_ZoneGrid":
+              n_zones: int) -> _ZoneGrid:
         pad = ABSURD_WINDOW_HOURS // 2
         zone_first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         first_hour = hour[zone_first]

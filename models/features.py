@@ -6,9 +6,10 @@ sees features at inference that differ from the ones it was trained on. The spec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import holidays
 import numpy as np
@@ -54,7 +55,7 @@ class FeatureSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
         return cls(calendar=bool(d.get("calendar", True)), holiday_country=d.get("holiday_country"),
                    covariates=tuple(d.get("covariates", ())), region_zones=tuple(d.get("region_zones", ())))
 

@@ -12,8 +12,9 @@ C covariates in past_cov, which is then [B, L, C + P] while future_cov stays [B,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class ForecasterConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ForecasterConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ForecasterConfig:
         d = dict(d)
         d["quantiles"] = tuple(float(q) for q in d.get("quantiles", DEFAULT_QUANTILES))
         return cls(**d)

@@ -19,6 +19,7 @@ Shapes: B series, L history hours, H horizon hours, C covariates, P past-only in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ class MQLSTM(Backbone):
     reads_past_covariates = True
 
     def __init__(self, input_length: int, horizon: int, n_covariates: int, n_outputs: int, median: int,
-                 n_past_covariates: int = 0, **params) -> None:
+                 n_past_covariates: int = 0, **params: Any) -> None:
         super().__init__()
         p = LSTMParams(**params)
         if p.patch_len > input_length:

@@ -9,8 +9,8 @@ usual choice when no joint model of the errors exists.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,13 +65,13 @@ class RegionPanel:
     values: np.ndarray  # [T, R] float32
 
     @classmethod
-    def from_series(cls, series: Iterable[Series], zones: Sequence[str]) -> "RegionPanel":
+    def from_series(cls, series: Iterable[Series], zones: Sequence[str]) -> RegionPanel:
         """From cleaned segments (overlapping ones, such as a split's context hours, hold the same values)."""
         series = [s for s in series if s.zone in zones and len(s)]
         return cls.from_parts({z: [(s.timestamps[0], s.load) for s in series if s.zone == z] for z in zones}, zones)
 
     @classmethod
-    def from_histories(cls, histories: Mapping[str, pd.Series], zones: Sequence[str]) -> "RegionPanel":
+    def from_histories(cls, histories: Mapping[str, pd.Series], zones: Sequence[str]) -> RegionPanel:
         """From hourly load series indexed by timestamp, by zone name (hours off the grid are ignored)."""
         parts = {}
         for z in zones:
@@ -83,7 +83,7 @@ class RegionPanel:
 
     @classmethod
     def from_parts(cls, parts: Mapping[str, Sequence[tuple[pd.Timestamp, np.ndarray]]],
-                   zones: Sequence[str]) -> "RegionPanel":
+                   zones: Sequence[str]) -> RegionPanel:
         """From pieces of hourly values (first hour, values; NaN allowed) by zone name."""
         missing = [z for z in zones if not parts.get(z)]
         if missing:

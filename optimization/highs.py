@@ -88,7 +88,7 @@ def solve_reference(problems: DispatchProblems | StandardForm, workers: int = 1,
     if workers <= 1 and pool is None:
         answers = _solve_range((sf, 0, n))
     else:
-        size = pool._processes if pool is not None else workers  # noqa: SLF001
+        size = pool._processes if pool is not None else workers
         bounds = np.linspace(0, n, 4 * size + 1).astype(int)
         chunks = [(sf.take(slice(a, b)), 0, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         if pool is not None:

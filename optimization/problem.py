@@ -126,7 +126,7 @@ class DispatchProblems:
         """(N, K) flexible energy to serve in each day of the horizon."""
         return self.flex_kwh_per_day[:, None] * self.day_hours()[None, :] / 24.0
 
-    def subset(self, index: np.ndarray | list[int]) -> "DispatchProblems":
+    def subset(self, index: np.ndarray | list[int]) -> DispatchProblems:
         idx = np.asarray(index, dtype=np.int64)
         kw = {}
         for f in fields(self):
@@ -139,7 +139,7 @@ class DispatchProblems:
                 kw[f.name] = v[idx]
         return DispatchProblems(**kw)
 
-    def without_battery(self) -> "DispatchProblems":
+    def without_battery(self) -> DispatchProblems:
         """The same sites with no battery (the reference for savings)."""
         zero = np.zeros(self.n)
         return replace(self, battery_kwh=zero, soc_min_kwh=zero, soc_initial_kwh=zero, soc_terminal_kwh=zero,
@@ -206,7 +206,7 @@ class StandardForm:
     def days(self) -> int:
         return self.rhs_day.shape[1]
 
-    def take(self, rows: slice | np.ndarray) -> "StandardForm":
+    def take(self, rows: slice | np.ndarray) -> StandardForm:
         """The LPs of some sites (a slice or index array)."""
         return StandardForm(**{f.name: (getattr(self, f.name) if f.name == "day_index" else getattr(self, f.name)[rows])
                                for f in fields(self)})

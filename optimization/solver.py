@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from optimization.problem import F, NV, S, DispatchProblems, StandardForm, diagnose, standard_form
+from optimization.problem import NV, DispatchProblems, F, S, StandardForm, diagnose, standard_form
 
 REGULARIZATION = 1e-10   # added to the normal equations' diagonal: keeps rows of fixed variables solvable
 STEP_TO_BOUNDARY = 0.995  # fraction of the way to the nearest bound a step may go
@@ -52,7 +52,7 @@ class Solution:
 
     site: list[str]
     status: list[str]                 # "optimal", "infeasible", "iteration_limit" or "numerical_error"
-    reason: list[Optional[str]]       # why a site is infeasible (None otherwise)
+    reason: list[str | None]       # why a site is infeasible (None otherwise)
     objective: np.ndarray             # (N,) cost in currency (nan when infeasible)
     iterations: np.ndarray            # (N,)
     primal_residual: np.ndarray       # (N,) relative: ||b - Ax||_inf / (1 + ||b||_inf)
@@ -208,7 +208,7 @@ class _Batch:
         self.b_norm = torch.maximum(self.rhs.abs().amax((0, 1)), self.rhs_day.abs().amax(0))
         self.c_norm = self.cost.abs().amax(0)
 
-    def take(self, idx: torch.Tensor) -> "_Batch":
+    def take(self, idx: torch.Tensor) -> _Batch:
         new = object.__new__(_Batch)
         for name, value in vars(self).items():
             keep = name in ("t", "days", "day_index", "day_onehot")
@@ -232,7 +232,7 @@ class _State:
     y: torch.Tensor      # (3, T, N) duals of the per-step rows
     y_day: torch.Tensor  # (K, N)
 
-    def take(self, idx: torch.Tensor) -> "_State":
+    def take(self, idx: torch.Tensor) -> _State:
         return _State(*(v.index_select(-1, idx) for v in vars(self).values()))
 
 
@@ -400,7 +400,7 @@ def _iterate(b: _Batch, st: _State, rp: torch.Tensor, rp_day: torch.Tensor, rd: 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def choose_kkt_solve(device: torch.device, kernel: Optional[bool] = None) -> tuple[Callable, bool]:
+def choose_kkt_solve(device: torch.device, kernel: bool | None = None) -> tuple[Callable, bool]:
     """The structured solve to use on `device`: the Triton kernel or the PyTorch reference.
 
     kernel=None: the kernel for CUDA (when Triton is installed), PyTorch elsewhere; True/False decides.
@@ -448,8 +448,8 @@ def keep_freed_memory_in_heap() -> bool:
 
 
 def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol: float = 1e-8, max_iter: int = 100,
-          kernel: Optional[bool] = None, progress: Optional[Callable[[int, int, int], None]] = None,
-          chunk: Optional[int] = None) -> Solution:
+          kernel: bool | None = None, progress: Callable[[int, int, int], None] | None = None,
+          chunk: int | None = None) -> Solution:
     """Solve every site's dispatch LP together.
 
     device: where the batch lives ("cpu", "cuda"). kernel: use the Triton kernel for the structured solve
@@ -482,7 +482,7 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
 
 
 def _solve_in_chunks(problems: DispatchProblems, chunk: int, *, device: torch.device, tol: float, max_iter: int,
-                     kernel: Optional[bool], progress: Optional[Callable[[int, int, int], None]]) -> Solution:
+                     kernel: bool | None, progress: Callable[[int, int, int], None] | None) -> Solution:
     """`solve` over consecutive chunks of `chunk` sites, concatenated into one Solution."""
     started = time.perf_counter()
     parts, offset = [], 0
@@ -511,7 +511,7 @@ FAILURE_REASONS = {
 class _Outcome:
     """Every site's result, filled in as sites finish; sites `diagnose` found infeasible start finished."""
 
-    def __init__(self, n: int, width: int, reasons: list[Optional[str]]) -> None:
+    def __init__(self, n: int, width: int, reasons: list[str | None]) -> None:
         self.reasons = reasons
         self.status = ["iteration_limit" if r is None else "infeasible" for r in reasons]
         self.x = np.full((n, width), np.nan)  # (N, V): the flattened variables and the peak last
@@ -530,7 +530,7 @@ class _Outcome:
 
 
 def _iterate_until_finished(b: _Batch, work: torch.Tensor, outcome: _Outcome, tol: float, max_iter: int,
-                            kkt: Callable, progress: Optional[Callable[[int, int, int], None]]) -> None:
+                            kkt: Callable, progress: Callable[[int, int, int], None] | None) -> None:
     """Iterate the working sites `work` (indices into the whole batch) until each has converged, diverged,
     broken down or reached max_iter, recording each in `outcome` as it finishes."""
     n = len(outcome.status)

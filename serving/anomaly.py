@@ -154,8 +154,8 @@ class AnomalyEngine:
             if end > h.end:
                 raise invalid(f"end: {end.isoformat()} is after the last hour held for zone {z} ({h.end.isoformat()})")
             if first < h.start:
-                raise invalid(f"start: the detector reads the {self.reference_hours} hours before start, and zone {z}'s "
-                              f"history begins {h.start.isoformat()}, so start can be "
+                raise invalid(f"start: the detector reads the {self.reference_hours} hours before start, and zone "
+                              f"{z}'s history begins {h.start.isoformat()}, so start can be "
                               f"{(h.start + self.reference_hours * HOUR).isoformat()} or later")
         if hours * len(zones) > self.limits.max_points_per_request:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -22,9 +22,10 @@ import inspect
 import logging
 import os
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Query, Request
@@ -58,7 +59,7 @@ class ReplicaConfig(BaseModel):
     max_batch_series: int = Field(256, ge=1, description="Series per forward pass (region requests count "
                                                           "one per zone): the dynamic batch size.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
-    anomaly_model: Optional[str] = Field(None, description="Anomaly model bundle (`energyopt train --model "
+    anomaly_model: str | None = Field(None, description="Anomaly model bundle (`energyopt train --model "
                                                            "autoencoder`) for DetectAnomalies; none: it answers "
                                                            "FAILED_PRECONDITION.")
 
@@ -71,7 +72,7 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Optional[str] = Field(None, description="Long-format CSV/Parquet with the regions' history "
+    data: str | None = Field(None, description="Long-format CSV/Parquet with the regions' history "
                                                   "(default: the bundled PJM zones).")
     region: str = Field(DEFAULT_REGION, description="Name of the region made of every zone in the data.")
     regions: dict[str, list[str]] = Field(default_factory=dict, description="More regions: name -> zones.")
@@ -79,13 +80,13 @@ class AppArgs(BaseModel):
                                         description="ForecastSeries: most series per request.")
     max_points_per_request: int = Field(Limits.max_points_per_request, ge=1,
                                         description="ForecastSeries: most history values.")
-    torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads per replica "
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per replica "
                                                                  "(default: the replica's num_cpus).")
     # The deployment's user_config for `serve run serving.app:build_app model=...` (unset: ReplicaConfig's
     # defaults); serve.yaml sets them under deployments[].user_config, which can change without a restart.
-    model: Optional[str] = None
-    max_batch_series: Optional[int] = Field(None, ge=1)
-    batch_wait_timeout_s: Optional[float] = Field(None, ge=0)
+    model: str | None = None
+    max_batch_series: int | None = Field(None, ge=1)
+    batch_wait_timeout_s: float | None = Field(None, ge=0)
 
 
 def _series_in(jobs: list[Job]) -> int:
@@ -111,7 +112,7 @@ async def _body(request: Request, message: Any) -> Any:
         raise invalid(f"request body: {err}") from None
 
 
-def _api(empty: Optional[Callable[[], Any]] = None) -> Callable:
+def _api(empty: Callable[[], Any] | None = None) -> Callable:
     """The one error mapping of every RPC (`empty`: its response type) and HTTP/JSON route (no `empty`).
 
     The method returns a response message or raises ApiError. An RPC answers an ApiError with its gRPC
@@ -185,7 +186,7 @@ class Forecaster:
         self._swap_lock = asyncio.Lock()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside Serve (unit use)
+        except Exception:  # noqa: BLE001 - outside Serve (unit use) there is no replica context
             self.replica = f"pid{os.getpid()}"
         self._reset_stats()
 
@@ -208,7 +209,7 @@ class Forecaster:
             except (BundleError, ValueError, OSError) as err:
                 if self.engine is None:  # nothing to keep serving: the replica cannot start
                     raise RuntimeError(f"cannot serve model {config.model}: {err}") from None
-                self.swap_error = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {err}"
+                self.swap_error = f"{datetime.now(UTC).isoformat(timespec='seconds')}: {err}"
                 logger.error("model swap to %s failed, still serving %s %s: %s", path,
                              self.engine.bundle.name, self.engine.bundle.version, err)
                 return
@@ -254,7 +255,7 @@ class Forecaster:
     def _reset_stats(self) -> None:
         self.stats = {"requests": 0, "batches": 0, "series": 0, "computed_series": 0, "max_batch_requests": 0}
         self.histogram = [0] * HISTOGRAM_BINS
-        self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     def _record(self, requests: int, series: int, computed: int) -> None:
         s = self.stats
@@ -326,7 +327,7 @@ class Forecaster:
         status = health_pb2.HealthCheckResponse.SERVING if self.engine else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
+    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context: Any = None) -> AsyncIterator[Any]:
         """Sends the current status once and ends (a replica cannot hold streams open forever behind
         Serve's request timeout); poll Check to follow changes."""
         yield await self.Check(request, grpc_context)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -72,7 +73,7 @@ class ForecastClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "ForecastClient":
+    def __enter__(self) -> ForecastClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

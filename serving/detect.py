@@ -14,6 +14,7 @@ workers need no shared filesystem. The events equal those of `energyopt detect` 
 from __future__ import annotations
 
 from pathlib import Path
+
 import pandas as pd
 
 from models.anomaly import detection_segments

@@ -8,8 +8,8 @@ Validation follows the forecasting API: INVALID_ARGUMENT with the field's path
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import grpc
 import numpy as np

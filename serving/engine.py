@@ -12,9 +12,10 @@ field; nothing else is shown to callers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -119,7 +120,7 @@ def load_histories(data: str | Path | None = None) -> dict[str, ZoneHistory]:
 class Job:
     """One request's share of a forward pass: model inputs for `n` series, and how to answer."""
 
-    engine: "Engine"
+    engine: Engine
     history: np.ndarray  # [n, L] float32
     past: np.ndarray  # [n, L, C] float32
     future: np.ndarray  # [n, H_max, C] float32
@@ -168,7 +169,7 @@ class Engine:
     @classmethod
     def from_data(cls, bundle: Bundle, data: str | Path | None = None, region: str = DEFAULT_REGION,
                   regions: Mapping[str, Sequence[str]] | None = None, limits: Limits | None = None,
-                  bundle_path: str = "") -> "Engine":
+                  bundle_path: str = "") -> Engine:
         """Serve every zone of `data` as region `region`, plus any named `regions` (subsets of zones)."""
         histories = load_histories(data)
         named = {region: sorted(histories)} | {k: list(v) for k, v in (regions or {}).items()}

@@ -14,7 +14,7 @@ os.environ.setdefault("PYTORCH_LIGHTNING_SUPPRESS_TIPS", "1")
 
 # Without CUDA, Triton kernels run on CPU tensors through Triton's interpreter; it must be switched on
 # before any module defining a kernel is imported (DESIGN.md section 5).
-import torch  # noqa: E402
+import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -160,7 +160,7 @@ class ServeApp:
 
 
 @pytest.fixture(scope="session")
-def serve_app(ray_session, tiny_bundle_dir: Path, tiny_anomaly_bundle_dir: Path,  # noqa: ANN001
+def serve_app(ray_session, tiny_bundle_dir: Path, tiny_anomaly_bundle_dir: Path,
               synthetic_csv: Path) -> ServeApp:
     """The session's one Serve application: the tiny forecaster and anomaly model on three synthetic zones
     (region "SYN", plus "PAIR"), real gRPC and HTTP on loopback. Every test module that talks to Serve

@@ -27,7 +27,7 @@ def frame(synthetic_csv: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def planted(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def planted(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory):
     """Large anomalies in the last 60 days of zones Z000 and Z001 (Z002 untouched), as a CSV."""
     start = frame[TIMESTAMP].max() - pd.Timedelta(days=60)
     table, labels = inject_anomalies(frame, seed=3, per_kind=1, kinds=["spike", "dropout", "stuck", "level_shift"],
@@ -149,7 +149,7 @@ def test_threshold_is_stored_in_the_bundle_and_reloaded(tiny_anomaly_bundle_dir:
     assert not model.training
 
 
-def test_tiny_autoencoder_finds_large_planted_anomalies(tiny_anomaly_bundle_dir: Path, planted):  # noqa: ANN001
+def test_tiny_autoencoder_finds_large_planted_anomalies(tiny_anomaly_bundle_dir: Path, planted):
     from models.autoencoder import detect_segments
     from models.bundle import load_bundle
 
@@ -180,7 +180,7 @@ def test_bundles_of_the_wrong_kind_are_refused(tiny_bundle_dir: Path):
 
 # ---------------------------------------------------------------------------------------------- CLI and batch
 
-def test_cli_detect_writes_events_as_json(tiny_anomaly_bundle_dir: Path, planted, tmp_path: Path):  # noqa: ANN001
+def test_cli_detect_writes_events_as_json(tiny_anomaly_bundle_dir: Path, planted, tmp_path: Path):
     from typer.testing import CliRunner
 
     from energyopt.cli import app
@@ -202,7 +202,7 @@ def test_cli_detect_writes_events_as_json(tiny_anomaly_bundle_dir: Path, planted
     assert bad.exit_code == 2 and "unknown zone" in bad.output and "Traceback" not in bad.output
 
 
-def test_batch_detection_on_ray_data_equals_in_process(ray_session, tiny_anomaly_bundle_dir: Path, planted,  # noqa: ANN001
+def test_batch_detection_on_ray_data_equals_in_process(ray_session, tiny_anomaly_bundle_dir: Path, planted,
                                                        tmp_path: Path):
     from models.autoencoder import detect_segments
     from models.bundle import load_bundle
@@ -225,14 +225,14 @@ def test_batch_detection_on_ray_data_equals_in_process(ray_session, tiny_anomaly
 # ---------------------------------------------------------------------------------------------- gRPC
 
 @pytest.fixture(scope="module")
-def anomaly_stub(serve_app):  # noqa: ANN001, ANN201
+def anomaly_stub(serve_app):
     from serving.api.energyopt.v1 import anomaly_pb2_grpc
 
     with grpc.insecure_channel(serve_app.target) as channel:
         yield anomaly_pb2_grpc.AnomalyServiceStub(channel)
 
 
-def test_grpc_detect_on_server_history_and_client_series(anomaly_stub, serve_app, planted,  # noqa: ANN001
+def test_grpc_detect_on_server_history_and_client_series(anomaly_stub, serve_app, planted,
                                                          tiny_anomaly_bundle_dir: Path):
     from models.autoencoder import detect_segments
     from models.bundle import load_bundle
@@ -282,7 +282,7 @@ def _values(n: int, nan_at: int | None = None) -> list:
     ({"series": [{"name": "m", "values": _values(900), "start": "2021-01-01T00:00:00"}], "zones": ["Z000"]},
      "INVALID_ARGUMENT", "series"),
 ])
-def test_grpc_detect_bad_input_names_the_field(anomaly_stub, request_kwargs, code, field):  # noqa: ANN001
+def test_grpc_detect_bad_input_names_the_field(anomaly_stub, request_kwargs, code, field):
     from google.protobuf import json_format
 
     from serving.api.energyopt.v1 import anomaly_pb2 as apb
@@ -310,7 +310,7 @@ def test_a_gap_in_server_history_is_refused(tiny_anomaly_bundle_dir: Path, synth
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_http_mirror_and_missing_anomaly_model(serve_app):  # noqa: ANN001
+def test_http_mirror_and_missing_anomaly_model(serve_app):
     import urllib.error
     import urllib.request
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.series import BUNDLED_PJM, SeriesError
 from models.data import clean, fingerprint, load_series, read_table, split_by_time, to_long_frame
+from models.series import BUNDLED_PJM, SeriesError
 
 
 def hourly(zone: str = "A", hours: int = 48, start: str = "2021-03-01", base: float = 1000.0) -> pd.DataFrame:

@@ -23,7 +23,7 @@ FIELDS = ("charge_kw", "discharge_kw", "soc_kwh", "import_kw", "export_kw", "fle
 
 
 @pytest.fixture(scope="module")
-def stub(serve_app):  # noqa: ANN001, ANN201
+def stub(serve_app):
     with grpc.insecure_channel(serve_app.target) as channel:
         yield pb_grpc.DispatchServiceStub(channel)
 
@@ -45,7 +45,7 @@ def request_for(n: int = 4, horizon: int = 24, seed: int = 3) -> pb.OptimizeDisp
     return request
 
 
-def test_grpc_returns_the_library_schedules(stub) -> None:  # noqa: ANN001
+def test_grpc_returns_the_library_schedules(stub) -> None:
     request = request_for()
     response = stub.OptimizeDispatch(request, timeout=60)
     problems = problems_from_request(request, {})
@@ -62,7 +62,7 @@ def test_grpc_returns_the_library_schedules(stub) -> None:  # noqa: ANN001
     assert response.total_cost == pytest.approx(library.objective.sum(), rel=1e-9)
 
 
-def test_http_returns_what_grpc_returns(serve_app, stub) -> None:  # noqa: ANN001
+def test_http_returns_what_grpc_returns(serve_app, stub) -> None:
     request = request_for(n=2, seed=4)
     body = json_format.MessageToDict(request, preserving_proto_field_name=True)
     status, answer = _post(serve_app.url + "/v1/dispatch", body)
@@ -75,7 +75,7 @@ def test_http_returns_what_grpc_returns(serve_app, stub) -> None:  # noqa: ANN00
     assert status == 400 and error["code"] == "INVALID_ARGUMENT" and "sites" in error["message"]
 
 
-def test_a_zone_site_uses_the_servers_forecast_and_infeasible_sites_come_back_with_a_reason(stub) -> None:  # noqa: ANN001
+def test_a_zone_site_uses_the_servers_forecast_and_infeasible_sites_come_back_with_a_reason(stub) -> None:
     request = pb.OptimizeDispatchRequest()
     request.sites.add(name="zone-site", zone="Z001", zone_share=0.001, import_price=[0.1] * 12 + [0.3] * 12,
                       battery_kwh=500, soc_initial_kwh=250, charge_kw=100, discharge_kw=100, demand_charge=5)
@@ -109,7 +109,7 @@ def _bad(**change: Any) -> pb.OptimizeDispatchRequest:
     (pb.OptimizeDispatchRequest(sites=[pb.DispatchSite(name="long", load_kw=[1.0] * 400, import_price=[0.1] * 400)]),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "import_price"),
 ])
-def test_bad_requests_get_a_status_code_naming_the_field(stub, request_, code, field) -> None:  # noqa: ANN001
+def test_bad_requests_get_a_status_code_naming_the_field(stub, request_, code, field) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.OptimizeDispatch(request_, timeout=30)
     assert err.value.code() == code

@@ -17,7 +17,10 @@ from models.forecaster import ForecasterConfig, QuantileForecaster, median_index
 from models.kernels import ENV_VAR, kernels_enabled
 from models.kernels.epilogue import quantile_epilogue, quantile_epilogue_reference
 from models.kernels.lstm import (
-    LaunchConfig, lstm_forward, lstm_recurrence, lstm_recurrence_reference,
+    LaunchConfig,
+    lstm_forward,
+    lstm_recurrence,
+    lstm_recurrence_reference,
 )
 
 CUDA = torch.cuda.is_available()

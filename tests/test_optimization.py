@@ -13,8 +13,18 @@ import torch
 
 from models.kernels import kernels_enabled
 from optimization.highs import solve_reference
-from optimization.problem import (NV, DispatchProblems, ProblemError, apply_rows, diagnose, objective,
-                                  sparse_matrix, standard_form, synthetic_problems, violation)
+from optimization.problem import (
+    NV,
+    DispatchProblems,
+    ProblemError,
+    apply_rows,
+    diagnose,
+    objective,
+    sparse_matrix,
+    standard_form,
+    synthetic_problems,
+    violation,
+)
 from optimization.solver import choose_kkt_solve, cols_of, kkt_solve, rows_of, solve
 
 GAP, VIOLATION = 1e-4, 1e-5

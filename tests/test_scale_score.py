@@ -18,7 +18,8 @@ N_SERIES, HOURS = 2000, 360
 
 
 @pytest.fixture(scope="module", params=["shuffled", "zone_runs"])
-def histories(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
+def histories(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
     """2,000 synthetic series as two Parquet files (a folder); three series are unusable. "shuffled": rows
     in random order (scoring must not rely on the input's order: the shuffle path); "zone_runs": rows
     written zone by zone in small row groups, one zone cut between the files (the no-shuffle path)."""

@@ -32,32 +32,32 @@ QUANTILES = [0.1, 0.5, 0.9]
 
 
 @pytest.fixture(scope="module")
-def service(serve_app):  # noqa: ANN001, ANN201
+def service(serve_app):
     """The session's one Serve application (tests/conftest.py `serve_app`): the tiny forecaster as region
     "SYN" (and "PAIR") with limits of 64 series and 64 x 400 values per request."""
     return serve_app
 
 
 @pytest.fixture(scope="module")
-def channel(service: Service):  # noqa: ANN201
+def channel(service: Service):
     with grpc.insecure_channel(service.target) as ch:
         yield ch
 
 
 @pytest.fixture(scope="module")
-def stub(channel) -> pb_grpc.ForecastServiceStub:  # noqa: ANN001
+def stub(channel) -> pb_grpc.ForecastServiceStub:
     return pb_grpc.ForecastServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle_dir: Path):  # noqa: ANN201
+def bundle(tiny_bundle_dir: Path):
     from models.bundle import load_bundle
 
     return load_bundle(tiny_bundle_dir)
 
 
 @pytest.fixture(scope="module")
-def reference(bundle, synthetic_csv: Path):  # noqa: ANN001, ANN201
+def reference(bundle, synthetic_csv: Path):
     """The in-process forecast of region SYN, from the data cleaned the way training cleans it."""
     from models.data import load_series
     from models.region import forecast_region
@@ -87,7 +87,7 @@ def arrays(forecast: pb.Forecast | dict) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- answers
 
-def test_region_forecast_equals_the_in_process_model(stub, reference):  # noqa: ANN001
+def test_region_forecast_equals_the_in_process_model(stub, reference):
     response = stub.ForecastRegion(pb.ForecastRegionRequest(region="SYN", horizon=48), timeout=30)
     assert response.issue_time == reference.issue_time.isoformat()
     assert response.model.name == "tiny-lstm"
@@ -101,7 +101,7 @@ def test_region_forecast_equals_the_in_process_model(stub, reference):  # noqa: 
     np.testing.assert_allclose(point, np.sum([arrays(z)[0] for z in response.zones], axis=0), rtol=1e-5)
 
 
-def test_series_forecast_equals_bundle_predict(stub, bundle, synthetic_csv: Path):  # noqa: ANN001
+def test_series_forecast_equals_bundle_predict(stub, bundle, synthetic_csv: Path):
     frame = pd.read_csv(synthetic_csv, parse_dates=["timestamp"])
     request = pb.ForecastSeriesRequest(horizon=24, quantiles=[0.1, 0.9])
     histories, lasts = [], []
@@ -119,7 +119,7 @@ def test_series_forecast_equals_bundle_predict(stub, bundle, synthetic_csv: Path
         np.testing.assert_allclose(bands.T, w[:, [0, 2]], rtol=1e-5)
 
 
-def test_http_and_grpc_return_the_same_numbers(service: Service, stub):  # noqa: ANN001
+def test_http_and_grpc_return_the_same_numbers(service: Service, stub):
     request = {"region": "SYN", "horizon": 24, "quantiles": [0.1, 0.9], "zones": ["Z002", "Z000"]}
     by_grpc = stub.ForecastRegion(pb.ForecastRegionRequest(**request), timeout=30)
     status, by_post = http(service, "/v1/forecast/region", request)
@@ -147,7 +147,7 @@ def test_http_and_grpc_return_the_same_numbers(service: Service, stub):  # noqa:
     assert status == 200 and info["name"] == "tiny-lstm" and info["regions"][0]["name"] == "SYN"
 
 
-def test_200_concurrent_region_calls_are_all_correct_and_share_forward_passes(stub, reference):  # noqa: ANN001
+def test_200_concurrent_region_calls_are_all_correct_and_share_forward_passes(stub, reference):
     before = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).stats
     requests = [pb.ForecastRegionRequest(region="SYN" if i % 2 else "PAIR", horizon=48 if i % 3 else 12)
                 for i in range(200)]
@@ -206,7 +206,7 @@ def _series(n: int = 1, length: int = 400, **spoil: Any) -> pb.ForecastSeriesReq
     ("ForecastSeries", pb.ForecastSeriesRequest(horizon=12, model="gpt"), "NOT_FOUND", "model"),
     ("GetModelInfo", pb.GetModelInfoRequest(model="gpt"), "NOT_FOUND", "model"),
 ])
-def test_grpc_errors_have_the_right_code_and_name_the_field(stub, method, request_, code, field):  # noqa: ANN001
+def test_grpc_errors_have_the_right_code_and_name_the_field(stub, method, request_, code, field):
     with pytest.raises(grpc.RpcError) as err:
         getattr(stub, method)(request_, timeout=30)
     assert err.value.code().name == code, err.value.details()
@@ -232,7 +232,7 @@ def test_http_errors_map_to_status_codes(service: Service, path: str, body: Any,
 
 # ---------------------------------------------------------------------------------------------- operations
 
-def test_model_info_and_health_checks(service: Service, stub, channel, bundle):  # noqa: ANN001
+def test_model_info_and_health_checks(service: Service, stub, channel, bundle):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from ray.serve.generated import serve_pb2, serve_pb2_grpc
 
@@ -259,7 +259,7 @@ def test_model_info_and_health_checks(service: Service, stub, channel, bundle): 
     assert http(service, "/healthz") == (200, {"status": "SERVING", "model": bundle.name, "version": bundle.version})
 
 
-def test_reflection_lets_a_generic_client_call_the_api(channel):  # noqa: ANN001
+def test_reflection_lets_a_generic_client_call_the_api(channel):
     """What grpcurl does: list services, fetch their descriptors, build a request from them and call."""
     from google.protobuf import descriptor_pool, json_format, message_factory
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -278,7 +278,7 @@ def test_reflection_lets_a_generic_client_call_the_api(channel):  # noqa: ANN001
     assert [z.name for z in response.zones] == ["Z000", "Z001", "Z002"] and len(response.total.point) == 3
 
 
-def test_model_swap_keeps_serving_and_changes_the_version(service: Service, stub, tmp_path: Path):  # noqa: ANN001
+def test_model_swap_keeps_serving_and_changes_the_version(service: Service, stub, tmp_path: Path):
     from serving import server
     from serving.client import ForecastClient, ForecastError
 
@@ -335,7 +335,7 @@ def test_model_swap_keeps_serving_and_changes_the_version(service: Service, stub
     assert not info.swap_error
 
 
-def test_a_dying_replica_fails_calls_fast_and_the_service_recovers(service: Service, ray_session):  # noqa: ANN001
+def test_a_dying_replica_fails_calls_fast_and_the_service_recovers(service: Service, ray_session):
     """Calls in flight when the replica dies end at once with UNAVAILABLE/INTERNAL (or, queued while no
     replica exists, at their deadline): none hangs, no message carries a stack trace. Serve starts a new
     replica, and a client that retries UNAVAILABLE gets answers again."""
@@ -376,7 +376,7 @@ def test_a_dying_replica_fails_calls_fast_and_the_service_recovers(service: Serv
 
 # ---------------------------------------------------------------------------------------------- command line
 
-def _cli():  # noqa: ANN202
+def _cli():
     """A typer app with the serving commands, registered as energyopt/cli.py does."""
     import typer
 
@@ -388,7 +388,7 @@ def _cli():  # noqa: ANN202
     return app
 
 
-def test_cli_remote_forecast_prints_a_table_and_json(service: Service, stub):  # noqa: ANN001
+def test_cli_remote_forecast_prints_a_table_and_json(service: Service, stub):
     from typer.testing import CliRunner
 
     runner = CliRunner()
@@ -406,7 +406,7 @@ def test_cli_remote_forecast_prints_a_table_and_json(service: Service, stub):  #
     assert result.exit_code == 2 and "NOT_FOUND" in result.output and "Traceback" not in result.output
 
 
-def test_cli_serve_without_a_model_says_what_to_do(monkeypatch, tmp_path: Path):  # noqa: ANN001
+def test_cli_serve_without_a_model_says_what_to_do(monkeypatch, tmp_path: Path):
     from typer.testing import CliRunner
 
     from energyopt import cli_serving

@@ -51,7 +51,7 @@ def series_request(engine: Engine, n: int = 3, **kwargs) -> pb.ForecastSeriesReq
     return request
 
 
-def answer(engine: Engine, job):  # noqa: ANN001, ANN201
+def answer(engine: Engine, job):
     responses, _ = engine.run([job])
     return responses[0]
 
@@ -288,7 +288,7 @@ class FlakyService(pb_grpc.ForecastServiceServicer):
     def __init__(self, failures: int) -> None:
         self.failures, self.calls = failures, 0
 
-    def ForecastRegion(self, request, context):  # noqa: ANN001, ANN201, N802
+    def ForecastRegion(self, request, context):  # noqa: N802
         self.calls += 1
         if request.region == "BAD":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "region: bad")
@@ -303,7 +303,7 @@ class FlakyService(pb_grpc.ForecastServiceServicer):
 
 
 @pytest.fixture()
-def flaky():  # noqa: ANN201
+def flaky():
     service = FlakyService(failures=2)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_ForecastServiceServicer_to_server(service, server)
@@ -313,7 +313,7 @@ def flaky():  # noqa: ANN201
     server.stop(None)
 
 
-def test_client_retries_unavailable_then_answers(flaky):  # noqa: ANN001
+def test_client_retries_unavailable_then_answers(flaky):
     from serving.client import ForecastClient, to_frame
 
     service, target = flaky
@@ -325,7 +325,7 @@ def test_client_retries_unavailable_then_answers(flaky):  # noqa: ANN001
     assert list(frame.zone) == ["A", "TOTAL"]
 
 
-def test_client_gives_up_after_retries_and_never_retries_bad_requests(flaky):  # noqa: ANN001
+def test_client_gives_up_after_retries_and_never_retries_bad_requests(flaky):
     from serving.client import ForecastClient, ForecastError
 
     service, target = flaky

@@ -186,9 +186,8 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_every_shipped_config_builds_its_model():
-    from training.config import CONFIG_DIR
-
     from models.autoencoder import ConvAutoencoder
+    from training.config import CONFIG_DIR
 
     for path in sorted((CONFIG_DIR / "models").glob("*.yaml")):
         cfg = load_config(path)
@@ -255,8 +254,8 @@ def test_a_model_with_covariates_is_scored_on_their_values(synthetic_csv, tiny_c
 def test_weight_averaging_keeps_the_validated_average(synthetic_csv, tiny_config, tmp_path):
     """With training.ema_decay the model that training returns holds the averaged weights it was validated
     with (not the last step's): its validation loss, recomputed, is the best epoch's logged one."""
-    from training.pipeline import EpochLog, fit_best, prepare_data
     from training.module import ForecastModule, WindowDataModule
+    from training.pipeline import EpochLog, fit_best, prepare_data
 
     def fit(ema_decay: float | None) -> tuple[list[float], float]:
         cfg = tiny_config.model_copy(deep=True)

@@ -8,7 +8,7 @@ name, or a path relative to the file) and give only what differs from it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -93,7 +93,7 @@ class TrainingSection(_Strict):
     region_dropout: float = Field(0.0, ge=0, lt=1)
     # validate and keep an exponential moving average of the weights (this decay per optimizer step; about
     # 1 / (1 - decay) steps of memory) instead of the last step's weights; None trains without one
-    ema_decay: Optional[float] = Field(None, gt=0, lt=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     seed: int = 42
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -106,7 +106,7 @@ class DetectionSection(_Strict):
     method: Literal["pot", "quantile"] = "pot"  # generalized Pareto tail fit, or the plain quantile
     risk: float = Field(1e-4, gt=0, lt=0.02)  # hourly exceedance probability per score component
     merge_gap_hours: int = Field(6, ge=0)  # flagged hours this close are one event
-    max_false_alarms_per_month: Optional[float] = Field(0.5, gt=0)  # per zone, on validation data
+    max_false_alarms_per_month: float | None = Field(0.5, gt=0)  # per zone, on validation data
 
 
 class TrainConfig(_Strict):
@@ -118,7 +118,7 @@ class TrainConfig(_Strict):
     detection: DetectionSection = Field(default_factory=DetectionSection)
 
     @model_validator(mode="after")
-    def _region_reader(self) -> "TrainConfig":
+    def _region_reader(self) -> TrainConfig:
         backbone = BACKBONES.get(self.model.type)  # None for the autoencoder
         if self.features.region_zones and not (backbone and backbone.reads_past_covariates):
             raise ValueError(f"features.region_zones: model type {self.model.type!r} reads no region context; "

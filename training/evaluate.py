@@ -9,7 +9,7 @@ Nothing here trains: comparing a bundle with freshly fitted baselines is `traini
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,8 @@ from utilsforecast import losses
 
 from models.bundle import Bundle
 from models.data import Series, Split
-from models.region import RegionPanel
 from models.inputs import extra_covariates, forecast_origins
+from models.region import RegionPanel
 
 SEASON = 168
 PROTOCOL_HORIZON = 48

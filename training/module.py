@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from models.autoencoder import AutoencoderConfig, AutoencoderParams, ConvAutoencoder
+from models.data import Split
 from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster, forecast_loss
-from models.data import Split
 from models.region import RegionPanel
 from training.windows import ReferenceWindowDataset, WindowDataset
 
@@ -68,7 +68,7 @@ class ForecastModule(_WindowModule):
         self.model = QuantileForecaster(ForecasterConfig.from_dict(model_config))
 
     @classmethod
-    def for_model(cls, model: QuantileForecaster, training: Any) -> "ForecastModule":
+    def for_model(cls, model: QuantileForecaster, training: Any) -> ForecastModule:
         """A module that trains `model` as a config's training section (training.config.TrainingSection) says."""
         module = cls(model.config.to_dict(), lr=training.lr, weight_decay=training.weight_decay,
                      loss_units=training.loss_units, region_dropout=training.region_dropout)
@@ -106,7 +106,7 @@ class AutoencoderModule(_WindowModule):
         self.model = ConvAutoencoder(AutoencoderConfig.from_dict(model_config))
 
     @classmethod
-    def for_model(cls, model: ConvAutoencoder, training: Any) -> "AutoencoderModule":
+    def for_model(cls, model: ConvAutoencoder, training: Any) -> AutoencoderModule:
         """A module that trains `model` with a config's training section's optimizer settings."""
         module = cls(model.config.to_dict(), lr=training.lr, weight_decay=training.weight_decay)
         module.model = model

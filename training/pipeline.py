@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -235,7 +236,7 @@ def _precision(tr: TrainingSection) -> str:
 
 
 def new_version() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _metadata(cfg: TrainConfig, split: Split, report: RepairReport, data_fp: str, data: Any,

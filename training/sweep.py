@@ -35,9 +35,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pytorch_lightning as pl
@@ -71,7 +72,7 @@ class Dimension(_Strict):
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _shape(self) -> "Dimension":
+    def _shape(self) -> Dimension:
         if self.choices is not None:
             if self.low is not None or self.high is not None or not self.choices:
                 raise ValueError("give either non-empty `choices` or `low` and `high`")
@@ -105,7 +106,7 @@ class SweepConfig(_Strict):
     gpus_per_trial: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _fixed_split(self) -> "SweepConfig":
+    def _fixed_split(self) -> SweepConfig:
         fixed = [k for k in self.space if k.startswith("data.") or k == "model.input_length" or k == "model.type"]
         if fixed:
             raise ValueError(f"{fixed} cannot be searched: the data split is prepared once per sweep")

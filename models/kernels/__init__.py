@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ def kernels_enabled(device: torch.device | str, configured: str = "auto") -> boo
     return False
 
 
-def lstm_forward(*args, **kwargs):
+def lstm_forward(*args: Any, **kwargs: Any) -> Any:
     """models.kernels.lstm.lstm_forward (imported on first use)."""
     from models.kernels.lstm import lstm_forward as impl
 
@@ -75,7 +76,7 @@ def lstm_unsupported_reason(module: torch.nn.Module, dtype: torch.dtype = torch.
     return unsupported_reason(module, dtype)
 
 
-def quantile_epilogue(*args, **kwargs) -> torch.Tensor:
+def quantile_epilogue(*args: Any, **kwargs: Any) -> torch.Tensor:
     """models.kernels.epilogue.quantile_epilogue (imported on first use)."""
     from models.kernels.epilogue import quantile_epilogue as impl
 

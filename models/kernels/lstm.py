@@ -283,7 +283,7 @@ class _Layer:
     w_hh_t: torch.Tensor  # [HP, 4HP]
 
 
-_prepared: "weakref.WeakKeyDictionary[nn.LSTM, tuple[tuple, list[_Layer]]]" = weakref.WeakKeyDictionary()
+_prepared: weakref.WeakKeyDictionary[nn.LSTM, tuple[tuple, list[_Layer]]] = weakref.WeakKeyDictionary()
 
 
 def _pad_gates(w: torch.Tensor, hidden: int, hp: int) -> torch.Tensor:
