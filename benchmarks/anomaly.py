@@ -35,9 +35,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import demo_forecaster, write_result
-from models.anomaly import Event, _flagged_runs, calibrate, find_events, forecast_expected, residual_features
+from models.anomaly import Event, _flagged_runs, calibrate, find_events, residual_features
 from models.autoencoder import WEEK, detect_series, detector_of
-from models.bundle import load_bundle
+from models.bundle import ForecasterBundle, load_bundle
 from models.data import Series
 from training.anomalies import ANOMALY_TYPES, KINDS, evaluate
 from training.config import load_config
@@ -49,6 +49,31 @@ Detect = Callable[[np.ndarray, pd.DatetimeIndex, str], tuple[np.ndarray, list[Ev
 
 
 # ---------------------------------------------------------------------------------------------- detectors
+
+def forecast_expected(bundle: ForecasterBundle, load: np.ndarray, timestamps: pd.DatetimeIndex, *, horizon: int = 24,
+                      origin_hour: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """What a forecaster bundle expected for each hour: median forecasts issued daily at `origin_hour`
+    for the next `horizon` hours from the observed history (anomalies included, as in operation).
+
+    Returns expected [T] (NaN where no forecast covers the hour) and the level [T] (mean of each
+    forecast's history window) that relative residuals are taken against.
+    """
+    load = np.asarray(load, dtype=np.float32)
+    length = bundle.input_length
+    origins = np.flatnonzero(timestamps.hour == origin_hour)
+    origins = origins[(origins >= length) & (origins < len(load))]
+    expected = np.full(len(load), np.nan, np.float32)
+    level = np.full(len(load), np.nan, np.float32)
+    if not len(origins):
+        return expected, level
+    histories = np.stack([load[o - length : o] for o in origins])
+    q = bundle.predict(histories, timestamps[origins - 1], horizon)
+    median = q[:, :, bundle.model.median_index]
+    for o, m, h in zip(origins, median, histories):
+        n = min(horizon, len(load) - o)
+        expected[o : o + n], level[o : o + n] = m[:n], max(float(h.mean()), 1e-3)
+    return expected, level
+
 
 def residual_detector(expect: Callable[[np.ndarray, pd.DatetimeIndex], tuple[np.ndarray, np.ndarray]],
                       val: list[Series], rate: float) -> Detect:

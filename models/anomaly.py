@@ -253,31 +253,6 @@ def find_events(zone: str, timestamps: pd.DatetimeIndex, score: np.ndarray, whic
 
 # ---------------------------------------------------------------------------------------------- forecast residuals
 
-def forecast_expected(bundle: Any, load: np.ndarray, timestamps: pd.DatetimeIndex, *, horizon: int = 24,
-                      origin_hour: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """What a forecaster bundle expected for each hour: median forecasts issued daily at `origin_hour`
-    for the next `horizon` hours from the observed history (anomalies included, as in operation).
-
-    Returns expected [T] (NaN where no forecast covers the hour) and the level [T] (mean of each
-    forecast's history window) that relative residuals are taken against.
-    """
-    load = np.asarray(load, dtype=np.float32)
-    length = bundle.input_length
-    origins = np.flatnonzero(timestamps.hour == origin_hour)
-    origins = origins[(origins >= length) & (origins < len(load))]
-    expected = np.full(len(load), np.nan, np.float32)
-    level = np.full(len(load), np.nan, np.float32)
-    if not len(origins):
-        return expected, level
-    histories = np.stack([load[o - length : o] for o in origins])
-    q = bundle.predict(histories, timestamps[origins - 1], horizon)
-    median = q[:, :, bundle.model.median_index]
-    for o, m, h in zip(origins, median, histories):
-        n = min(horizon, len(load) - o)
-        expected[o : o + n], level[o : o + n] = m[:n], max(float(h.mean()), 1e-3)
-    return expected, level
-
-
 def relative_residual(observed: np.ndarray, expected: np.ndarray, level: np.ndarray) -> np.ndarray:
     """(observed - expected) / level, NaN where nothing was expected."""
     with np.errstate(invalid="ignore", divide="ignore"):

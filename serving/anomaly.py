@@ -28,7 +28,7 @@ from models.data import read_table
 from models.series import BUNDLED_PJM
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import HOUR, ApiError, Limits, ZoneHistory, invalid, not_found
+from serving.engine import HOUR, ApiError, Limits, ZoneHistory, invalid, not_found, zone_grids
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,19 +37,7 @@ DEFAULT_RANGE = pd.Timedelta(days=30)  # range scanned when a request names no s
 
 def raw_histories(data: str | Path | None) -> dict[str, ZoneHistory]:
     """Every zone's load on a dense hourly grid as recorded (NaN in gaps longer than 6 h)."""
-    segments, _ = detection_segments(read_table(data if data is not None else BUNDLED_PJM))
-    by_zone: dict[str, list] = {}
-    for s in segments:
-        by_zone.setdefault(s.zone, []).append(s)
-    out = {}
-    for zone, segs in by_zone.items():
-        start, end = segs[0].timestamps[0], segs[-1].timestamps[-1]
-        values = np.full((end - start) // HOUR + 1, np.nan, dtype=np.float32)
-        for s in segs:
-            i = (s.timestamps[0] - start) // HOUR
-            values[i : i + len(s)] = s.load
-        out[zone] = ZoneHistory(start, values)
-    return out
+    return zone_grids(detection_segments(read_table(data if data is not None else BUNDLED_PJM))[0])
 
 
 def _time(text: str, name: str) -> pd.Timestamp:

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from models.bundle import Bundle
-from models.data import load_series
+from models.data import Series, load_series
 from models.features import region_channels
 from models.inputs import LRU, CalendarGrid
 from models.region import RegionPanel
@@ -98,16 +98,19 @@ class ZoneHistory:
 
 def load_histories(data: str | Path | None = None) -> dict[str, ZoneHistory]:
     """Every zone of a long-format file (None: the bundled PJM data), cleaned as for training."""
-    series, _ = load_series(data)
-    by_zone: dict[str, list] = {}
-    for s in series:
+    return zone_grids(load_series(data)[0])
+
+
+def zone_grids(segments: Sequence[Series]) -> dict[str, ZoneHistory]:
+    """Each zone's segments on one dense hourly grid (NaN between them)."""
+    by_zone: dict[str, list[Series]] = {}
+    for s in segments:
         by_zone.setdefault(s.zone, []).append(s)
     out = {}
-    for zone, segments in by_zone.items():
-        start = min(s.timestamps[0] for s in segments)
-        end = max(s.timestamps[-1] for s in segments)
+    for zone, parts in by_zone.items():
+        start, end = min(s.timestamps[0] for s in parts), max(s.timestamps[-1] for s in parts)
         values = np.full((end - start) // HOUR + 1, np.nan, dtype=np.float32)
-        for s in segments:
+        for s in parts:
             i = (s.timestamps[0] - start) // HOUR
             values[i : i + len(s)] = s.load
         out[zone] = ZoneHistory(start, values)
