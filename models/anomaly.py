@@ -1,6 +1,6 @@
 """From residuals to anomaly events: scores, per-series normalization, calibrated thresholds, events.
 
-Every detector here (the autoencoder in `models.autoencoder`, the forecast-residual detector below)
+Every detector (the autoencoder in `models.autoencoder`, the forecast-residual one in benchmarks/anomaly.py)
 produces, for each hour, what was expected and the *relative residual* r = (observed - expected) / level,
 where level is the series' recent typical load. One residual stream is scored at three time scales,
 because the faults operators care about show up at different ones:
@@ -52,11 +52,8 @@ class Event:
         return int((self.end - self.start) // pd.Timedelta(hours=1)) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["start"], d["end"] = self.start.isoformat(), self.end.isoformat()
-        for k in ("severity", "expected", "observed"):
-            d[k] = round(float(d[k]), 3)
-        return d
+        return {**asdict(self), "start": self.start.isoformat(), "end": self.end.isoformat(),
+                **{k: round(float(getattr(self, k)), 3) for k in ("severity", "expected", "observed")}}
 
 
 def residual_features(observed: np.ndarray, expected: np.ndarray, level: np.ndarray) -> np.ndarray:
@@ -151,16 +148,14 @@ def fit_threshold(scores: np.ndarray, *, method: Literal["pot", "quantile"] = "p
         raise ValueError(f"need at least 100 scored hours to fit a threshold, got {len(x)}")
     if not 0 < risk < 1 - tail_quantile:
         raise ValueError(f"risk must be in (0, {1 - tail_quantile:g}), got {risk}")
-    if method == "quantile":
-        return float(np.quantile(x, 1 - risk))
-    if method != "pot":
+    if method not in ("pot", "quantile"):
         raise ValueError(f"unknown threshold method {method!r}; use 'pot' or 'quantile'")
-    from scipy.stats import genpareto
-
     u = float(np.quantile(x, tail_quantile))
     excess = x[x > u] - u
-    if len(excess) < 30 or excess.std() == 0:
+    if method == "quantile" or len(excess) < 30 or excess.std() == 0:
         return float(np.quantile(x, 1 - risk))
+    from scipy.stats import genpareto
+
     shape, _, scale = genpareto.fit(excess, floc=0.0)
     shape = float(np.clip(shape, -0.5, 0.5))  # keep the extrapolation sane on short samples
     tail_risk = risk / (1 - tail_quantile)  # P(excess > y | x > u) we need
@@ -217,16 +212,15 @@ def calibrate(
 
 def _flagged_runs(score: np.ndarray, merge_gap_hours: int) -> list[tuple[int, int]]:
     """[a, b) index runs where score > 1, runs separated by at most `merge_gap_hours` joined."""
-    flagged = np.nan_to_num(score, nan=0.0) > 1.0
-    edges = np.diff(np.r_[0, flagged.astype(np.int8), 0])
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    runs: list[tuple[int, int]] = []
-    for a, b in zip(starts, ends):
-        if runs and a - runs[-1][1] <= merge_gap_hours:
-            runs[-1] = (runs[-1][0], b)
-        else:
-            runs.append((a, b))
-    return runs
+    starts, ends = _true_runs(np.nan_to_num(score, nan=0.0) > 1.0)
+    joined = np.flatnonzero(starts[1:] - ends[:-1] <= merge_gap_hours)  # run i + 1 continues run i
+    return list(zip(np.delete(starts, joined + 1), np.delete(ends, joined)))
+
+
+def _true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each run of True in `mask`."""
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
 
 def find_events(zone: str, timestamps: pd.DatetimeIndex, score: np.ndarray, which: np.ndarray,
@@ -251,14 +245,6 @@ def find_events(zone: str, timestamps: pd.DatetimeIndex, score: np.ndarray, whic
     return events
 
 
-# ---------------------------------------------------------------------------------------------- forecast residuals
-
-def relative_residual(observed: np.ndarray, expected: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """(observed - expected) / level, NaN where nothing was expected."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.asarray(observed, np.float64) - expected) / level
-
-
 # ---------------------------------------------------------------------------------------------- input
 
 def detection_segments(table: pd.DataFrame, *, max_interpolate_hours: int = 6) -> tuple[list[Any], list[str]]:
@@ -277,9 +263,10 @@ def detection_segments(table: pd.DataFrame, *, max_interpolate_hours: int = 6) -
     if missing:
         raise SeriesError(f"detection input lacks column(s) {missing}; expected {[ZONE, TIMESTAMP, LOAD]}")
     stamps = pd.DatetimeIndex(table[TIMESTAMP])
-    if (stamps != stamps.floor("h")).any():
-        bad = stamps[stamps != stamps.floor("h")][0]
-        raise SeriesError(f"timestamp {bad} is not on the hour; resample the data to hourly means first")
+    off_hour = stamps != stamps.floor("h")
+    if off_hour.any():
+        raise SeriesError(f"timestamp {stamps[off_hour][0]} is not on the hour; "
+                          f"resample the data to hourly means first")
     segments, notes = [], []
     frame = pd.DataFrame({ZONE: table[ZONE].astype(str).to_numpy(), TIMESTAMP: stamps,
                           LOAD: pd.to_numeric(table[LOAD], errors="coerce").to_numpy(np.float64)})
@@ -290,18 +277,12 @@ def detection_segments(table: pd.DataFrame, *, max_interpolate_hours: int = 6) -
         grid = pd.date_range(hourly.index[0], hourly.index[-1], freq="h")
         values = hourly.reindex(grid)
         gaps = values.isna()
-        run_id = (~gaps).cumsum()
-        run_len = gaps.groupby(run_id).transform("sum")
-        long_gap = gaps & (run_len > max_interpolate_hours)
-        filled = values.interpolate(limit_area="inside")
-        filled[long_gap] = np.nan
+        run_len = gaps.groupby((~gaps).cumsum()).transform("sum")  # of the gap each missing hour is in
+        filled = values.interpolate(limit_area="inside").mask(gaps & (run_len > max_interpolate_hours))
         n_filled = int((gaps & filled.notna()).sum())
-        ok = filled.notna().to_numpy()
-        edges = np.diff(np.r_[0, ok.astype(np.int8), 0])
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        for a, b in zip(starts, ends):
-            segments.append(Series(zone=str(zone), timestamps=grid[a:b],
-                                   load=filled.to_numpy(np.float32)[a:b]))
+        starts, ends = _true_runs(filled.notna().to_numpy())
+        load = filled.to_numpy(np.float32)
+        segments += [Series(zone=str(zone), timestamps=grid[a:b], load=load[a:b]) for a, b in zip(starts, ends)]
         if dup or n_filled or len(starts) > 1:
             notes.append(f"{zone}: {dup} duplicate hours merged (mean), {n_filled} missing hours interpolated, "
                          f"{len(starts) - 1} gaps longer than {max_interpolate_hours} h split the series")

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anomaly import Calibration, Event, calibrate, relative_residual, residual_features
+from models.anomaly import Calibration, Event, calibrate, residual_features
 from models.features import FeatureSpec, calendar_features
 
 WEEK = 168
@@ -172,27 +172,22 @@ def reconstruct(model: ConvAutoencoder, features: FeatureSpec, load: np.ndarray,
         raise ValueError(f"series {zone} contains NaN or infinite values")
     ref = reference(load if reference_from is None else reference_from, p.reference_weeks)
     cal = calendar_features(timestamps, features)
-    starts = list(range(first, len(load) - w + 1, p.stride))
-    if starts[-1] != len(load) - w:
-        starts.append(len(load) - w)
-    idx = np.asarray(starts)[:, None] + np.arange(w)
-    expected_sum = np.zeros(len(load), np.float64)
-    level_sum = np.zeros(len(load), np.float64)
-    count = np.zeros(len(load), np.float64)
+    # windows every `stride` hours, and one ending at the last hour
+    starts = np.unique(np.r_[np.arange(first, len(load) - w + 1, p.stride), len(load) - w])
+    idx = starts[:, None] + np.arange(w)
+    count = np.bincount(idx.ravel(), minlength=len(load)).astype(np.float64)  # windows covering each hour
+    expected_sum, level_sum = np.zeros((2, len(load)))
     model.eval()
     for i in range(0, len(idx), batch_size):
         rows = idx[i : i + batch_size]
-        recon, _, level = model(torch.from_numpy(load[rows]), torch.from_numpy(ref[rows]),
-                                torch.from_numpy(cal[rows]))
+        recon, _, level = model(*(torch.from_numpy(x[rows]) for x in (load, ref, cal)))
         level = level.numpy().astype(np.float64)
         np.add.at(expected_sum, rows, (recon.numpy() + 1.0) * level)
         np.add.at(level_sum, rows, np.broadcast_to(level, rows.shape))
-        np.add.at(count, rows, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        expected = np.where(count > 0, expected_sum / count, np.nan)
-        level = np.where(count > 0, level_sum / count, np.nan)
-    return Reconstruction(zone, timestamps, load, expected.astype(np.float32), level,
-                          relative_residual(load, expected, level))
+        expected, level = np.where(count > 0, np.stack([expected_sum, level_sum]) / count, np.nan)
+        residual = (load - expected) / level  # NaN where nothing was expected
+    return Reconstruction(zone, timestamps, load, expected.astype(np.float32), level, residual)
 
 
 def detect_series(model: ConvAutoencoder, features: FeatureSpec, calibration: Calibration, load: np.ndarray,
