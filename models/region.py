@@ -21,6 +21,7 @@ from models.features import future_timestamps
 from models.series import SeriesError
 
 TOTAL = "TOTAL"
+HOUR = pd.Timedelta(hours=1)
 
 
 @dataclass
@@ -33,10 +34,8 @@ class SeriesForecast:
     quantiles: np.ndarray
 
     def to_frame(self, levels: Sequence[float]) -> pd.DataFrame:
-        frame = pd.DataFrame({"zone": self.name, "timestamp": self.timestamps, "point": self.point})
-        for j, q in enumerate(levels):
-            frame[f"q{q:g}"] = self.quantiles[:, j]
-        return frame
+        return pd.DataFrame({"zone": self.name, "timestamp": self.timestamps, "point": self.point,
+                             **{f"q{q:g}": self.quantiles[:, j] for j, q in enumerate(levels)}})
 
 
 @dataclass
@@ -50,9 +49,6 @@ class RegionForecast:
     def to_frame(self) -> pd.DataFrame:
         """Long table: zone (TOTAL for the region), timestamp, point, q<level>..."""
         return pd.concat([s.to_frame(self.quantile_levels) for s in [*self.zones, self.total]], ignore_index=True)
-
-
-HOUR = pd.Timedelta(hours=1)
 
 
 @dataclass
@@ -73,13 +69,9 @@ class RegionPanel:
     @classmethod
     def from_histories(cls, histories: Mapping[str, pd.Series], zones: Sequence[str]) -> RegionPanel:
         """From hourly load series indexed by timestamp, by zone name (hours off the grid are ignored)."""
-        parts = {}
-        for z in zones:
-            if z in histories and len(histories[z]):
-                h = histories[z]
-                grid = h.reindex(pd.date_range(h.index.min(), h.index.max(), freq="h"))
-                parts[z] = [(grid.index[0], grid.to_numpy(np.float32))]
-        return cls.from_parts(parts, zones)
+        hourly = {z: h.reindex(pd.date_range(h.index.min(), h.index.max(), freq="h"))
+                  for z in zones if z in histories and len(h := histories[z])}
+        return cls.from_parts({z: [(h.index[0], h.to_numpy(np.float32))] for z, h in hourly.items()}, zones)
 
     @classmethod
     def from_parts(cls, parts: Mapping[str, Sequence[tuple[pd.Timestamp, np.ndarray]]],
@@ -116,16 +108,12 @@ def recent_window(history: pd.Series, length: int, end: pd.Timestamp | None = No
     """The `length` hours of `history` (hourly, indexed by timestamp) that end just before `end`.
 
     Raises SeriesError when those hours are not all present and finite."""
-    if end is None:
-        end = history.index.max() + pd.Timedelta(hours=1)
-    want = pd.date_range(end=end - pd.Timedelta(hours=1), periods=length, freq="h")
-    window = history.reindex(want)
+    end = history.index.max() + HOUR if end is None else end
+    window = history.reindex(pd.date_range(end=end - HOUR, periods=length, freq="h"))
     missing = int(window.isna().sum())
     if missing:
-        raise SeriesError(
-            f"zone {history.name}: {missing} of the {length} hours before {end} are missing; "
-            f"the model needs {length} contiguous hours of history"
-        )
+        raise SeriesError(f"zone {history.name}: {missing} of the {length} hours before {end} are missing; "
+                          f"the model needs {length} contiguous hours of history")
     return window
 
 
@@ -150,13 +138,12 @@ def forecast_region(
                           "which a region forecast from load histories does not have: use a model trained without "
                           "them, or forecast series with their covariates (ForecastSeries)")
     if issue_time is None:
-        issue_time = min(h.index.max() for h in histories.values()) + pd.Timedelta(hours=1)
+        issue_time = min(h.index.max() for h in histories.values()) + HOUR
     issue_time = pd.Timestamp(issue_time)
     names = list(histories)
-    windows = np.stack([
-        recent_window(histories[z].rename(z), bundle.input_length, issue_time).to_numpy(np.float32) for z in names
-    ])
-    last = pd.DatetimeIndex([issue_time - pd.Timedelta(hours=1)] * len(names))
+    windows = np.stack([recent_window(histories[z].rename(z), bundle.input_length, issue_time).to_numpy(np.float32)
+                        for z in names])
+    last = pd.DatetimeIndex([issue_time - HOUR] * len(names))
     region_loads = None
     if bundle.region_zones:
         panel = RegionPanel.from_histories(context if context is not None else histories, bundle.region_zones)
@@ -164,7 +151,7 @@ def forecast_region(
         region_loads = np.repeat(one, len(names), axis=0)
     quantiles = bundle.predict(windows, last, horizon, region=region_loads,
                                zones=names if bundle.region_zones else None)  # [Z, H, Q]
-    stamps = future_timestamps(issue_time - pd.Timedelta(hours=1), horizon)
+    stamps = future_timestamps(issue_time - HOUR, horizon)
     m = bundle.model.median_index
     zones = [SeriesForecast(z, stamps, quantiles[i, :, m], quantiles[i]) for i, z in enumerate(names)]
     total = SeriesForecast(TOTAL, stamps, quantiles[:, :, m].sum(axis=0), quantiles.sum(axis=0))
