@@ -68,16 +68,13 @@ class ZoneReport:
             _count(self.gaps_split, "gap") + " split",
             _count(self.absurd_values, "absurd value") + " removed",
         ]
-        if self.nonpositive_values:
-            parts.append(_count(self.nonpositive_values, "non-positive value") + " removed")
-        if self.nan_values:
-            parts.append(_count(self.nan_values, "missing (NaN) value"))
-        if self.non_monotonic:
-            parts.append("input out of time order (sorted)")
-        if self.segments_dropped:
-            parts.append(_count(self.segments_dropped, "short segment") + " dropped")
-        if self.covariate_values_filled:
-            parts.append(_count(self.covariate_values_filled, "covariate value") + " interpolated")
+        parts += [text for shown, text in (  # these only when they happened
+            (self.nonpositive_values, _count(self.nonpositive_values, "non-positive value") + " removed"),
+            (self.nan_values, _count(self.nan_values, "missing (NaN) value")),
+            (self.non_monotonic, "input out of time order (sorted)"),
+            (self.segments_dropped, _count(self.segments_dropped, "short segment") + " dropped"),
+            (self.covariate_values_filled, _count(self.covariate_values_filled, "covariate value") + " interpolated"),
+        ) if shown]
         return (f"{zone}: {', '.join(parts)} -> {_count(self.segments, 'segment')}, {self.hours_out} hours "
                 f"({self.first_timestamp} .. {self.last_timestamp})")
 
@@ -92,13 +89,8 @@ class RepairReport:
         return [report.summary_line(zone) for zone, report in self.zones.items()]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for zone, report in self.zones.items():
-            d = asdict(report)
-            for key in ("first_timestamp", "last_timestamp"):
-                d[key] = d[key].isoformat()
-            out[zone] = d
-        return out
+        return {zone: {**asdict(r), "first_timestamp": r.first_timestamp.isoformat(),
+                       "last_timestamp": r.last_timestamp.isoformat()} for zone, r in self.zones.items()}
 
     def __str__(self) -> str:
         return "\n".join(self.summary_lines())
@@ -145,15 +137,9 @@ def _count(n: int, noun: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _file_type(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((kind for suffix, kind in FILE_TYPES.items() if name.endswith(suffix)), None)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    suffix = next(s for s in FILE_TYPES if name.lower().endswith(s))
-    return name[: -len(suffix)]
+def _suffix(path: Path) -> str | None:
+    """The FILE_TYPES suffix the file name ends with (any case), or None."""
+    return next((s for s in FILE_TYPES if path.name.lower().endswith(s)), None)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -167,7 +153,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise SeriesError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _file_type(p))
+        files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p))
         if not files:
             found = sorted(p.name for p in path.iterdir())[:10]
             raise SeriesError(f"{path}: folder has no .csv or .parquet files (found {found})")
@@ -176,13 +162,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if len(tzs) > 1:
             raise SeriesError(f"{path}: files mix timestamp time zones {sorted(tzs)}; use one for all files")
         return pd.concat(tables, ignore_index=True)
-    if _file_type(path) is None:
+    if _suffix(path) is None:
         raise SeriesError(f"{path}: unknown file type; expected one of {sorted(FILE_TYPES)}")
     return _read_file(path)
 
 
 def _read_file(path: Path) -> pd.DataFrame:
-    kind = _file_type(path)
+    suffix = _suffix(path)
+    kind = FILE_TYPES[suffix]
     if path.stat().st_size == 0:
         raise SeriesError(f"{path}: file is empty")
     try:
@@ -191,7 +178,7 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise SeriesError(f"{path}: file is empty") from None
     except (ValueError, OSError, pa.ArrowException) as e:
         raise SeriesError(f"{path}: not a readable {kind} file ({type(e).__name__}: {e})") from None
-    return _canonical(raw, default_zone=_stem(path), source=str(path))
+    return _canonical(raw, default_zone=path.name[: -len(suffix)], source=str(path))
 
 
 def _find_column(columns: list[str], canonical: str, source: str) -> str | None:
@@ -223,28 +210,18 @@ def _canonical(raw: pd.DataFrame, default_zone: str | None, source: str) -> pd.D
         raise SeriesError(
             f"{source}: missing column(s) {missing}: expected {expected}, or a wide file "
             f"'Datetime,<ZONE>{WIDE_SUFFIX.upper()}'; found columns {columns}")
-    if found[ZONE] is None:
-        raw = raw.assign(**{ZONE: default_zone})
-        found[ZONE] = ZONE
-    table = raw.rename(columns={found[key]: key for key in REQUIRED_COLUMNS})
+    table = raw.rename(columns={found[key]: key for key in REQUIRED_COLUMNS if found[key]})
     extra = [c for c in table.columns if c not in REQUIRED_COLUMNS]
     non_numeric = [c for c in extra if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
-        raise SeriesError(
-            f"{source}: extra column(s) {non_numeric} are not numeric; covariates must be numbers "
-            f"(drop these columns or convert them)")
-    zone = table[ZONE]
+        raise SeriesError(f"{source}: extra column(s) {non_numeric} are not numeric; covariates must be numbers "
+                          f"(drop these columns or convert them)")
+    zone = table[ZONE] if found[ZONE] else pd.Series(default_zone, index=table.index)
     if zone.isna().any():
         raise SeriesError(
             f"{source}: {int(zone.isna().sum())} row(s) have no zone (first at row {int(zone.isna().argmax())})")
-    out = pd.DataFrame({
-        ZONE: zone.astype("str"),
-        TIMESTAMP: _parse_timestamps(table[TIMESTAMP], source),
-        LOAD: _parse_load(table[LOAD], source),
-    })
-    for c in extra:
-        out[c] = table[c].astype("float64")
-    return out
+    return pd.DataFrame({ZONE: zone.astype("str"), TIMESTAMP: _parse_timestamps(table[TIMESTAMP], source),
+                         LOAD: _parse_load(table[LOAD], source), **{c: table[c].astype("float64") for c in extra}})
 
 
 def _melt_wide(raw: pd.DataFrame, ts_column: str, zone_columns: list[str]) -> pd.DataFrame:
@@ -257,13 +234,11 @@ def _parse_timestamps(column: pd.Series, source: str) -> pd.Series:
     if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
         return column.dt.as_unit("us")
     if pd.api.types.is_numeric_dtype(column):
-        raise SeriesError(
-            f"{source}: timestamps are numbers (e.g. {column.iloc[0]!r}); "
-            f"expected date-times like '2020-01-31 13:00'")
+        raise SeriesError(f"{source}: timestamps are numbers (e.g. {column.iloc[0]!r}); "
+                          f"expected date-times like '2020-01-31 13:00'")
     empty = column.isna()
     if empty.any():
-        raise SeriesError(
-            f"{source}: {int(empty.sum())} row(s) have no timestamp (first at row {int(empty.argmax())})")
+        raise SeriesError(f"{source}: {int(empty.sum())} row(s) have no timestamp (first at row {int(empty.argmax())})")
     try:
         parsed = pd.to_datetime(column, errors="coerce")
     except ValueError:  # several UTC offsets (-04:00 and -05:00 across daylight saving): UTC is their common zone
@@ -278,9 +253,7 @@ def _parse_timestamps(column: pd.Series, source: str) -> pd.Series:
 
 
 def _parse_load(column: pd.Series, source: str) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(column):
-        return column.astype("float64")
-    numbers = pd.to_numeric(column, errors="coerce")
+    numbers = pd.to_numeric(column, errors="coerce")  # numeric columns come back as they are
     bad = numbers.isna() & column.notna()
     if bad.any():
         i = int(bad.argmax())
