@@ -106,8 +106,7 @@ def inject_anomalies(
 def _place(rng: np.random.Generator, kinds: list[str], lo: int, hi: int, margin: int,
            stamps: pd.DatetimeIndex, zone: str) -> list[tuple[str, int, int]]:
     """Non-overlapping [a, b) intervals (row positions), at least `margin` apart, longest first."""
-    taken: list[tuple[int, int]] = []
-    out = []
+    out: list[tuple[str, int, int]] = []
     drawn = [(k, int(rng.integers(KINDS[k].hours[0], KINDS[k].hours[1] + 1))) for k in kinds]
     for kind, hours in sorted(drawn, key=lambda kh: -kh[1]):
         if kind == "lost_pattern":
@@ -117,12 +116,11 @@ def _place(rng: np.random.Generator, kinds: list[str], lo: int, hi: int, margin:
             if kind == "lost_pattern":
                 a -= int(stamps[a].hour)
             b = a + hours
-            if a >= lo + 1 and b <= hi and all(b + margin <= s or a >= e + margin for s, e in taken):
+            if a >= lo + 1 and b <= hi and all(b + margin <= s or a >= e + margin for _, s, e in out):
                 break
         else:
             raise ValueError(f"zone {zone!r}: cannot fit {len(kinds)} anomalies {margin} h apart in "
                              f"{hi - lo} hours; plant fewer or use a longer period")
-        taken.append((a, b))
         out.append((kind, a, b))
     return sorted(out, key=lambda x: x[1])
 
@@ -220,9 +218,8 @@ def event_metrics(results: Sequence[Scored], labels: Sequence[Anomaly]) -> dict[
     scores, positive = [], []
     for r in results:
         mask = np.zeros(len(r.timestamps), bool)
-        for a in labels:
-            if a.zone == r.zone:
-                mask[(r.timestamps >= a.start) & (r.timestamps <= a.end)] = True
+        for a in [a for a in labels if a.zone == r.zone]:
+            mask[(r.timestamps >= a.start) & (r.timestamps <= a.end)] = True
         keep = np.isfinite(r.score) | mask
         scores.append(r.score[keep])
         positive.append(mask[keep])
