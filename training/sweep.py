@@ -112,9 +112,6 @@ class SweepConfig(_Strict):
     def base_config(self, data_overrides: dict[str, Any] | None = None) -> TrainConfig:
         return load_config(model_config_path(self.base), **{**self.overrides, **(data_overrides or {})})
 
-    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
-        return self.base_config({**params, "name": self.name})
-
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     path = Path(path)
@@ -200,7 +197,7 @@ def _fit_trial(sweep: SweepConfig, trial: optuna.Trial, prepared: Prepared, data
     """The objective: train the trial's settings through the pipeline, save the bundle (its test period is
     scored only for the best trial, at the end), and return the best validation loss."""
     params = {key: dim.suggest(trial, key) for key, dim in sweep.space.items()}
-    cfg = sweep.trial_config(params)
+    cfg = sweep.base_config({**params, "name": sweep.name})  # the trial's settings, under the sweep's name
     tr = cfg.training
     with torch_threads(max(1, int(sweep.cpus_per_trial))):
         pl.seed_everything(tr.seed, verbose=False)
@@ -274,18 +271,9 @@ class SweepResult:
     best_bundle: Path | None
 
 
-def run_sweep(
-    config: str | Path,
-    out: str | Path,
-    *,
-    trials: int,
-    parallel: int = 2,
-    storage: str | None = None,
-    study_name: str | None = None,
-    data: str | Path | None = None,
-    heartbeat_s: int = 10,
-    log: Callable[[str], None] = print,
-) -> SweepResult:
+def run_sweep(config: str | Path, out: str | Path, *, trials: int, parallel: int = 2, storage: str | None = None,
+              study_name: str | None = None, data: str | Path | None = None, heartbeat_s: int = 10,
+              log: Callable[[str], None] = print) -> SweepResult:
     """Run (or resume) the study until it has `trials` finished (completed or pruned) trials, at most
     `parallel` at a time, then export the best trial's bundle to `<out>/best`."""
     if trials < 1 or parallel < 1:
@@ -396,6 +384,5 @@ def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -
 
 
 def _best(study: Any) -> Any:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(complete, key=lambda t: t.value) if complete else None
+    return min(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, default=None)
 
