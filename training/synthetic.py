@@ -23,7 +23,7 @@ _COLDEST_DAY = 20  # day of year with the lowest mean temperature (late January)
 def _ar1(rng: np.random.Generator, shape: tuple[int, int], phi: float, std: np.ndarray) -> np.ndarray:
     """AR(1) paths [zones, steps] with stationary standard deviation `std` per zone, started stationary."""
     n_zones, steps = shape
-    path = rng.standard_normal((steps, n_zones)) * np.sqrt(1.0 - phi**2)  # the shocks, turned into the path
+    path = rng.standard_normal((steps, n_zones)) * np.sqrt(1.0 - phi**2)  # shocks; the loop turns them into the path
     path[0] = rng.standard_normal(n_zones)
     for t in range(1, steps):  # a loop over time only; each step is vectorized over zones
         path[t] += phi * path[t - 1]
