@@ -106,8 +106,7 @@ def inject_anomalies(
 def _place(rng: np.random.Generator, kinds: list[str], lo: int, hi: int, margin: int,
            stamps: pd.DatetimeIndex, zone: str) -> list[tuple[str, int, int]]:
     """Non-overlapping [a, b) intervals (row positions), at least `margin` apart, longest first."""
-    taken: list[tuple[int, int]] = []
-    out = []
+    out: list[tuple[str, int, int]] = []
     drawn = [(k, int(rng.integers(KINDS[k].hours[0], KINDS[k].hours[1] + 1))) for k in kinds]
     for kind, hours in sorted(drawn, key=lambda kh: -kh[1]):
         if kind == "lost_pattern":
@@ -117,46 +116,33 @@ def _place(rng: np.random.Generator, kinds: list[str], lo: int, hi: int, margin:
             if kind == "lost_pattern":
                 a -= int(stamps[a].hour)
             b = a + hours
-            if a >= lo + 1 and b <= hi and all(b + margin <= s or a >= e + margin for s, e in taken):
+            if a >= lo + 1 and b <= hi and all(b + margin <= s or a >= e + margin for _, s, e in out):
                 break
         else:
             raise ValueError(f"zone {zone!r}: cannot fit {len(kinds)} anomalies {margin} h apart in "
                              f"{hi - lo} hours; plant fewer or use a longer period")
-        taken.append((a, b))
         out.append((kind, a, b))
     return sorted(out, key=lambda x: x[1])
 
 
 def _plant(rng: np.random.Generator, kind: str, load: np.ndarray, a: int, b: int,
            stamps: pd.DatetimeIndex) -> float:
-    """Change load[a:b] in place as `kind` says; returns the signed magnitude used."""
-    lo, hi = KINDS[kind].magnitude
-    m = float(rng.uniform(lo, hi))
+    """Change load[a:b] in place as `kind` (checked by the caller) says; returns the signed magnitude used."""
+    m = float(rng.uniform(*KINDS[kind].magnitude))
     sign = 1.0 if rng.random() < 0.5 else -1.0
-    if kind == "spike":
-        load[a:b] *= 1.0 + m
-        return m
-    if kind == "dip":
-        load[a:b] *= 1.0 - m
-        return -m
-    if kind == "level_shift":
-        load[a:b] *= 1.0 + sign * m
-        return sign * m
-    if kind == "dropout":
+    signed = {"spike": m, "dip": -m, "level_shift": sign * m, "drift": sign * m}.get(kind, 0.0)
+    if kind in ("spike", "dip", "level_shift"):
+        load[a:b] *= 1.0 + signed
+    elif kind == "drift":
+        load[a:b] *= 1.0 + signed * (np.arange(1, b - a + 1) / (b - a))
+    elif kind == "dropout":
         load[a:b] = 0.0
-        return 0.0
-    if kind == "stuck":
+    elif kind == "stuck":
         load[a:b] = load[a - 1]
-        return 0.0
-    if kind == "lost_pattern":
+    elif kind == "lost_pattern":
         for day in range(a, b, 24):
             load[day : day + 24] = load[day : day + 24].mean()
-        return 0.0
-    if kind == "drift":
-        ramp = np.arange(1, b - a + 1) / (b - a)
-        load[a:b] *= 1.0 + sign * m * ramp
-        return sign * m
-    raise ValueError(kind)
+    return signed
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -220,24 +206,20 @@ def average_precision(score: np.ndarray, positive: np.ndarray) -> float:
 
 def event_metrics(results: Sequence[Scored], labels: Sequence[Anomaly]) -> dict[str, Any]:
     """Event precision, recall and F1 (overlap matching), PR-AUC of the hourly scores, detection delay."""
-    hour = pd.Timedelta(hours=1)
     events = [e for r in results for e in r.events]
-    true_events = sum(any(e.zone == a.zone and e.start <= a.end and e.end >= a.start for a in labels)
-                      for e in events)
-    delays = []
-    for a in labels:
-        hits = [e for e in events if e.zone == a.zone and e.start <= a.end and e.end >= a.start]
-        if hits:
-            delays.append(max(min(e.start for e in hits) - a.start, pd.Timedelta(0)) / hour)
+    hits = [[i for i, e in enumerate(events) if e.zone == a.zone and e.start <= a.end and e.end >= a.start]
+            for a in labels]  # per label, the positions of the events that overlap it
+    true_events = len(set().union(*hits))
+    delays = [max(min(events[i].start for i in found) - a.start, pd.Timedelta(0)) / pd.Timedelta(hours=1)
+              for a, found in zip(labels, hits, strict=True) if found]
     precision = true_events / len(events) if events else 0.0
     recall = len(delays) / len(labels) if labels else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     scores, positive = [], []
     for r in results:
         mask = np.zeros(len(r.timestamps), bool)
-        for a in labels:
-            if a.zone == r.zone:
-                mask[(r.timestamps >= a.start) & (r.timestamps <= a.end)] = True
+        for a in [a for a in labels if a.zone == r.zone]:
+            mask[(r.timestamps >= a.start) & (r.timestamps <= a.end)] = True
         keep = np.isfinite(r.score) | mask
         scores.append(r.score[keep])
         positive.append(mask[keep])
@@ -256,8 +238,7 @@ def false_alarms(results: Sequence[Scored]) -> dict[str, Any]:
         scored = r.timestamps[np.isfinite(r.score)]
         zone_months += len(scored) / (24 * 365.25 / 12)
         months = per.setdefault(r.zone, {})
-        for m in scored.to_period("M").unique().astype(str):
-            months.setdefault(m, 0)
+        months.update({m: months.get(m, 0) for m in scored.to_period("M").unique().astype(str)})
         for e in r.events:
             months[str(e.start.to_period("M"))] = months.get(str(e.start.to_period("M")), 0) + 1
     total = sum(sum(m.values()) for m in per.values())

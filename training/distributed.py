@@ -24,6 +24,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,7 @@ class ReportCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         import ray.train
 
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics["epoch"] = trainer.current_epoch
+        metrics = {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "epoch": trainer.current_epoch}
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)  # collective; rank 0 writes
             checkpoint = None
@@ -82,12 +82,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     trainer = prepare_trainer(build_trainer(
         tr, epochs, ReportCheckpoint(epochs), accelerator="gpu" if config["use_gpu"] else "cpu", devices="auto",
         strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], use_distributed_sampler=False))
-    resume = ray.train.get_checkpoint()
-    if resume:
-        with resume.as_directory() as ckpt:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt) / CHECKPOINT_FILE))
-    else:
-        trainer.fit(module, datamodule=dm)
+    resume = ray.train.get_checkpoint()  # set when a failed worker group restarts
+    with resume.as_directory() if resume else nullcontext() as ckpt:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt) / CHECKPOINT_FILE) if resume else None)
 
 
 def train_distributed(
@@ -117,6 +114,7 @@ def train_distributed(
     for line in prepared[1].summary_lines():
         log(f"  {line}")
     ensure_ray()
+    backend = "nccl" if use_gpu else "gloo"
     cpus = ray.cluster_resources().get("CPU", 1)
     threads = config.training.num_threads or max(1, int(cpus // num_workers))
     storage_path = str(storage) if storage else str(Path(tempfile.gettempdir()) / "energyopt-ray-train")
@@ -124,7 +122,7 @@ def train_distributed(
         _worker_loop,
         train_loop_config={"config": config.model_dump(), "split": ray.put(prepared[0]), "use_gpu": use_gpu,
                            "threads": 0 if use_gpu else threads},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": min(1.0, cpus / num_workers)}),
         run_config=RunConfig(
@@ -133,8 +131,7 @@ def train_distributed(
                                                checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=max_failures)),
     )
-    log(f"Ray Train: {num_workers} worker(s) ({'GPU, nccl' if use_gpu else 'CPU, gloo'}), checkpoints in "
-        f"{storage_path}")
+    log(f"Ray Train: {num_workers} worker(s) ({'GPU' if use_gpu else 'CPU'}, {backend}), checkpoints in {storage_path}")
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"distributed training failed: {result.error}")
@@ -150,6 +147,6 @@ def train_distributed(
         log(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f}, val_loss {e['val_loss']:.4f}")
     dm = data_module(prepared[0], module.model.config, config.features.spec(), config.training)
     run = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers, "use_gpu": use_gpu,
-           "backend": "nccl" if use_gpu else "gloo"}
+           "backend": backend}
     return finish_fit(config, module.model, dm, prepared, data, epochs, started, out, evaluate=evaluate, log=log,
                       meta={"training": {"distributed": run}})

@@ -31,6 +31,7 @@ RayJob example in cluster/ uses the shared volume).
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import time
@@ -44,11 +45,11 @@ import optuna
 import pytorch_lightning as pl
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from models.bundle import load_bundle, write_metrics
 from models.runtime import ensure_ray, torch_threads
-from training.config import ConfigError, TrainConfig, load_config, model_config_path, read_yaml, validated
+from training.config import ConfigError, TrainConfig, _Strict, load_config, model_config_path, read_yaml, validated
 from training.evaluate import score_test_period
 from training.module import ForecastModule
 from training.pipeline import EpochLog, Prepared, build_model, data_module, finish_fit, fit_best, prepare_data
@@ -56,10 +57,6 @@ from training.pipeline import EpochLog, Prepared, build_model, data_module, fini
 STUDY_FILE = "study.db"
 # heartbeats and stale-trial recovery are marked experimental in Optuna; they are what resume relies on
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Dimension(_Strict):
@@ -115,11 +112,6 @@ class SweepConfig(_Strict):
     def base_config(self, data_overrides: dict[str, Any] | None = None) -> TrainConfig:
         return load_config(model_config_path(self.base), **{**self.overrides, **(data_overrides or {})})
 
-    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
-        cfg = self.base_config(params)
-        cfg.name = self.name
-        return cfg
-
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     path = Path(path)
@@ -132,45 +124,37 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
 
 def storage_url(storage: str | None, out: Path) -> str:
     """Default: SQLite file in the output folder. A path ending in .log/.jsonl is an Optuna journal file."""
-    if storage is None:
-        return f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    return storage
+    return f"sqlite:///{(out / STUDY_FILE).resolve()}" if storage is None else storage
 
 
 def open_storage(url: str, *, heartbeat_s: int, max_retries: int) -> Any:
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    retry = _retry_callback(max_retries)
     if "://" not in url:  # a journal file
         Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     try:
-        # heartbeats: a trial whose process stopped beating for 3 intervals is failed and re-queued
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-                          heartbeat_stale_trial_callback=retry, engine_kwargs=_engine_kwargs(url))
+        # heartbeats: a trial whose process stopped beating for 3 intervals is failed and re-queued;
+        # SQLite waits for the lock rather than failing when two trials write at the same moment
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+            heartbeat_stale_trial_callback=_retry_callback(max_retries),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
     except (optuna.exceptions.StorageInternalError, ValueError, ImportError) as err:
         raise ConfigError(f"cannot open the study storage {url}: {err}") from None
 
 
 def _retry_callback(max_retries: int) -> Any:
     """Optuna's re-queue of a failed trial with the same parameters (`failed_trial` system attribute)."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    return RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
-
-
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    # SQLite: wait for the lock rather than failing when two trials write at the same moment
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
 
 
 def _recover(study: Any, url: str, heartbeat_s: int, max_retries: int) -> int:
     """Mark trials of dead processes failed (re-queueing those that had started); returns how many."""
-    import datetime
-
-    if "://" not in url:
-        return _retry_orphans(study, max_retries)
+    if "://" not in url:  # journal storages have no heartbeats: fail and re-queue every trial left RUNNING
+        orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in orphans:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            _retry_callback(max_retries)(study, study._storage.get_trial(t._trial_id))
+        return len(orphans)
     before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     optuna.storages.fail_stale_trials(study)  # heartbeats stopped: FAIL, and re-queued by the callback
     # A process killed between creating a trial and its first heartbeat leaves a RUNNING trial that no
@@ -181,15 +165,6 @@ def _recover(study: Any, url: str, heartbeat_s: int, max_retries: int) -> int:
         if not t.params and t.datetime_start is not None and t.datetime_start < cutoff:
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
-
-
-def _retry_orphans(study: Any, max_retries: int) -> int:
-    """Journal storages have no heartbeats: fail and re-queue every trial left RUNNING by an earlier run."""
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in orphans:
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        _retry_callback(max_retries)(study, study._storage.get_trial(t._trial_id))
-    return len(orphans)
 
 
 # ----------------------------------------------------------------------------------------------- trial
@@ -222,7 +197,7 @@ def _fit_trial(sweep: SweepConfig, trial: optuna.Trial, prepared: Prepared, data
     """The objective: train the trial's settings through the pipeline, save the bundle (its test period is
     scored only for the best trial, at the end), and return the best validation loss."""
     params = {key: dim.suggest(trial, key) for key, dim in sweep.space.items()}
-    cfg = sweep.trial_config(params)
+    cfg = sweep.base_config({**params, "name": sweep.name})  # the trial's settings, under the sweep's name
     tr = cfg.training
     with torch_threads(max(1, int(sweep.cpus_per_trial))):
         pl.seed_everything(tr.seed, verbose=False)
@@ -296,18 +271,9 @@ class SweepResult:
     best_bundle: Path | None
 
 
-def run_sweep(
-    config: str | Path,
-    out: str | Path,
-    *,
-    trials: int,
-    parallel: int = 2,
-    storage: str | None = None,
-    study_name: str | None = None,
-    data: str | Path | None = None,
-    heartbeat_s: int = 10,
-    log: Callable[[str], None] = print,
-) -> SweepResult:
+def run_sweep(config: str | Path, out: str | Path, *, trials: int, parallel: int = 2, storage: str | None = None,
+              study_name: str | None = None, data: str | Path | None = None, heartbeat_s: int = 10,
+              log: Callable[[str], None] = print) -> SweepResult:
     """Run (or resume) the study until it has `trials` finished (completed or pruned) trials, at most
     `parallel` at a time, then export the best trial's bundle to `<out>/best`."""
     if trials < 1 or parallel < 1:
@@ -391,7 +357,9 @@ def _run_trials(sweep: SweepConfig, study: Any, url: str, prepared: Prepared, tr
 
 
 def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -> Path:
-    """Copy the best trial's bundle to `<out>/best` (atomically) with its test-period scores."""
+    """Copy the best trial's bundle to `<out>/best` (atomically) with its test-period scores. Only the chosen
+    model is scored on the test period, once: trials are compared on validation only, so the test figures
+    stay unbiased, and the exported bundle carries them like any trained bundle does."""
     source = out / "trials" / str(best.number)
     if not source.is_dir():
         raise ConfigError(f"the best trial #{best.number} has no saved model in {source}: was --out "
@@ -400,28 +368,21 @@ def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -
     tmp = out / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    _write_test_metrics(tmp, split, log)
+    try:
+        metrics = score_test_period(load_bundle(tmp), split)
+    except ValueError as err:  # a test period too short for one forecast origin
+        log(f"best trial: no test-period evaluation ({err})")
+    else:
+        write_metrics(tmp, metrics)
+        overall = next(iter(metrics["summary"].values()))
+        log(f"best trial on the test period: MAE {overall['mae']:.4g}, MAPE {overall['mape']:.3g} %, "
+            f"80 % coverage {overall['coverage_80']:.3f}")
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp, best_dir)
     log(f"best trial #{best.number}: val_loss {best.value:.4f} {best.params} -> {best_dir}")
     return best_dir
 
 
-def _write_test_metrics(bundle_dir: Path, split: Any, log: Callable[[str], None]) -> None:
-    """Score the chosen model, once, on the test period: trials are compared on validation only, so the
-    test figures stay unbiased, and the exported bundle carries them like any trained bundle does."""
-    try:
-        metrics = score_test_period(load_bundle(bundle_dir), split)
-    except ValueError as err:  # a test period too short for one forecast origin
-        log(f"best trial: no test-period evaluation ({err})")
-        return
-    write_metrics(bundle_dir, metrics)
-    overall = next(iter(metrics["summary"].values()))
-    log(f"best trial on the test period: MAE {overall['mae']:.4g}, MAPE {overall['mape']:.3g} %, "
-        f"80 % coverage {overall['coverage_80']:.3f}")
-
-
 def _best(study: Any) -> Any:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(complete, key=lambda t: t.value) if complete else None
+    return min(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, default=None)
 

@@ -23,14 +23,11 @@ _COLDEST_DAY = 20  # day of year with the lowest mean temperature (late January)
 def _ar1(rng: np.random.Generator, shape: tuple[int, int], phi: float, std: np.ndarray) -> np.ndarray:
     """AR(1) paths [zones, steps] with stationary standard deviation `std` per zone, started stationary."""
     n_zones, steps = shape
-    shocks = rng.standard_normal((steps, n_zones)) * np.sqrt(1.0 - phi**2)
-    shocks[0] = rng.standard_normal(n_zones)
-    out = np.empty((steps, n_zones))
-    state = np.zeros(n_zones)
-    for t in range(steps):  # a loop over time only; each step is vectorized over zones
-        state = phi * state + shocks[t]
-        out[t] = state
-    return out.T * std[:, None]
+    path = rng.standard_normal((steps, n_zones)) * np.sqrt(1.0 - phi**2)  # shocks; the loop turns them into the path
+    path[0] = rng.standard_normal(n_zones)
+    for t in range(1, steps):  # a loop over time only; each step is vectorized over zones
+        path[t] += phi * path[t - 1]
+    return path.T * std[:, None]
 
 
 def _circular_bump(hour: np.ndarray, centre: float, width: float) -> np.ndarray:
