@@ -26,15 +26,11 @@ PACKAGE = "serving.api"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
-def proto_files() -> list[Path]:
-    return sorted(PROTO_ROOT.rglob("*.proto"))
-
-
 def generate(out_root: Path) -> list[Path]:
     """Write the stubs of every proto file under `out_root`; returns the files written."""
     from grpc_tools import protoc
 
-    protos = proto_files()
+    protos = sorted(PROTO_ROOT.rglob("*.proto"))
     if not protos:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}")
     out_root.mkdir(parents=True, exist_ok=True)
