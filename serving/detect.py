@@ -56,9 +56,8 @@ def detect_parquet(model: str | Path | Bundle, input_path: str | Path, output: s
     partitions = num_partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
     events = ds.groupby(ZONE, num_partitions=partitions).map_groups(
         _detect_zone, batch_format="pandas",
-        fn_kwargs={"bundle": bundle, "max_interpolate_hours": max_interpolate_hours})
-    events = events.materialize()  # computed once, then written and counted
-    events.write_parquet(str(output))
+        fn_kwargs={"bundle": bundle, "max_interpolate_hours": max_interpolate_hours}).materialize()
+    events.write_parquet(str(output))  # materialized: computed once, then written and counted
     return int(events.count())
 
 

@@ -4,9 +4,8 @@ The `.proto` files under `proto/` are the source of truth. Stubs go to `serving/
 `serving.api.energyopt.v1.forecast_pb2` and friends); protoc names modules after the proto path
 (`from energyopt.v1 import ...`, messages' `__module__` = `energyopt.v1.forecast_pb2`), which would
 clash with the `energyopt` command-line package and break unpickling, so both are rewritten to point
-into `serving.api`. `--check` regenerates into a temporary
-folder and exits 1 when the committed stubs differ (run by the tests); the output depends on the
-grpcio-tools version, printed on a mismatch.
+into `serving.api`. `--check` regenerates into a temporary folder and exits 1 when the committed stubs
+differ (run by the tests); the output depends on the grpcio-tools version, printed on a mismatch.
 """
 
 from __future__ import annotations

@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import torch
 
 from models.bundle import Bundle, load_bundle
 from models.data import hour_runs, mean_per_run
@@ -89,7 +91,6 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.n
     if not ((step_zone > 0) | ((step_zone == 0) & (step_hour >= 0))).all():  # already ordered: skip the sort
         order = np.lexsort((stamps, codes))
         codes, stamps, loads = codes[order], stamps[order], loads[order]
-    # one value per (zone, hour): duplicates averaged, as ingest does
     starts = hour_runs(codes, stamps)
     if len(starts) < len(codes):
         loads, codes, stamps = mean_per_run(loads, starts), codes[starts], stamps[starts]
@@ -118,7 +119,6 @@ class _Forecaster:
 
     def __init__(self, bundle: Any, horizon: int, tz: str | None, device: str) -> None:
         import ray
-        import torch
 
         self.bundle: Bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
         self.horizon, self.tz, self.device = horizon, tz, device
@@ -126,8 +126,6 @@ class _Forecaster:
             torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        import pandas as pd
-
         last = pd.DatetimeIndex(batch["last"].astype("datetime64[ns]"))
         if self.tz:
             last = last.tz_localize("UTC").tz_convert(self.tz)
@@ -254,7 +252,7 @@ def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) 
     bounds: list[str] = []  # cut points between tasks: a row group's first zone every ~unit_rows_target rows
     rows_since = 0
     for low, _, _, _, rows in groups:
-        if rows_since >= unit_rows_target and (not bounds or low > bounds[-1]) and low > groups[0][0]:
+        if rows_since >= unit_rows_target and low > (bounds[-1] if bounds else groups[0][0]):
             bounds.append(low)
             rows_since = 0
         rows_since += rows
@@ -343,7 +341,6 @@ def score(
     atomically). Raises ScoringError (a ValueError) naming the problem for unusable inputs."""
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     started = time.perf_counter()
     bundle, horizon = _scoring_bundle(model, horizon)
@@ -361,7 +358,7 @@ def score(
             f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
         windows = _windows(in_fs, in_path, rows, bundle.input_length, workers, skip_log, log)
         forecasts = windows.map_batches(
-            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
+            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),
             **({"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}))
         forecasts.write_parquet(tmp, filesystem=out_fs)
