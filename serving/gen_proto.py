@@ -63,8 +63,7 @@ def check() -> list[str]:
         fresh = Path(tmp) / "api"
         generate(fresh)
         want = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
-        have = {p.relative_to(OUT_ROOT) for p in OUT_ROOT.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts}
+        have = {p.relative_to(OUT_ROOT) for p in OUT_ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
         stale = sorted(str(p) for p in want ^ have)
         stale += sorted(str(p) for p in want & have if not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False))
     return stale

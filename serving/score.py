@@ -170,8 +170,7 @@ def inspect_input(path: str | Path) -> tuple[pafs.FileSystem, str, pa.Schema, in
         schema, rows = dataset.schema, dataset.count_rows()
     except (pa.ArrowInvalid, OSError) as err:
         raise ScoringError(f"input {path} is not readable Parquet: {err}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-    if missing:
+    if missing := [c for c in REQUIRED_COLUMNS if c not in schema.names]:
         raise ScoringError(f"input {path} lacks column(s) {missing}; it has {schema.names}. Scoring needs "
                            f"long-format rows {list(REQUIRED_COLUMNS)} (one per zone and hour)")
     if not pa.types.is_timestamp(schema.field(TIMESTAMP).type):
@@ -283,12 +282,14 @@ def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: 
         for file, row_groups in unit.parts:
             with fs.open_input_file(file) as handle:
                 table = pq.ParquetFile(handle).read_row_groups(row_groups, columns=list(REQUIRED_COLUMNS))
-            keep = pc.scalar(True)
+            zone = table.column(ZONE)
+            keep = None
             if unit.low is not None:
-                keep &= pc.field(ZONE) >= unit.low
+                keep = pc.greater_equal(zone, unit.low)
             if unit.high is not None:
-                keep &= pc.field(ZONE) < unit.high
-            parts.append(table.filter(keep))
+                below = pc.less(zone, unit.high)
+                keep = below if keep is None else pc.and_(keep, below)
+            parts.append(table if keep is None else table.filter(keep))
     return _last_windows(pa.concat_tables(parts, promote_options="default"), length, skip_log)
 
 
