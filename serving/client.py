@@ -94,10 +94,8 @@ class ForecastClient:
     ) -> pb.ForecastRegionResponse:
         """Every zone of `region` (or `zones`) and the region total, `horizon` hours from `issue_time`
         (default: right after the server's latest history)."""
-        request = pb.ForecastRegionRequest(
-            region=region, horizon=horizon, quantiles=list(quantiles), zones=list(zones),
-            issue_time=_iso(issue_time), model=model,
-        )
+        request = pb.ForecastRegionRequest(region=region, horizon=horizon, quantiles=list(quantiles), zones=list(zones),
+                                           issue_time=_iso(issue_time), model=model)
         return self._call("ForecastRegion", self._stub.ForecastRegion, request, timeout)
 
     def forecast_series(
@@ -111,9 +109,8 @@ class ForecastClient:
     ) -> pb.ForecastSeriesResponse:
         """Forecast caller-supplied histories. Each series is a `SeriesInput` or a mapping with `history`
         (hourly MW, oldest first), `last_timestamp` and optionally `name` and `covariates`."""
-        request = pb.ForecastSeriesRequest(horizon=horizon, quantiles=list(quantiles), model=model)
-        for s in series:
-            request.series.append(s if isinstance(s, pb.SeriesInput) else series_input(**s))
+        request = pb.ForecastSeriesRequest(horizon=horizon, quantiles=list(quantiles), model=model, series=[
+            s if isinstance(s, pb.SeriesInput) else series_input(**s) for s in series])
         return self._call("ForecastSeries", self._stub.ForecastSeries, request, timeout)
 
     def model_info(self, model: str = "", *, timeout: float | None = None) -> pb.ModelInfo:
@@ -147,8 +144,7 @@ class ForecastClient:
                 retryable = code in RETRYABLE or (code == grpc.StatusCode.INTERNAL and details.startswith(REPLICA_DIED))
                 if not retryable or attempt == self.retries:
                     raise ForecastError(code, details, method) from None
-            delay = min(self.max_backoff, self.backoff * 2**attempt)
-            time.sleep(delay * random.uniform(0.5, 1.0))
+            time.sleep(min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0))  # jittered
         raise AssertionError("unreachable")
 
 
@@ -168,17 +164,12 @@ def series_input(history: Sequence[float] | np.ndarray, last_timestamp: str | pd
 def to_frame(response: pb.ForecastRegionResponse | pb.ForecastSeriesResponse) -> pd.DataFrame:
     """A response as a long table: zone (or series name; TOTAL for a region total), timestamp, point and
     one column q<level> per band."""
-    if isinstance(response, pb.ForecastRegionResponse):
-        forecasts = [*response.zones, response.total]
-    else:
-        forecasts = list(response.forecasts)
-    frames = []
-    for f in forecasts:
-        frame = pd.DataFrame({"zone": f.name, "timestamp": pd.to_datetime(list(f.timestamps)),
-                              "point": np.asarray(f.point, np.float32)})
-        for band in f.quantiles:
-            frame[f"q{band.level:g}"] = np.asarray(band.values, np.float32)
-        frames.append(frame)
+    region = isinstance(response, pb.ForecastRegionResponse)
+    forecasts = [*response.zones, response.total] if region else list(response.forecasts)
+    frames = [pd.DataFrame({"zone": f.name, "timestamp": pd.to_datetime(list(f.timestamps)),
+                            "point": np.asarray(f.point, np.float32),
+                            **{f"q{band.level:g}": np.asarray(band.values, np.float32) for band in f.quantiles}})
+              for f in forecasts]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

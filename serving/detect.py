@@ -34,11 +34,8 @@ def _detect_zone(rows: pd.DataFrame, bundle: Bundle, max_interpolate_hours: int)
     torch.set_num_threads(1)  # one task per CPU: more threads per task only fight over the cores
     segments, _ = detection_segments(rows, max_interpolate_hours=max_interpolate_hours)
     results, _ = detect_segments(bundle, segments)
-    events = [e for r in results for e in r.events]
-    frame = pd.DataFrame([{"zone": e.zone, "start": e.start, "end": e.end, "hours": e.hours,
-                           "severity": e.severity, "expected": e.expected, "observed": e.observed,
-                           "component": e.component} for e in events], columns=list(EVENT_COLUMNS))
-    return frame.astype(EVENT_COLUMNS)
+    events = [{c: getattr(e, c) for c in EVENT_COLUMNS} for r in results for e in r.events]  # `hours`: a property
+    return pd.DataFrame(events, columns=list(EVENT_COLUMNS)).astype(EVENT_COLUMNS)
 
 
 def detect_parquet(model: str | Path | Bundle, input_path: str | Path, output: str | Path, *,
@@ -59,14 +56,11 @@ def detect_parquet(model: str | Path | Bundle, input_path: str | Path, output: s
     partitions = num_partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
     events = ds.groupby(ZONE, num_partitions=partitions).map_groups(
         _detect_zone, batch_format="pandas",
-        fn_kwargs={"bundle": bundle, "max_interpolate_hours": max_interpolate_hours})
-    events = events.materialize()  # computed once, then written and counted
-    events.write_parquet(str(output))
+        fn_kwargs={"bundle": bundle, "max_interpolate_hours": max_interpolate_hours}).materialize()
+    events.write_parquet(str(output))  # materialized: computed once, then written and counted
     return int(events.count())
 
 
 def read_events(path: str | Path) -> pd.DataFrame:
     """Events written by `detect_parquet`, sorted by start and zone."""
-    frame = pd.read_parquet(path)
-    return frame.sort_values(["start", "zone"], kind="stable").reset_index(drop=True)
-
+    return pd.read_parquet(path).sort_values(["start", "zone"], kind="stable").reset_index(drop=True)

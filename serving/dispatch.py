@@ -81,8 +81,7 @@ def problems_from_request(request: pb.OptimizeDispatchRequest, zone_load_mw: Map
         if len(s.load_kw):
             load = np.asarray(s.load_kw, dtype=np.float64)
         elif s.zone:
-            share = s.zone_share or 1.0
-            load = share * 1000.0 * np.asarray(zone_load_mw[s.zone][:horizon], dtype=np.float64)
+            load = (s.zone_share or 1.0) * 1000.0 * np.asarray(zone_load_mw[s.zone][:horizon], dtype=np.float64)
         else:
             raise invalid(f"{where}.load_kw: required (or name a zone whose forecast the server supplies)")
         for field, values in (("load_kw", load), ("export_price", s.export_price), ("flex_allowed", s.flex_allowed)):
@@ -96,21 +95,17 @@ def problems_from_request(request: pb.OptimizeDispatchRequest, zone_load_mw: Map
         values = np.array([getattr(s, field) for s in sites], dtype=np.float64)
         return np.where(values == 0, default, values) if default is not None else values
 
+    scalars = ("battery_kwh", "soc_min_kwh", "soc_initial_kwh", "soc_terminal_kwh", "charge_kw", "discharge_kw",
+               "degradation_cost", "demand_charge", "peak_floor_kw", "flex_kwh_per_day", "flex_max_kw")
+    limit_fields = ("import_limit_kw", "export_limit_kw")  # unset: no limit
     try:
         return DispatchProblems(
             site=names, dt_hours=step / 60.0, load_kw=np.stack(loads),
             import_price=np.stack([np.asarray(s.import_price, dtype=np.float64) for s in sites]),
-            export_price=np.stack(exports), battery_kwh=per_site("battery_kwh"), soc_min_kwh=per_site("soc_min_kwh"),
-            soc_initial_kwh=per_site("soc_initial_kwh"), soc_terminal_kwh=per_site("soc_terminal_kwh"),
-            charge_kw=per_site("charge_kw"), discharge_kw=per_site("discharge_kw"),
+            export_price=np.stack(exports), flex_allowed=np.stack(allowed),
             charge_efficiency=per_site("charge_efficiency", 0.95),
-            discharge_efficiency=per_site("discharge_efficiency", 0.95),
-            degradation_cost=per_site("degradation_cost"), demand_charge=per_site("demand_charge"),
-            peak_floor_kw=per_site("peak_floor_kw"),
-            import_limit_kw=np.array([s.import_limit_kw if s.HasField("import_limit_kw") else np.inf for s in sites]),
-            export_limit_kw=np.array([s.export_limit_kw if s.HasField("export_limit_kw") else np.inf for s in sites]),
-            flex_kwh_per_day=per_site("flex_kwh_per_day"), flex_max_kw=per_site("flex_max_kw"),
-            flex_allowed=np.stack(allowed))
+            discharge_efficiency=per_site("discharge_efficiency", 0.95), **{f: per_site(f) for f in scalars},
+            **{f: np.array([getattr(s, f) if s.HasField(f) else np.inf for s in sites]) for f in limit_fields})
     except ProblemError as err:  # names the field and the site
         raise invalid(f"sites: {err}") from None
 
@@ -125,10 +120,9 @@ def optimize(request: pb.OptimizeDispatchRequest, zone_load_mw: Mapping[str, np.
     with_b, without = solution.schedule(), baseline.schedule()
     response = pb.OptimizeDispatchResponse(solve_seconds=solution.seconds + baseline.seconds)
     for i, name in enumerate(problems.site):
-        ok = solution.status[i] == "optimal"
         site = response.sites.add(name=name, status=solution.status[i], reason=solution.reason[i] or "",
                                   iterations=int(solution.iterations[i]), load_kw=problems.load_kw[i].tolist())
-        if not ok:
+        if solution.status[i] != "optimal":
             continue
         site.cost = float(solution.objective[i])
         site.cost_without_battery = float(baseline.objective[i])

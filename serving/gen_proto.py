@@ -4,9 +4,8 @@ The `.proto` files under `proto/` are the source of truth. Stubs go to `serving/
 `serving.api.energyopt.v1.forecast_pb2` and friends); protoc names modules after the proto path
 (`from energyopt.v1 import ...`, messages' `__module__` = `energyopt.v1.forecast_pb2`), which would
 clash with the `energyopt` command-line package and break unpickling, so both are rewritten to point
-into `serving.api`. `--check` regenerates into a temporary
-folder and exits 1 when the committed stubs differ (run by the tests); the output depends on the
-grpcio-tools version, printed on a mismatch.
+into `serving.api`. `--check` regenerates into a temporary folder and exits 1 when the committed stubs
+differ (run by the tests); the output depends on the grpcio-tools version, printed on a mismatch.
 """
 
 from __future__ import annotations
@@ -26,15 +25,11 @@ PACKAGE = "serving.api"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
-def proto_files() -> list[Path]:
-    return sorted(PROTO_ROOT.rglob("*.proto"))
-
-
 def generate(out_root: Path) -> list[Path]:
     """Write the stubs of every proto file under `out_root`; returns the files written."""
     from grpc_tools import protoc
 
-    protos = proto_files()
+    protos = sorted(PROTO_ROOT.rglob("*.proto"))
     if not protos:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}")
     out_root.mkdir(parents=True, exist_ok=True)
@@ -68,8 +63,7 @@ def check() -> list[str]:
         fresh = Path(tmp) / "api"
         generate(fresh)
         want = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
-        have = {p.relative_to(OUT_ROOT) for p in OUT_ROOT.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts}
+        have = {p.relative_to(OUT_ROOT) for p in OUT_ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
         stale = sorted(str(p) for p in want ^ have)
         stale += sorted(str(p) for p in want & have if not filecmp.cmp(fresh / p, OUT_ROOT / p, shallow=False))
     return stale

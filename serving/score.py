@@ -30,6 +30,7 @@ filesystem), the same float32 windows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -40,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import torch
 
 from models.bundle import Bundle, load_bundle
 from models.data import hour_runs, mean_per_run
@@ -75,10 +78,9 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.n
 
     Duplicate hours (daylight saving) are averaged, as ingest does. A series without `length`
     contiguous, finite hours at its end is reported to `skip_log` and yields no row."""
-    empty = {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
-             "history": np.zeros((0, length), np.float32)}
     if block.num_rows == 0:
-        return empty
+        return {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
+                "history": np.zeros((0, length), np.float32)}
     zone_codes = pc.dictionary_encode(block.column(ZONE)).combine_chunks()
     names = zone_codes.dictionary.to_numpy(zero_copy_only=False)
     codes = zone_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -89,7 +91,6 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.n
     if not ((step_zone > 0) | ((step_zone == 0) & (step_hour >= 0))).all():  # already ordered: skip the sort
         order = np.lexsort((stamps, codes))
         codes, stamps, loads = codes[order], stamps[order], loads[order]
-    # one value per (zone, hour): duplicates averaged, as ingest does
     starts = hour_runs(codes, stamps)
     if len(starts) < len(codes):
         loads, codes, stamps = mean_per_run(loads, starts), codes[starts], stamps[starts]
@@ -102,17 +103,13 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.n
     first_idx = np.where(ok, end - length, begin)
     # unique sorted hours: the last `length` are contiguous iff they span exactly length - 1 hours
     contiguous = stamps[last_idx] - stamps[first_idx] == (length - 1) * HOUR_NS
-    windows_idx = first_idx[:, None] + np.arange(length)
-    windows = loads[np.minimum(windows_idx, len(loads) - 1)]
-    finite = np.isfinite(windows).all(axis=1)
-    good = ok & contiguous & finite
+    windows = loads[np.minimum(first_idx[:, None] + np.arange(length), len(loads) - 1)]
+    good = ok & contiguous & np.isfinite(windows).all(axis=1)
     for k in np.flatnonzero(~good):  # rare: report and skip (fire and forget; collected at the end)
         reason = (f"{n_hours[k]} hours of history; the model reads {length}" if not ok[k] else
                   f"the last {length} hours are not contiguous hourly values (gaps or sub-hourly stamps)"
                   if not contiguous[k] else f"missing (NaN) or infinite load in the last {length} hours")
         skip_log.add.remote(str(names[codes[begin[k]]]), reason)
-    if not good.any():
-        return empty
     return {"zone": names[codes[begin[good]]].astype(object), "last": stamps[last_idx[good]],
             "history": windows[good].astype(np.float32)}
 
@@ -122,7 +119,6 @@ class _Forecaster:
 
     def __init__(self, bundle: Any, horizon: int, tz: str | None, device: str) -> None:
         import ray
-        import torch
 
         self.bundle: Bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
         self.horizon, self.tz, self.device = horizon, tz, device
@@ -130,8 +126,6 @@ class _Forecaster:
             torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        import pandas as pd
-
         last = pd.DatetimeIndex(batch["last"].astype("datetime64[ns]"))
         if self.tz:
             last = last.tz_localize("UTC").tz_convert(self.tz)
@@ -147,16 +141,14 @@ def forecast_table(zones: np.ndarray, last_ns: np.ndarray, quantiles: np.ndarray
     steps = np.arange(1, horizon + 1, dtype=np.int64)
     origin = np.repeat(np.asarray(last_ns, np.int64) + HOUR_NS, horizon)
     stamp_type = pa.timestamp("ns", tz)
-    columns = {
+    return pa.table({
         "zone": pa.array(np.repeat(np.asarray(zones, dtype=object), horizon), pa.string()),
         "origin": pa.array(origin, pa.int64()).cast(stamp_type),
         "timestamp": pa.array(origin + np.tile(steps - 1, n) * HOUR_NS, pa.int64()).cast(stamp_type),
         "horizon": pa.array(np.tile(steps, n).astype(np.int16)),
         "mean": pa.array(quantiles[..., bundle.model.median_index].reshape(-1)),
-    }
-    for j, level in enumerate(bundle.quantiles):
-        columns[f"q{level:g}"] = pa.array(quantiles[..., j].reshape(-1))
-    return pa.table(columns)
+        **{f"q{level:g}": pa.array(quantiles[..., j].reshape(-1)) for j, level in enumerate(bundle.quantiles)},
+    })
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -171,17 +163,14 @@ def _resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
 def inspect_input(path: str | Path) -> tuple[pafs.FileSystem, str, pa.Schema, int]:
     """Check the input before any work starts: it exists, is Parquet, has the columns, has rows."""
     fs, where = _resolve(path)
-    info = fs.get_file_info(where)
-    if info.type == pafs.FileType.NotFound:
+    if fs.get_file_info(where).type == pafs.FileType.NotFound:
         raise ScoringError(f"input {path} does not exist")
     try:
         dataset = pads.dataset(where, filesystem=fs, format="parquet", exclude_invalid_files=False)
-        schema = dataset.schema
-        rows = dataset.count_rows()
+        schema, rows = dataset.schema, dataset.count_rows()
     except (pa.ArrowInvalid, OSError) as err:
         raise ScoringError(f"input {path} is not readable Parquet: {err}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-    if missing:
+    if missing := [c for c in REQUIRED_COLUMNS if c not in schema.names]:
         raise ScoringError(f"input {path} lacks column(s) {missing}; it has {schema.names}. Scoring needs "
                            f"long-format rows {list(REQUIRED_COLUMNS)} (one per zone and hour)")
     if not pa.types.is_timestamp(schema.field(TIMESTAMP).type):
@@ -198,8 +187,7 @@ def _prepare_output(path: str | Path) -> tuple[pafs.FileSystem, str, str]:
     """The output's filesystem, its path, and a fresh temporary directory beside it (same filesystem,
     so the final swap is a rename)."""
     fs, where = _resolve(path)
-    info = fs.get_file_info(where)
-    if info.type == pafs.FileType.File:
+    if fs.get_file_info(where).type == pafs.FileType.File:
         raise ScoringError(f"output {path} is a file; pass a directory path (it is replaced as a whole)")
     parent, name = where.rstrip("/").rsplit("/", 1) if "/" in where.rstrip("/") else ("", where)
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -212,18 +200,6 @@ def _prepare_output(path: str | Path) -> tuple[pafs.FileSystem, str, str]:
     except OSError as err:
         raise ScoringError(f"cannot write the output beside {path} (in {parent or '.'}): {err}") from None
     return fs, where, tmp
-
-
-def _swap_into_place(fs: pafs.FileSystem, tmp: str, target: str) -> None:
-    """Replace `target` by `tmp`: the old result moves aside, the new one is renamed in, the old deleted.
-    On a local or HDFS filesystem each step is a rename; readers see the old or the new result, whole."""
-    old = None
-    if fs.get_file_info(target).type != pafs.FileType.NotFound:
-        old = f"{tmp.rsplit('.tmp-', 1)[0]}.old-{uuid.uuid4().hex[:8]}"
-        fs.move(target, old)
-    fs.move(tmp, target)
-    if old is not None:
-        fs.delete_dir(old)
 
 
 UNIT_ROWS = 1_000_000  # rows per read task when the input is ordered by zone (at least 4 row groups' worth)
@@ -242,21 +218,19 @@ class ReadUnit:
 def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) -> list[ReadUnit] | None:
     """Read tasks that own disjoint zone ranges, planned from the Parquet footers alone, or None.
 
-    Batch inputs are usually written zone by zone (an export per zone or per chunk of zones), so each row
-    group holds a narrow range of zones. The footers' min/max statistics of `zone` then cut the zones into
-    ranges of about UNIT_ROWS rows, and at least four of the largest row group, since writers cut row groups
-    by row count, mid-zone: a task reads only the row groups whose range meets its own (a zone cut between
-    row groups or files is read whole by its owner, at the cost of reading a neighbouring row group too)
-    and keeps its own zones: every series is windowed by exactly one task and nothing is shuffled. None
-    (the caller shuffles by zone instead) when statistics are missing, or the zones are so spread over the
-    row groups that a task would read more than 4 x its share of rows or all of them more than MAX_REREAD
-    times the input.
-    """
+    Batch inputs are usually written zone by zone (an export per zone or chunk of zones), so each row group
+    holds a narrow range of zones. The footers' min/max of `zone` cut the zones into ranges of about UNIT_ROWS
+    rows, and at least four of the largest row group (writers cut row groups by row count, mid-zone). A task
+    reads the row groups whose range meets its own (a zone split between row groups or files is read whole by
+    its owner, at the cost of a neighbouring row group) and keeps its own zones: every series is windowed by
+    exactly one task and nothing is shuffled. None (the caller shuffles by zone instead) when statistics are
+    missing, or the zones are so spread over the row groups that a task would read more than 4 x its share of
+    rows or all of them more than MAX_REREAD times the input."""
     try:
         fragments = list(pads.dataset(path, filesystem=fs, format="parquet").get_fragments())
     except (pa.ArrowInvalid, OSError):
         return None
-    if not fragments or len(fragments) > max_files:
+    if len(fragments) > max_files:
         return None
     groups = []  # (zone min, zone max, file, row group, rows)
     for fragment in fragments:
@@ -270,25 +244,24 @@ def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) 
             if stats is None or not stats.has_min_max or not isinstance(stats.min, str):
                 return None
             groups.append((stats.min, stats.max, fragment.path, i, rg.num_rows))
-    if not groups:
+    if not groups:  # no files, or only empty row groups
         return None
     groups.sort(key=lambda g: (g[0], g[1]))
     unit_rows_target = max(UNIT_ROWS, 4 * max(g[4] for g in groups))
     bounds: list[str] = []  # cut points between tasks: a row group's first zone every ~unit_rows_target rows
     rows_since = 0
     for low, _, _, _, rows in groups:
-        if rows_since >= unit_rows_target and (not bounds or low > bounds[-1]) and low > groups[0][0]:
+        if rows_since >= unit_rows_target and low > (bounds[-1] if bounds else groups[0][0]):
             bounds.append(low)
             rows_since = 0
         rows_since += rows
     units, rows_read = [], 0
     for low, high in zip([None, *bounds], [*bounds, None]):
+        mine = [g for g in groups if (low is None or g[1] >= low) and (high is None or g[0] < high)]
+        unit_rows = sum(g[4] for g in mine)
         parts: dict[str, list[int]] = {}
-        unit_rows = 0
-        for g_low, g_high, file, index, rows in groups:
-            if (low is None or g_high >= low) and (high is None or g_low < high):
-                parts.setdefault(file, []).append(index)
-                unit_rows += rows
+        for _, _, file, index, _ in mine:
+            parts.setdefault(file, []).append(index)
         if unit_rows > 4 * unit_rows_target:  # zones too spread to cut: one task would hold too much
             return None
         rows_read += unit_rows
@@ -304,7 +277,7 @@ def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: 
     import pyarrow.parquet as pq
 
     parts = []
-    for k in batch["unit"]:
+    for k in batch["id"]:
         unit = units[int(k)]
         for file, row_groups in unit.parts:
             with fs.open_input_file(file) as handle:
@@ -342,13 +315,9 @@ def _fit_workers(num_workers: int | None, use_gpu: bool) -> int:
                                f"{free_cpus:g} CPU(s) free (other work holds the rest)")
         return workers
     fits = int((free_cpus - FEEDER_CPUS) / ACTOR_CPUS)
-    if num_workers is None:
-        wanted = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        if fits >= 1:
-            return min(wanted, fits)
-        workers = 1
-    else:
-        workers = num_workers
+    if num_workers is None and fits >= 1:
+        return min(max(1, int(ray.cluster_resources().get("CPU", 1))), fits)
+    workers = num_workers or 1  # not even one fits: say so below
     if workers > fits:
         raise ScoringError(f"scoring with {workers} worker(s) needs {workers * ACTOR_CPUS + FEEDER_CPUS:g} free "
                            f"CPUs (half a CPU per worker, one for reading and windowing); Ray has {free_cpus:g} "
@@ -373,7 +342,6 @@ def score(
     atomically). Raises ScoringError (a ValueError) naming the problem for unusable inputs."""
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     started = time.perf_counter()
     bundle, horizon = _scoring_bundle(model, horizon)
@@ -390,11 +358,10 @@ def score(
         log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
             f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
         windows = _windows(in_fs, in_path, rows, bundle.input_length, workers, skip_log, log)
-        actor_resources = {"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}
         forecasts = windows.map_batches(
-            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=workers),
+            _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),
-            **actor_resources)
+            **({"num_gpus": 1} if use_gpu else {"num_cpus": ACTOR_CPUS}))
         forecasts.write_parquet(tmp, filesystem=out_fs)
         skipped = ray.get(skip_log.items.remote())
         written = _count_rows(out_fs, tmp)
@@ -409,10 +376,8 @@ def score(
                     "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _publish(out_fs, tmp, out_path, skipped, manifest)
     except BaseException as err:
-        try:
+        with contextlib.suppress(OSError):
             out_fs.delete_dir(tmp)
-        except OSError:
-            pass
         if isinstance(err, ray.exceptions.RayError):
             raise ScoringError(f"scoring failed: {_root_cause(err)}") from None
         raise
@@ -446,8 +411,7 @@ def _windows(fs: pafs.FileSystem, path: str, rows: int, length: int, workers: in
     units = zone_ordered_units(fs, path)
     if units is not None:  # tasks own disjoint zone ranges: read and window in parallel
         log(f"input ordered by zone: {len(units)} read task(s), no shuffle")
-        return ray.data.from_items([{"unit": i} for i in range(len(units))],
-                                   override_num_blocks=len(units)).map_batches(
+        return ray.data.range(len(units), override_num_blocks=len(units)).map_batches(  # column "id": unit index
             _read_unit_windows, batch_size=1, batch_format="numpy",
             fn_kwargs={"units": units, "fs": fs, "length": length, "skip_log": skip_log})
     ds = ray.data.read_parquet(path, filesystem=fs, columns=list(REQUIRED_COLUMNS))
@@ -462,7 +426,8 @@ def _windows(fs: pafs.FileSystem, path: str, rows: int, length: int, workers: in
 
 def _publish(fs: pafs.FileSystem, tmp: str, target: str, skipped: list[tuple[str, str]], manifest: dict) -> None:
     """Add `_skipped.parquet` (when series were skipped) and `_SUCCESS` to the finished result in `tmp`,
-    then swap it into place at `target`."""
+    then swap it into place at `target`: the old result moves aside, the new one is renamed in, the old is
+    deleted. On a local or HDFS filesystem each step is a rename; readers see the old or the new result, whole."""
     import pyarrow.parquet as pq
 
     if skipped:
@@ -471,7 +436,13 @@ def _publish(fs: pafs.FileSystem, tmp: str, target: str, skipped: list[tuple[str
             pq.write_table(table, out)
     with fs.open_output_stream(f"{tmp}/{SUCCESS_FILE}") as out:
         out.write(json.dumps(manifest, indent=2).encode())
-    _swap_into_place(fs, tmp, target)
+    old = None
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        old = f"{tmp.rsplit('.tmp-', 1)[0]}.old-{uuid.uuid4().hex[:8]}"
+        fs.move(target, old)
+    fs.move(tmp, target)
+    if old is not None:
+        fs.delete_dir(old)
 
 
 def _count_rows(fs: pafs.FileSystem, path: str) -> int:

@@ -41,21 +41,21 @@ def load_config(
     config = yaml.safe_load(path.read_text())
     app = _app(config)
     deployment = _deployment(app)
+    app_args, replica_config = app.setdefault("args", {}), deployment.setdefault("user_config", {})
     if model is not None:
-        deployment.setdefault("user_config", {})["model"] = str(Path(model).expanduser().resolve())
+        replica_config["model"] = str(Path(model).expanduser().resolve())
     if anomaly_model is not None:  # DetectAnomalies' bundle
-        deployment.setdefault("user_config", {})["anomaly_model"] = str(Path(anomaly_model).expanduser().resolve())
+        replica_config["anomaly_model"] = str(Path(anomaly_model).expanduser().resolve())
     if data is not None:
-        app.setdefault("args", {})["data"] = str(Path(data).expanduser().resolve())
-    if grpc_port is not None:
-        config.setdefault("grpc_options", {})["port"] = grpc_port
-    if http_port is not None:
-        config.setdefault("http_options", {})["port"] = http_port
+        app_args["data"] = str(Path(data).expanduser().resolve())
+    for options, port in (("grpc_options", grpc_port), ("http_options", http_port)):
+        if port is not None:
+            config.setdefault(options, {})["port"] = port
     if replicas is not None:
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = replicas
-    app.setdefault("args", {}).update(args or {})
-    deployment.setdefault("user_config", {}).update(user_config or {})
+    app_args.update(args or {})
+    replica_config.update(user_config or {})
     _validate(config)
     return config
 
@@ -157,16 +157,14 @@ def shutdown() -> None:
 
 def free_ports(n: int) -> list[int]:
     """`n` distinct ports free on all interfaces (held open together, so none is handed out twice)."""
+    import contextlib
     import socket
 
-    sockets = [socket.socket() for _ in range(n)]
-    try:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
         for s in sockets:
             s.bind(("0.0.0.0", 0))
         return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _app(config: dict[str, Any]) -> dict[str, Any]:
@@ -178,11 +176,9 @@ def _app(config: dict[str, Any]) -> dict[str, Any]:
 
 def _deployment(app: dict[str, Any]) -> dict[str, Any]:
     deployments = app.setdefault("deployments", [])
-    for d in deployments:
-        if d.get("name") == DEPLOYMENT:
-            return d
-    deployments.append({"name": DEPLOYMENT})
-    return deployments[-1]
+    if not any(d.get("name") == DEPLOYMENT for d in deployments):
+        deployments.append({"name": DEPLOYMENT})
+    return next(d for d in deployments if d.get("name") == DEPLOYMENT)
 
 
 def _validate(config: dict[str, Any]):  # noqa: ANN202
@@ -199,6 +195,7 @@ def _validate(config: dict[str, Any]):  # noqa: ANN202
 def main(argv: list[str] | None = None) -> None:
     """`python -m serving.server [--model DIR] ...`: start the service and block until interrupted."""
     import argparse
+    import json
     import signal
 
     parser = argparse.ArgumentParser(description="Start the forecasting service (Ray Serve) in the foreground.")
@@ -214,8 +211,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-haproxy", action="store_true",
                         help="Serve's Python proxies instead of the HAProxy high-throughput ingress.")
     a = parser.parse_args(argv)
-    import json
-
     config = load_config(a.config, model=a.model, data=a.data, grpc_port=a.grpc_port, http_port=a.http_port,
                          replicas=a.replicas, args=json.loads(a.args) if a.args else None,
                          user_config=json.loads(a.user_config) if a.user_config else None)
