@@ -78,13 +78,13 @@ class AnomalyEngine:
         resp = apb.DetectAnomaliesResponse(model=pb.ModelRef(name=self.bundle.name, version=self.bundle.version),
                                            reference_hours=self.reference_hours)
         events: list[Event] = []
-        for rec, first in scanned:
-            score = rec.score.copy()
-            score[:first] = np.nan
+        first = self.reference_hours  # each scan begins with the reference hours before the range reported
+        for rec in scanned:
+            score = rec.score[first:]
             events += [e for e in rec.events if e.end >= rec.timestamps[first]]
             resp.scored_hours += int(np.isfinite(score).sum())
             if req.include_scores:
-                resp.scores.add(name=rec.zone, start=rec.timestamps[first].isoformat(), score=score[first:].tolist(),
+                resp.scores.add(name=rec.zone, start=rec.timestamps[first].isoformat(), score=score.tolist(),
                                 expected=rec.expected[first:].astype(np.float64).tolist(),
                                 observed=rec.observed[first:].astype(np.float64).tolist())
         for e in sorted(events, key=lambda e: (e.start, e.zone)):
@@ -96,17 +96,8 @@ class AnomalyEngine:
         stamps = pd.date_range(start, periods=len(values), freq="h")
         return detect_series(self.model, self.bundle.features, self.calibration, values, stamps, zone)
 
-    def _series(self, req: apb.DetectAnomaliesRequest) -> list[tuple[Reconstruction, int]]:
-        n = len(req.series)
-        if n > self.limits.max_series_per_request:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"series: {n} series exceed this server's limit of {self.limits.max_series_per_request} "
-                           "per request; split the request")
-        points = sum(len(s.values) for s in req.series)
-        if points > self.limits.max_points_per_request:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"series: {points:,} values exceed this server's limit of "
-                           f"{self.limits.max_points_per_request:,} per request; send fewer or shorter series")
+    def _series(self, req: apb.DetectAnomaliesRequest) -> list[Reconstruction]:
+        self.limits.check(len(req.series), sum(len(s.values) for s in req.series), "values", "series")
         checked = []
         for i, s in enumerate(req.series):
             where = f"series[{i}]"
@@ -122,9 +113,9 @@ class AnomalyEngine:
             if not s.start:
                 raise invalid(f"{where}.start: required (the hour of the first value)")
             checked.append((s.name or where, values.astype(np.float32), _time(s.start, f"{where}.start")))
-        return [(self._run(name, values, start), self.reference_hours) for name, values, start in checked]
+        return [self._run(name, values, start) for name, values, start in checked]
 
-    def _zones(self, req: apb.DetectAnomaliesRequest) -> list[tuple[Reconstruction, int]]:
+    def _zones(self, req: apb.DetectAnomaliesRequest) -> list[Reconstruction]:
         zones = list(req.zones) or sorted(self.histories)
         for i, z in enumerate(zones):
             if z not in self.histories:
@@ -159,7 +150,7 @@ class AnomalyEngine:
                 raise invalid(f"start: zone {z}'s history has a gap at {(first + int(gap[0]) * HOUR).isoformat()}, "
                               f"inside the range scanned or the {self.reference_hours} hours of reference before "
                               "it; scan a range after the gap")
-            out.append((self._run(z, values, first), self.reference_hours))
+            out.append(self._run(z, values, first))
         return out
 
 
@@ -197,18 +188,12 @@ class AnomalyDetector:
             logger.error(self.error)
 
     async def detect(self, request: Any) -> apb.DetectAnomaliesResponse:
-        """Answer one request (in a worker thread: forecasts keep flowing meanwhile); raises ApiError."""
+        """Answer one request (in a worker thread: forecasts keep flowing meanwhile); raises ApiError (the
+        replica's DetectAnomalies answers anything else INTERNAL)."""
         engine = self.engine
         if engine is None:
             why = f" ({self.error})" if self.error else ""
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            "model: this server has no anomaly model configured; set user_config.anomaly_model to a "
                            f"bundle from `energyopt train --model autoencoder`{why}")
-        try:
-            return await asyncio.to_thread(engine.detect, request)
-        except ApiError:
-            raise
-        except Exception:
-            logger.exception("anomaly detection failed")
-            raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the anomaly detector; "
-                                                     "the replica log has the details") from None
+        return await asyncio.to_thread(engine.detect, request)

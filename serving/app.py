@@ -21,13 +21,14 @@ import functools
 import inspect
 import logging
 import os
-from collections import defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
@@ -41,7 +42,7 @@ from serving.anomaly import AnomalyDetector
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import ApiError, Engine, Job, Limits, invalid, load_histories, not_found
+from serving.engine import HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, load_histories, not_found
 
 logger = logging.getLogger("ray.serve")
 
@@ -112,14 +113,14 @@ async def _body(request: Request, message: Any) -> Any:
         raise invalid(f"request body: {err}") from None
 
 
-def _api(empty: Callable[[], Any] | None = None) -> Callable:
+def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster replica") -> Callable:
     """The one error mapping of every RPC (`empty`: its response type) and HTTP/JSON route (no `empty`).
 
     The method returns a response message or raises ApiError. An RPC answers an ApiError with its gRPC
     status code and message (and an empty response; without a grpc_context, as when an HTTP route calls
     the RPC, the ApiError propagates); a route with the matching HTTP status and {"code", "message"}, and
-    a result as the message's proto3 JSON. Anything else is logged and answered INTERNAL, never with a
-    stack trace.
+    a result as the message's proto3 JSON. Anything else is logged and answered INTERNAL, naming the `part`
+    that failed, never with a stack trace.
     """
 
     def decorate(method: Callable) -> Callable:
@@ -130,7 +131,7 @@ def _api(empty: Callable[[], Any] | None = None) -> Callable:
                 raise
             except Exception:
                 logger.exception("%s failed", method.__name__)
-                raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the forecaster replica; "
+                raise ApiError(grpc.StatusCode.INTERNAL, f"internal error in {part}; "
                                                          "the replica log has the details") from None
 
         if empty is None:
@@ -140,7 +141,8 @@ def _api(empty: Callable[[], Any] | None = None) -> Callable:
                     return JSONResponse(json_format.MessageToDict(await answer(self, **kwargs),
                                                                   preserving_proto_field_name=True))
                 except ApiError as err:
-                    return JSONResponse({"code": err.code.name, "message": err.message}, status_code=err.http_status)
+                    return JSONResponse({"code": err.code.name, "message": err.message},
+                                        status_code=HTTP_STATUS.get(err.code, 500))
 
             # FastAPI reads the route's parameters from this signature; the body is JSON, not the message
             route.__signature__ = inspect.signature(method).replace(return_annotation=JSONResponse)
@@ -172,8 +174,6 @@ class Forecaster:
     def __init__(self, args: dict) -> None:
         self.args = AppArgs.model_validate(args)
         if self.args.torch_threads:
-            import torch
-
             torch.set_num_threads(self.args.torch_threads)
         self.histories = load_histories(self.args.data)
         self.regions = {self.args.region: sorted(self.histories)} | self.args.regions
@@ -234,36 +234,24 @@ class Forecaster:
         return self._compute(jobs)
 
     def _compute(self, jobs: list[Job]) -> list[Any]:
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            groups[id(job.engine)].append(i)
-        out: list[Any] = [None] * len(jobs)
+        responses: dict[int, Any] = {}  # job index -> response
         computed = 0
-        for idx in groups.values():
-            responses, n = jobs[idx[0]].engine.run([jobs[i] for i in idx])
+        for engine in {id(job.engine): job.engine for job in jobs}.values():  # two while a swap is under way
+            idx = [i for i, job in enumerate(jobs) if job.engine is engine]
+            answers, n = engine.run([jobs[i] for i in idx])
+            responses.update(zip(idx, answers))
             computed += n
-            for i, response in zip(idx, responses):
-                out[i] = response
         self._record(len(jobs), _series_in(jobs), computed)
-        return out
-
-    async def _submit(self, job: Job) -> Any:
-        if job.n > self.max_batch_series:  # larger than a whole batch: a forward pass of its own
-            return self._compute([job])[0]
-        return await self._run_batch(job)
+        return [responses[i] for i in range(len(jobs))]
 
     def _reset_stats(self) -> None:
-        self.stats = {"requests": 0, "batches": 0, "series": 0, "computed_series": 0, "max_batch_requests": 0}
+        self.stats: Counter[str] = Counter()  # the counters of ServingStats (absent: 0)
         self.histogram = [0] * HISTOGRAM_BINS
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     def _record(self, requests: int, series: int, computed: int) -> None:
-        s = self.stats
-        s["requests"] += requests
-        s["batches"] += 1
-        s["series"] += series
-        s["computed_series"] += computed
-        s["max_batch_requests"] = max(s["max_batch_requests"], requests)
+        self.stats.update(requests=requests, batches=1, series=series, computed_series=computed)
+        self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], requests)
         self.histogram[min(requests, HISTOGRAM_BINS) - 1] += 1
 
     def serving_stats(self) -> pb.ServingStats:
@@ -273,49 +261,47 @@ class Forecaster:
 
     # ------------------------------------------------------------------------------------------ operations
 
-    async def _answer(self, make_job: Callable[[Engine], Job], request: Any) -> Any:
-        """Run one forecast request; raises ApiError for anything the caller should see."""
-        engine = self.engine
-        if engine is None:
+    def _serving(self) -> Engine:
+        """The engine in service; UNAVAILABLE until the first model is loaded."""
+        if self.engine is None:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
-        return await self._submit(make_job(engine, request))
+        return self.engine
+
+    async def _answer(self, job: Job) -> Any:
+        """Answer one forecast job in the next batch (or alone, if it is larger than a batch)."""
+        if job.n > self.max_batch_series:  # larger than a whole batch: a forward pass of its own
+            return self._compute([job])[0]
+        return await self._run_batch(job)
 
     @_api(pb.ForecastRegionResponse)
     async def ForecastRegion(self, request: pb.ForecastRegionRequest) -> pb.ForecastRegionResponse:
-        return await self._answer(Engine.region_job, request)
+        return await self._answer(self._serving().region_job(request))
 
     @_api(pb.ForecastSeriesResponse)
     async def ForecastSeries(self, request: pb.ForecastSeriesRequest) -> pb.ForecastSeriesResponse:
-        return await self._answer(Engine.series_job, request)
+        return await self._answer(self._serving().series_job(request))
 
-    @_api(apb.DetectAnomaliesResponse)
+    @_api(apb.DetectAnomaliesResponse, "the anomaly detector")
     async def DetectAnomalies(self, request: apb.DetectAnomaliesRequest) -> apb.DetectAnomaliesResponse:
         return await self.anomaly.detect(request)
 
-    @_api(dpb.OptimizeDispatchResponse)
+    @_api(dpb.OptimizeDispatchResponse, "the dispatch solver")
     async def OptimizeDispatch(self, request: dpb.OptimizeDispatchRequest) -> dpb.OptimizeDispatchResponse:
-        """serving/dispatch.py does the work; zone loads come from this replica's own forecasts."""
+        """serving/dispatch.py does the work; zone loads come from this replica's own forecasts (whose
+        internal errors ForecastRegion names as the forecaster's)."""
         from serving import dispatch
 
         zone_load = {}
         for zone, horizon in dispatch.zones_needed(request, list(self.histories)).items():
-            forecast = await self._answer(Engine.region_job, pb.ForecastRegionRequest(
-                region=self.args.region, horizon=horizon, zones=[zone]))
+            forecast = await self.ForecastRegion(pb.ForecastRegionRequest(region=self.args.region, horizon=horizon,
+                                                                          zones=[zone]))
             zone_load[zone] = list(forecast.zones[0].point)
-        try:  # off the event loop: forecasts keep being answered during a solve
-            return await asyncio.to_thread(dispatch.optimize, request, zone_load)
-        except ApiError:
-            raise
-        except Exception:
-            logger.exception("dispatch failed")
-            raise ApiError(grpc.StatusCode.INTERNAL, "internal error in the dispatch solver; "
-                                                     "the replica log has the details") from None
+        # off the event loop: forecasts keep being answered during a solve
+        return await asyncio.to_thread(dispatch.optimize, request, zone_load)
 
     @_api(pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
-        if self.engine is None:
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
-        info = self.engine.model_info(request, self.serving_stats())
+        info = self._serving().model_info(request, self.serving_stats())
         info.bundle_path, info.swap_error = self.engine.bundle_path, self.swap_error
         return info
 

@@ -34,15 +34,9 @@ HOUR = pd.Timedelta(hours=1)
 TOTAL = "TOTAL"
 
 # HTTP status for each gRPC status the API uses (the HTTP/JSON mirror answers with these).
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.INTERNAL: 500,
-}
+HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
+               grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+               grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
 
 class ApiError(Exception):
@@ -51,10 +45,6 @@ class ApiError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-    @property
-    def http_status(self) -> int:
-        return HTTP_STATUS.get(self.code, 500)
 
 
 def invalid(message: str) -> ApiError:
@@ -71,6 +61,15 @@ class Limits:
 
     max_series_per_request: int = 1024
     max_points_per_request: int = 2_000_000  # history values, all series together
+
+    def check(self, n: int, points: int, values: str, send: str) -> None:
+        """RESOURCE_EXHAUSTED unless `n` series of `points` values in all fit (`values`, `send`: words for them)."""
+        if n > self.max_series_per_request:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"series: {n} series exceed this server's limit "
+                           f"of {self.max_series_per_request} per request; split the request")
+        if points > self.max_points_per_request:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"series: {points:,} {values} exceed this server's "
+                           f"limit of {self.max_points_per_request:,} per request; send fewer or shorter {send}")
 
 
 # ---------------------------------------------------------------------------------------------- history
@@ -161,10 +160,9 @@ class Engine:
                              f"; the served data lacks {missing} (it has {sorted(self.histories)})")
         self._panel = RegionPanel.from_parts({z: [(h.start, h.values)] for z, h in self.histories.items()},
                                              self.bundle.region_zones) if self.bundle.region_zones else None
-        spans = [(h.start, h.end) for h in self.histories.values()]
         self.inputs = self.bundle.inputs
-        self.calendar = CalendarGrid(self.inputs, min((a for a, _ in spans), default=None),
-                                     max((b for _, b in spans), default=None))
+        self.calendar = CalendarGrid(self.inputs, min((h.start for h in self.histories.values()), default=None),
+                                     max((h.end for h in self.histories.values()), default=None))
         self._windows = LRU(256)  # (region, issue time) -> history windows [zones, L]
         self.levels = np.array(self.bundle.quantiles or (0.5,), dtype=np.float64)
         self.median = self.bundle.model.median_index
@@ -187,48 +185,37 @@ class Engine:
     @torch.inference_mode()
     def forward(self, history: np.ndarray, past: np.ndarray, future: np.ndarray) -> np.ndarray:
         """The model on B series: quantiles [B, H_max, Q] in MW (float32)."""
-        history, past, future = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-                                 for a in (history, past, future))
-        out = self.bundle.model(history, past, future)
-        return out.float().numpy()
+        tensors = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (history, past, future))
+        return self.bundle.model(*tensors).float().numpy()
 
     def run(self, jobs: Sequence[Job]) -> tuple[list[Any], int]:
         """Answer several jobs of this engine with one forward pass (what the batched replica does).
 
         Series whose inputs are the same (region requests for the same region and issue time) are
         computed once. Returns the responses and the number of series computed."""
-        parts: list[tuple[Job, np.ndarray]] = []  # (job, its rows to compute)
-        where: list[np.ndarray] = []  # per job: the output row of each of its series
-        seen: dict[Hashable, int] = {}
-        n_out = 0
+        parts: list[tuple[Job, list[int]]] = []  # (job, its rows to compute)
+        where: list[list[int]] = []  # per job: the output row of each of its series
+        seen: dict[Hashable, int] = {}  # model-input key -> output row
         for job in jobs:
-            if job.keys is None:
-                parts.append((job, np.arange(job.n)))
-                where.append(np.arange(n_out, n_out + job.n))
-                n_out += job.n
-                continue
-            rows, index = [], []
-            for r, key in enumerate(job.keys):
+            keys = job.keys if job.keys is not None else [(id(job), r) for r in range(job.n)]  # no keys: not shared
+            rows = []  # its series not computed yet
+            for r, key in enumerate(keys):
                 if key not in seen:
-                    seen[key] = n_out
+                    seen[key] = len(seen)
                     rows.append(r)
-                    n_out += 1
-                index.append(seen[key])
             if rows:
-                parts.append((job, np.asarray(rows)))
-            where.append(np.asarray(index))
+                parts.append((job, rows))
+            where.append([seen[key] for key in keys])
         out = self.forward(*(np.concatenate([getattr(job, k)[rows] for job, rows in parts])
                              for k in ("history", "past", "future")))
         answers: dict[Hashable, Any] = {}
         responses = []
         for job, index in zip(jobs, where):
-            if job.answer_key is None:
-                responses.append(job.respond(out[index]))
-            else:
-                if job.answer_key not in answers:
-                    answers[job.answer_key] = job.respond(out[index])
-                responses.append(answers[job.answer_key])
-        return responses, n_out
+            key = (id(job),) if job.answer_key is None else job.answer_key
+            if key not in answers:
+                answers[key] = job.respond(out[index])
+            responses.append(answers[key])
+        return responses, len(seen)
 
     # ------------------------------------------------------------------------------------------ validation
 
@@ -268,7 +255,7 @@ class Engine:
         try:
             stamp = pd.Timestamp(text)
         except (ValueError, TypeError, OverflowError):
-            raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-08-01T00:00:00") from None
+            stamp = pd.NaT
         if stamp is pd.NaT:
             raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-08-01T00:00:00")
         if stamp != stamp.floor("h"):
@@ -305,11 +292,8 @@ class Engine:
                 raise not_found(f"zones[{i}]: unknown zone {z!r} in region {req.region} (it has {region_zones})")
             if z in zones[:i]:
                 raise invalid(f"zones[{i}]: zone {z!r} is listed twice")
-        first = self.histories[zones[0]].start
-        if req.issue_time:
-            issue = self.parse_time(req.issue_time, "issue_time", like=first)
-        else:
-            issue = self.history_end(zones) + HOUR
+        issue = (self.parse_time(req.issue_time, "issue_time", like=self.histories[zones[0]].start) if req.issue_time
+                 else self.history_end(zones) + HOUR)
         rows = [region_zones.index(z) for z in zones]
         windows = self._region_windows(req.region, issue)[rows]
         past, future, stamps = self.calendar(issue - HOUR)
@@ -318,19 +302,18 @@ class Engine:
         if self.bundle.region_zones:  # the same context for every zone of the request, and each zone's name
             context = self._region_context(issue)
             past, future = self.inputs.with_region(past, future, zones, np.broadcast_to(context, (n, *context.shape)))
-        region = req.region
 
         def respond(out: np.ndarray) -> pb.ForecastRegionResponse:
             q = out[:, :horizon]  # [Z, H, Q]
-            resp = pb.ForecastRegionResponse(region=region, issue_time=issue.isoformat(), model=self.model_ref)
+            resp = pb.ForecastRegionResponse(region=req.region, issue_time=issue.isoformat(), model=self.model_ref)
             ts = stamps[:horizon]
             for zone, zq in zip(zones, q):
                 _fill(resp.zones.add(), zone, ts, zq[:, self.median], zq, levels, columns)
             _fill(resp.total, TOTAL, ts, q[:, :, self.median].sum(axis=0), q.sum(axis=0), levels, columns)
             return resp
 
-        return Job(self, windows, past, future, respond, keys=[(region, issue, z) for z in zones],
-                   answer_key=(region, issue, tuple(zones), horizon, tuple(levels)))
+        return Job(self, windows, past, future, respond, keys=[(req.region, issue, z) for z in zones],
+                   answer_key=(req.region, issue, tuple(zones), horizon, tuple(levels)))
 
     def _region_windows(self, region: str, issue: pd.Timestamp) -> np.ndarray:
         length = self.bundle.input_length
@@ -354,12 +337,8 @@ class Engine:
 
     def _region_context(self, issue: pd.Timestamp) -> np.ndarray:
         """The model's region channels [L, R] for forecasts issued at `issue`."""
-        length = self.bundle.input_length
-
-        def make() -> np.ndarray:
-            return region_channels(self._panel.windows(self._panel.positions([issue]), length)[0])
-
-        return self._windows.get_or_make(("region context", issue), make)
+        return self._windows.get_or_make(("region context", issue), lambda: region_channels(
+            self._panel.windows(self._panel.positions([issue]), self.bundle.input_length)[0]))
 
     # ------------------------------------------------------------------------------------------ series
 
@@ -368,15 +347,8 @@ class Engine:
         n = len(req.series)
         if n == 0:
             raise invalid("series: at least one series is required")
-        limit = self.limits.max_series_per_request
-        if n > limit:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"series: {n} series exceed this server's limit of {limit} per request; split the request")
         points = sum(len(s.history) + sum(len(c.past) + len(c.future) for c in s.covariates) for s in req.series)
-        if points > self.limits.max_points_per_request:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"series: {points:,} values (histories and covariates) exceed this server's limit of "
-                           f"{self.limits.max_points_per_request:,} per request; send fewer or shorter histories")
+        self.limits.check(n, points, "values (histories and covariates)", "histories")
         if self.bundle.region_zones:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"model: {self.bundle.name} reads the recent load of zones "
@@ -404,27 +376,24 @@ class Engine:
             if not s.last_timestamp:
                 raise invalid(f"{where}.last_timestamp: required (the hour of the last history value)")
             last = self.parse_time(s.last_timestamp, f"{where}.last_timestamp")
-            cal_past, cal_future, ts = self.calendar(last)
             history[i] = values[-length:]
-            past[i, :, :n_cal], future[i, :, :n_cal] = cal_past, cal_future
+            past[i, :, :n_cal], future[i, :, :n_cal], ts = self.calendar(last)
             if extra or s.covariates:
-                extra_past[i], extra_future[i] = self._covariates(s, where, len(values), extra)
+                extra_past[i], extra_future[i] = self._covariates(s, where, len(values))
             stamps.append(ts[:horizon])
         past, future = self.inputs.with_extra(past, future, (extra_past, extra_future) if extra else None)
-        names = [s.name for s in req.series]
 
         def respond(out: np.ndarray) -> pb.ForecastSeriesResponse:
             resp = pb.ForecastSeriesResponse(model=self.model_ref)
-            for name, ts, q in zip(names, stamps, out[:, :horizon]):
-                _fill(resp.forecasts.add(), name, ts, q[:, self.median], q, levels, columns)
+            for s, ts, q in zip(req.series, stamps, out[:, :horizon]):
+                _fill(resp.forecasts.add(), s.name, ts, q[:, self.median], q, levels, columns)
             return resp
 
         return Job(self, history, past, future, respond)
 
-    def _covariates(self, s: pb.SeriesInput, where: str, n_history: int,
-                    extra: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def _covariates(self, s: pb.SeriesInput, where: str, n_history: int) -> tuple[np.ndarray, np.ndarray]:
         """Past [L, K] and future [H_max, K] values of the model's extra covariates for one series."""
-        length, full_h = self.bundle.input_length, self.bundle.max_horizon
+        length, full_h, extra = self.bundle.input_length, self.bundle.max_horizon, self.bundle.features.covariates
         if not extra:
             raise invalid(f"{where}.covariates: model {self.bundle.name} takes no covariates; send none")
         given: dict[str, tuple[np.ndarray, np.ndarray]] = {}
