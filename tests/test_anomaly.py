@@ -7,6 +7,7 @@ synthetic zones; gRPC tests run against the session's one Serve application (`se
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -330,20 +331,36 @@ def test_http_mirror_and_missing_anomaly_model(serve_app):
     assert post({"zones": ["MARS"]})[0] == 404
 
     # without an anomaly model the replica answers FAILED_PRECONDITION (a user_config change, no restart)
+    from serving.api.energyopt.v1 import anomaly_pb2 as apb
+    from serving.api.energyopt.v1 import anomaly_pb2_grpc
+
+    def detect_error(want_model: bool) -> grpc.RpcError | None:
+        """DetectAnomalies' error, polled until the replica has applied the last user_config (Serve can
+        report the application RUNNING before a busy replica has run reconfigure)."""
+        deadline = time.monotonic() + 60
+        while True:
+            with grpc.insecure_channel(serve_app.target) as channel:
+                try:
+                    anomaly_pb2_grpc.AnomalyServiceStub(channel).DetectAnomalies(
+                        apb.DetectAnomaliesRequest(zones=["Z001"]), timeout=30)
+                    error = None
+                except grpc.RpcError as err:
+                    error = err
+            configured = error is None or error.code() != grpc.StatusCode.FAILED_PRECONDITION
+            if configured == want_model or time.monotonic() > deadline:
+                return error
+            time.sleep(0.5)
+
     config = json.loads(json.dumps(serve_app.config))
     config["applications"][0]["deployments"][0]["user_config"]["anomaly_model"] = None
     server.deploy(config)
     try:
-        from serving.api.energyopt.v1 import anomaly_pb2 as apb
-        from serving.api.energyopt.v1 import anomaly_pb2_grpc
-
-        with grpc.insecure_channel(serve_app.target) as channel:
-            with pytest.raises(grpc.RpcError) as err:
-                anomaly_pb2_grpc.AnomalyServiceStub(channel).DetectAnomalies(apb.DetectAnomaliesRequest(), timeout=30)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "no anomaly model configured" in err.value.details()
+        err = detect_error(want_model=False)
+        assert err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no anomaly model configured" in err.details()
     finally:
         server.deploy(serve_app.config)
+        assert detect_error(want_model=True) is None  # the model is back for the tests after this one
 
 
 def test_cli_train_autoencoder_writes_a_detector_bundle(synthetic_csv: Path, tmp_path: Path):
