@@ -103,7 +103,8 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_session, synthetic_csv: Pa
     retried = {t.system_attrs.get("failed_trial"): t for t in finished if "failed_trial" in t.system_attrs}
     for number, params in killed.items():  # ... and each that had started ran again with the same parameters
         if params:
-            assert number in retried and retried[number].params == params
+            # a trial killed between two draws is retried with the parameters it had drawn, the rest drawn anew
+            assert number in retried and retried[number].params.items() >= params.items()
     assert any(killed.values())
     assert any("/4" in line for line in lines)  # progress: trial n/N with the best so far
     best = load_bundle(result.best_bundle)
