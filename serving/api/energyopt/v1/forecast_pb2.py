@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65nergyopt/v1/forecast.proto\x12\x0c\x65nergyopt.v1\"}\n\x15\x46orecastRegionRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x11\n\tquantiles\x18\x03 \x03(\x01\x12\r\n\x05zones\x18\x04 \x03(\t\x12\x12\n\nissue_time\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\"\xb1\x01\n\x16\x46orecastRegionResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\nissue_time\x18\x02 \x01(\t\x12%\n\x05zones\x18\x03 \x03(\x0b\x32\x16.energyopt.v1.Forecast\x12%\n\x05total\x18\x04 \x01(\x0b\x32\x16.energyopt.v1.Forecast\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.energyopt.v1.ModelRef\"u\n\x15\x46orecastSeriesRequest\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.energyopt.v1.SeriesInput\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x11\n\tquantiles\x18\x03 \x03(\x01\x12\r\n\x05model\x18\x04 \x01(\t\"q\n\x0bSeriesInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x02\x12\x16\n\x0elast_timestamp\x18\x03 \x01(\t\x12+\n\ncovariates\x18\x04 \x03(\x0b\x32\x17.energyopt.v1.Covariate\"7\n\tCovariate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04past\x18\x02 \x03(\x02\x12\x0e\n\x06\x66uture\x18\x03 \x03(\x02\"j\n\x16\x46orecastSeriesResponse\x12)\n\tforecasts\x18\x01 \x03(\x0b\x32\x16.energyopt.v1.Forecast\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.energyopt.v1.ModelRef\"j\n\x08\x46orecast\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimestamps\x18\x02 \x03(\t\x12\r\n\x05point\x18\x03 \x03(\x02\x12-\n\tquantiles\x18\x04 \x03(\x0b\x32\x1a.energyopt.v1.QuantileBand\"-\n\x0cQuantileBand\x12\r\n\x05level\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x02\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x04 \x01(\t\x12\x14\n\x0cinput_length\x18\x05 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x06 \x01(\r\x12\x11\n\tquantiles\x18\x07 \x03(\x01\x12\x12\n\ncovariates\x18\x08 \x03(\t\x12\x35\n\x07metrics\x18\t \x03(\x0b\x32$.energyopt.v1.ModelInfo.MetricsEntry\x12)\n\x07regions\x18\n \x03(\x0b\x32\x18.energyopt.v1.RegionInfo\x12)\n\x05stats\x18\x0b \x01(\x0b\x32\x1a.energyopt.v1.ServingStats\x12\x13\n\x0b\x62undle_path\x18\x0c \x01(\t\x12\x12\n\nswap_error\x18\r \x01(\t\x12\x14\n\x0cregion_zones\x18\x0e \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\nRegionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05zones\x18\x02 \x03(\t\x12\x13\n\x0bhistory_end\x18\x03 \x01(\t\"\xeb\x01\n\x0cServingStats\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x11\n\tloaded_at\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\x04\x12\x0e\n\x06series\x18\x05 \x01(\x04\x12\x17\n\x0f\x63omputed_series\x18\n \x01(\x04\x12\x1a\n\x12max_batch_requests\x18\x06 \x01(\r\x12\x18\n\x10max_batch_series\x18\x07 \x01(\r\x12\x1c\n\x14\x62\x61tch_wait_timeout_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x62\x61tch_histogram\x18\t \x03(\x04\x32\x97\x02\n\x0f\x46orecastService\x12[\n\x0e\x46orecastRegion\x12#.energyopt.v1.ForecastRegionRequest\x1a$.energyopt.v1.ForecastRegionResponse\x12[\n\x0e\x46orecastSeries\x12#.energyopt.v1.ForecastSeriesRequest\x1a$.energyopt.v1.ForecastSeriesResponse\x12J\n\x0cGetModelInfo\x12!.energyopt.v1.GetModelInfoRequest\x1a\x17.energyopt.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65nergyopt/v1/forecast.proto\x12\x0c\x65nergyopt.v1\"}\n\x15\x46orecastRegionRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x11\n\tquantiles\x18\x03 \x03(\x01\x12\r\n\x05zones\x18\x04 \x03(\t\x12\x12\n\nissue_time\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\"\xdc\x01\n\x16\x46orecastRegionResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\nissue_time\x18\x02 \x01(\t\x12%\n\x05zones\x18\x03 \x03(\x0b\x32\x16.energyopt.v1.Forecast\x12%\n\x05total\x18\x04 \x01(\x0b\x32\x16.energyopt.v1.Forecast\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.energyopt.v1.ModelRef\x12\x16\n\x0e\x66\x61llback_zones\x18\x06 \x01(\r\x12\x11\n\twatermark\x18\x07 \x01(\x04\"u\n\x15\x46orecastSeriesRequest\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.energyopt.v1.SeriesInput\x12\x0f\n\x07horizon\x18\x02 \x01(\r\x12\x11\n\tquantiles\x18\x03 \x03(\x01\x12\r\n\x05model\x18\x04 \x01(\t\"q\n\x0bSeriesInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x02\x12\x16\n\x0elast_timestamp\x18\x03 \x01(\t\x12+\n\ncovariates\x18\x04 \x03(\x0b\x32\x17.energyopt.v1.Covariate\"7\n\tCovariate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04past\x18\x02 \x03(\x02\x12\x0e\n\x06\x66uture\x18\x03 \x03(\x02\"j\n\x16\x46orecastSeriesResponse\x12)\n\tforecasts\x18\x01 \x03(\x0b\x32\x16.energyopt.v1.Forecast\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.energyopt.v1.ModelRef\"\x92\x01\n\x08\x46orecast\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimestamps\x18\x02 \x03(\t\x12\r\n\x05point\x18\x03 \x03(\x02\x12-\n\tquantiles\x18\x04 \x03(\x0b\x32\x1a.energyopt.v1.QuantileBand\x12\x14\n\x0clast_reading\x18\x05 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\t\"-\n\x0cQuantileBand\x12\r\n\x05level\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x02\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x04 \x01(\t\x12\x14\n\x0cinput_length\x18\x05 \x01(\r\x12\x13\n\x0bmax_horizon\x18\x06 \x01(\r\x12\x11\n\tquantiles\x18\x07 \x03(\x01\x12\x12\n\ncovariates\x18\x08 \x03(\t\x12\x35\n\x07metrics\x18\t \x03(\x0b\x32$.energyopt.v1.ModelInfo.MetricsEntry\x12)\n\x07regions\x18\n \x03(\x0b\x32\x18.energyopt.v1.RegionInfo\x12)\n\x05stats\x18\x0b \x01(\x0b\x32\x1a.energyopt.v1.ServingStats\x12\x13\n\x0b\x62undle_path\x18\x0c \x01(\t\x12\x12\n\nswap_error\x18\r \x01(\t\x12\x14\n\x0cregion_zones\x18\x0e \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\nRegionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05zones\x18\x02 \x03(\t\x12\x13\n\x0bhistory_end\x18\x03 \x01(\t\"\xeb\x01\n\x0cServingStats\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x11\n\tloaded_at\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\x04\x12\x0e\n\x06series\x18\x05 \x01(\x04\x12\x17\n\x0f\x63omputed_series\x18\n \x01(\x04\x12\x1a\n\x12max_batch_requests\x18\x06 \x01(\r\x12\x18\n\x10max_batch_series\x18\x07 \x01(\r\x12\x1c\n\x14\x62\x61tch_wait_timeout_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x62\x61tch_histogram\x18\t \x03(\x04\x32\x97\x02\n\x0f\x46orecastService\x12[\n\x0e\x46orecastRegion\x12#.energyopt.v1.ForecastRegionRequest\x1a$.energyopt.v1.ForecastRegionResponse\x12[\n\x0e\x46orecastSeries\x12#.energyopt.v1.ForecastSeriesRequest\x1a$.energyopt.v1.ForecastSeriesResponse\x12J\n\x0cGetModelInfo\x12!.energyopt.v1.GetModelInfoRequest\x1a\x17.energyopt.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORECASTREGIONREQUEST']._serialized_start=45
   _globals['_FORECASTREGIONREQUEST']._serialized_end=170
   _globals['_FORECASTREGIONRESPONSE']._serialized_start=173
-  _globals['_FORECASTREGIONRESPONSE']._serialized_end=350
-  _globals['_FORECASTSERIESREQUEST']._serialized_start=352
-  _globals['_FORECASTSERIESREQUEST']._serialized_end=469
-  _globals['_SERIESINPUT']._serialized_start=471
-  _globals['_SERIESINPUT']._serialized_end=584
-  _globals['_COVARIATE']._serialized_start=586
-  _globals['_COVARIATE']._serialized_end=641
-  _globals['_FORECASTSERIESRESPONSE']._serialized_start=643
-  _globals['_FORECASTSERIESRESPONSE']._serialized_end=749
-  _globals['_FORECAST']._serialized_start=751
-  _globals['_FORECAST']._serialized_end=857
-  _globals['_QUANTILEBAND']._serialized_start=859
-  _globals['_QUANTILEBAND']._serialized_end=904
-  _globals['_MODELREF']._serialized_start=906
-  _globals['_MODELREF']._serialized_end=947
-  _globals['_GETMODELINFOREQUEST']._serialized_start=949
-  _globals['_GETMODELINFOREQUEST']._serialized_end=985
-  _globals['_MODELINFO']._serialized_start=988
-  _globals['_MODELINFO']._serialized_end=1404
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1358
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1404
-  _globals['_REGIONINFO']._serialized_start=1406
-  _globals['_REGIONINFO']._serialized_end=1468
-  _globals['_SERVINGSTATS']._serialized_start=1471
-  _globals['_SERVINGSTATS']._serialized_end=1706
-  _globals['_FORECASTSERVICE']._serialized_start=1709
-  _globals['_FORECASTSERVICE']._serialized_end=1988
+  _globals['_FORECASTREGIONRESPONSE']._serialized_end=393
+  _globals['_FORECASTSERIESREQUEST']._serialized_start=395
+  _globals['_FORECASTSERIESREQUEST']._serialized_end=512
+  _globals['_SERIESINPUT']._serialized_start=514
+  _globals['_SERIESINPUT']._serialized_end=627
+  _globals['_COVARIATE']._serialized_start=629
+  _globals['_COVARIATE']._serialized_end=684
+  _globals['_FORECASTSERIESRESPONSE']._serialized_start=686
+  _globals['_FORECASTSERIESRESPONSE']._serialized_end=792
+  _globals['_FORECAST']._serialized_start=795
+  _globals['_FORECAST']._serialized_end=941
+  _globals['_QUANTILEBAND']._serialized_start=943
+  _globals['_QUANTILEBAND']._serialized_end=988
+  _globals['_MODELREF']._serialized_start=990
+  _globals['_MODELREF']._serialized_end=1031
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1033
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1069
+  _globals['_MODELINFO']._serialized_start=1072
+  _globals['_MODELINFO']._serialized_end=1488
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1442
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1488
+  _globals['_REGIONINFO']._serialized_start=1490
+  _globals['_REGIONINFO']._serialized_end=1552
+  _globals['_SERVINGSTATS']._serialized_start=1555
+  _globals['_SERVINGSTATS']._serialized_end=1790
+  _globals['_FORECASTSERVICE']._serialized_start=1793
+  _globals['_FORECASTSERVICE']._serialized_end=2072
 # @@protoc_insertion_point(module_scope)

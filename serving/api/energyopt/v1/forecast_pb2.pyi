@@ -23,18 +23,22 @@ class ForecastRegionRequest(_message.Message):
     def __init__(self, region: _Optional[str] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., zones: _Optional[_Iterable[str]] = ..., issue_time: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ForecastRegionResponse(_message.Message):
-    __slots__ = ("region", "issue_time", "zones", "total", "model")
+    __slots__ = ("region", "issue_time", "zones", "total", "model", "fallback_zones", "watermark")
     REGION_FIELD_NUMBER: _ClassVar[int]
     ISSUE_TIME_FIELD_NUMBER: _ClassVar[int]
     ZONES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ZONES_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
     region: str
     issue_time: str
     zones: _containers.RepeatedCompositeFieldContainer[Forecast]
     total: Forecast
     model: ModelRef
-    def __init__(self, region: _Optional[str] = ..., issue_time: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., total: _Optional[_Union[Forecast, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    fallback_zones: int
+    watermark: int
+    def __init__(self, region: _Optional[str] = ..., issue_time: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., total: _Optional[_Union[Forecast, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., fallback_zones: _Optional[int] = ..., watermark: _Optional[int] = ...) -> None: ...
 
 class ForecastSeriesRequest(_message.Message):
     __slots__ = ("series", "horizon", "quantiles", "model")
@@ -79,16 +83,20 @@ class ForecastSeriesResponse(_message.Message):
     def __init__(self, forecasts: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class Forecast(_message.Message):
-    __slots__ = ("name", "timestamps", "point", "quantiles")
+    __slots__ = ("name", "timestamps", "point", "quantiles", "last_reading", "fallback")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     POINT_FIELD_NUMBER: _ClassVar[int]
     QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    LAST_READING_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     name: str
     timestamps: _containers.RepeatedScalarFieldContainer[str]
     point: _containers.RepeatedScalarFieldContainer[float]
     quantiles: _containers.RepeatedCompositeFieldContainer[QuantileBand]
-    def __init__(self, name: _Optional[str] = ..., timestamps: _Optional[_Iterable[str]] = ..., point: _Optional[_Iterable[float]] = ..., quantiles: _Optional[_Iterable[_Union[QuantileBand, _Mapping]]] = ...) -> None: ...
+    last_reading: str
+    fallback: str
+    def __init__(self, name: _Optional[str] = ..., timestamps: _Optional[_Iterable[str]] = ..., point: _Optional[_Iterable[float]] = ..., quantiles: _Optional[_Iterable[_Union[QuantileBand, _Mapping]]] = ..., last_reading: _Optional[str] = ..., fallback: _Optional[str] = ...) -> None: ...
 
 class QuantileBand(_message.Message):
     __slots__ = ("level", "values")
