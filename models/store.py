@@ -1,0 +1,573 @@
+"""The store: the single truth for readings (and, next, what the service issues), through SQLAlchemy Core.
+
+An embedded SQLite file by default, PostgreSQL by URL. Replicas keep only caches of it (`serving.live`),
+so any replica, restarted or new, answers the same, and whatever an ingest acknowledged survives a crash
+of any process: a batch is one transaction, committed (SQLite: WAL with synchronous=FULL) before
+`ingest` returns.
+
+Tables (the schema is built by the Alembic migrations in `models/migrations/`, never by create_all):
+
+    zones        zone, region, resolution_s, time_zone; last_ts and readings kept per commit (cheap status)
+    readings     (zone, ts) -> value, received_at, revision (0 first, +1 per correction), version
+    store_state  one row: the watermark, +1 with every commit that changes readings
+    sources      files seeded into the store (fingerprint), so a restart does not read them again
+
+Times are integer seconds since the Unix epoch, UTC (`ts`: the start of the reading's interval): the
+same in both databases, compact, and cheap to compare. `readings.version` is the watermark of the commit
+that last wrote the row: a replica holding the watermark W catches up with `changes(W)`. Commits take
+their watermark by updating the one store_state row first, which serializes them, so versions become
+visible in order (no commit with a smaller version can appear after a larger one was read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from models.data import ABSURD_HIGH, ABSURD_LOW, read_table
+from models.series import BUNDLED_PJM, DEFAULT_REGION, LOAD, TIMESTAMP, ZONE
+
+DEFAULT_STORE = Path("runs/store.db")
+BUNDLED_TIME_ZONE = "America/New_York"  # the PJM files are published in Eastern prevailing time
+RESOLUTIONS = (3600, 1800, 900, 300)
+MAX_FUTURE_S = 3600  # readings more than this ahead of the server's clock are refused
+REFERENCE_S = 7 * 24 * 3600  # the absurd-value rule compares with the median of a week of readings
+MAX_ZONE_NAME = 64
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_HAS_OFFSET = re.compile(r"(?:Z|[+-]\d\d(?::?\d\d)?)$", re.IGNORECASE)
+
+metadata = sa.MetaData()
+zones_table = sa.Table(
+    "zones", metadata,
+    sa.Column("zone", sa.String(MAX_ZONE_NAME), primary_key=True),
+    sa.Column("region", sa.String(MAX_ZONE_NAME), nullable=False, index=True),
+    sa.Column("resolution_s", sa.Integer, nullable=False),
+    sa.Column("time_zone", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_ts", sa.BigInteger),  # latest reading held (UTC seconds), NULL before the first
+    sa.Column("readings", sa.BigInteger, nullable=False, server_default="0"),
+)
+readings_table = sa.Table(
+    "readings", metadata,
+    sa.Column("zone", sa.String(MAX_ZONE_NAME), sa.ForeignKey("zones.zone"), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, index=True),
+)
+state_table = sa.Table(
+    "store_state", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("watermark", sa.BigInteger, nullable=False),
+)
+sources_table = sa.Table(
+    "sources", metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("ingested_at", sa.Float, nullable=False),
+)
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened or used, or a zone registration that cannot be accepted."""
+
+
+@dataclass(frozen=True)
+class ZoneSpec:
+    """A zone as registered: its region, reading interval and wall-clock time zone."""
+
+    zone: str
+    region: str
+    resolution_s: int = 3600
+    time_zone: str = "UTC"
+
+    def checked(self) -> ZoneSpec:
+        """This spec with defaults applied, or StoreError naming what is wrong."""
+        spec = ZoneSpec(self.zone, self.region, int(self.resolution_s or 3600), self.time_zone or "UTC")
+        for name, value in (("zone", spec.zone), ("region", spec.region)):
+            if not _ZONE_NAME.match(value or ""):
+                raise StoreError(f"{name} {value!r}: use 1 to {MAX_ZONE_NAME} letters, digits, '_', '-' or '.'")
+        if spec.resolution_s not in RESOLUTIONS:
+            raise StoreError(f"zone {spec.zone}: resolution_s {spec.resolution_s} is not one of {list(RESOLUTIONS)}")
+        try:
+            ZoneInfo(spec.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise StoreError(f"zone {spec.zone}: unknown time zone {spec.time_zone!r} (use an IANA name such as "
+                             "'America/New_York' or 'UTC')") from None
+        return spec
+
+
+@dataclass
+class Rejected:
+    index: int
+    zone: str
+    timestamp: str
+    reason: str
+
+
+@dataclass
+class IngestResult:
+    """What one committed batch did: the acknowledgement's counts."""
+
+    received: int = 0
+    inserted: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    watermark: int = 0
+    registered: list[str] = field(default_factory=list)
+
+    def add(self, other: IngestResult, offset: int = 0) -> None:
+        """Fold another batch's result into this one (indices shifted by `offset`)."""
+        self.received += other.received
+        self.inserted += other.inserted
+        self.replaced += other.replaced
+        self.unchanged += other.unchanged
+        self.rejected += [Rejected(r.index + offset, r.zone, r.timestamp, r.reason) for r in other.rejected]
+        self.watermark = max(self.watermark, other.watermark)
+        self.registered += other.registered
+
+
+# ---------------------------------------------------------------------------------------------- opening
+
+def store_url(store: str | Path | None) -> str:
+    """A SQLAlchemy URL for `store`: a URL as given, a path as a SQLite file (None: runs/store.db)."""
+    text = str(store if store is not None else DEFAULT_STORE)
+    if "://" in text:
+        return text.replace("postgresql://", "postgresql+psycopg://", 1) if text.startswith("postgresql://") else text
+    path = Path(text).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _sqlite_setup(engine: sa.Engine, immediate: bool) -> None:
+    """SQLite as a durable, concurrent store: WAL (readers never wait for the writer), synchronous=FULL
+    (a commit is on disk before it returns), a generous busy timeout, and for writers BEGIN IMMEDIATE
+    (the write lock is taken up front: two writers queue instead of failing on a lock upgrade)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below issues BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Store:
+    """Reads and writes of the store. Thread-safe (a connection pool); one per process is enough."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.dialect = sa.make_url(url).get_backend_name()
+        kwargs: dict[str, Any] = {"pool_pre_ping": self.dialect != "sqlite"}
+        try:
+            self.engine = sa.create_engine(url, **kwargs)
+            self.reader = sa.create_engine(url, **kwargs)  # plain reads: no write lock (SQLite), own pool
+        except (sa.exc.ArgumentError, ImportError) as err:
+            raise StoreError(f"store {url!r}: {err}") from None
+        if self.dialect == "sqlite":
+            _sqlite_setup(self.engine, immediate=True)
+            _sqlite_setup(self.reader, immediate=False)
+        if migrate:
+            self.migrate()
+
+    @classmethod
+    def open(cls, store: str | Path | None = None, *, migrate: bool = True) -> Store:
+        """The store at `store` (a URL or a SQLite path; None: runs/store.db), brought to the current schema."""
+        return cls(store_url(store), migrate=migrate)
+
+    def migrate(self) -> None:
+        """`alembic upgrade head` on this store (what the service does at start-up)."""
+        from models.migrations import upgrade
+
+        try:
+            upgrade(self.url)
+        except sa.exc.OperationalError as err:
+            raise StoreError(f"store {self.display_url}: cannot open it ({err.orig})") from None
+
+    @property
+    def display_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.reader.dispose()
+
+    # ------------------------------------------------------------------------------------------ zones
+
+    def zones(self) -> dict[str, ZoneSpec]:
+        with self.reader.connect() as conn:
+            rows = conn.execute(sa.select(zones_table.c.zone, zones_table.c.region, zones_table.c.resolution_s,
+                                          zones_table.c.time_zone).order_by(zones_table.c.zone)).all()
+        return {r.zone: ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone) for r in rows}
+
+    def zone_status(self) -> list[tuple[ZoneSpec, int | None, int]]:
+        """(spec, latest reading in UTC seconds or None, readings held) of every zone."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(sa.select(zones_table).order_by(zones_table.c.region, zones_table.c.zone)).all()
+        return [(ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone), r.last_ts, r.readings) for r in rows]
+
+    def register(self, specs: Iterable[ZoneSpec]) -> list[str]:
+        """Register zones (the same spec again is fine; a different one is a StoreError). Returns the new ones."""
+        with self.engine.begin() as conn:
+            return self._register(conn, [s.checked() for s in specs])
+
+    def _register(self, conn: sa.Connection, specs: Sequence[ZoneSpec]) -> list[str]:
+        if not specs:
+            return []
+        known = {r.zone: r for r in conn.execute(sa.select(zones_table).where(
+            zones_table.c.zone.in_([s.zone for s in specs])))}
+        region_tz = dict(conn.execute(sa.select(zones_table.c.region, zones_table.c.time_zone).where(
+            zones_table.c.region.in_({s.region for s in specs})).distinct()).all())
+        new = []
+        for spec in specs:
+            if spec.zone in known:
+                r = known[spec.zone]
+                have = ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone)
+                if have != spec:
+                    raise StoreError(f"zone {spec.zone} is registered as {_spec_text(have)}, not {_spec_text(spec)}")
+                continue
+            tz = region_tz.setdefault(spec.region, spec.time_zone)
+            if tz != spec.time_zone:
+                raise StoreError(f"zone {spec.zone}: region {spec.region} keeps time in {tz}; every zone of a region "
+                                 f"shares one time zone, not {spec.time_zone}")
+            new.append(spec)
+        if new:
+            conn.execute(zones_table.insert(), [{"zone": s.zone, "region": s.region, "resolution_s": s.resolution_s,
+                                                 "time_zone": s.time_zone, "created_at": time.time(), "readings": 0}
+                                                for s in new])
+        return [s.zone for s in new]
+
+    # ------------------------------------------------------------------------------------------ ingest
+
+    def ingest(self, zone: Sequence[str], timestamp: Sequence[str] | pd.DatetimeIndex, value: Sequence[float],
+               register: Sequence[ZoneSpec] = (), now: float | None = None) -> IngestResult:
+        """Check and store one batch of readings in one transaction; returns once it is committed.
+
+        `timestamp`: ISO 8601 strings (with an offset: that instant; without: the zone's wall-clock time) or
+        a DatetimeIndex (tz-aware: that instant; naive: wall-clock time). Rejected readings are listed
+        with their reason, the rest are stored (see the module and readings.proto for the rules).
+        """
+        now = time.time() if now is None else now
+        zone = np.asarray(zone, dtype=object)
+        value = np.asarray(value, dtype=np.float64)
+        n = len(zone)
+        if len(value) != n or len(timestamp) != n:
+            raise StoreError(f"{n} zones, {len(timestamp)} timestamps and {len(value)} values: they must match")
+        specs = [s.checked() for s in register]
+        result = IngestResult(received=n)
+        with self.engine.begin() as conn:
+            result.registered = self._register(conn, specs)
+            known = {r.zone: ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone)
+                     for r in conn.execute(sa.select(zones_table).where(zones_table.c.zone.in_(set(zone.tolist()))))}
+            ts, reasons = _checked_times(zone, timestamp, value, known, now)
+            ok = reasons == ""
+            writes = []  # (zone, rows to insert, rows to update, latest time)
+            for z in sorted({zone[i] for i in np.flatnonzero(ok)}):
+                rows = np.flatnonzero(ok & (zone == z))
+                near = conn.execute(sa.select(readings_table.c.ts, readings_table.c.value).where(
+                    readings_table.c.zone == z, readings_table.c.ts >= int(ts[rows].min()) - REFERENCE_S,
+                    readings_table.c.ts <= int(ts[rows].max()) + REFERENCE_S).order_by(readings_table.c.ts)).all()
+                near_ts = np.fromiter((r[0] for r in near), np.int64, len(near))
+                near_value = np.fromiter((r[1] for r in near), np.float64, len(near))
+                reasons[rows] = _value_reasons(ts[rows], value[rows], near_ts, near_value)
+                rows = rows[reasons[rows] == ""]
+                if not len(rows):
+                    continue
+                at = np.minimum(np.searchsorted(near_ts, ts[rows]), max(len(near_ts) - 1, 0))
+                held = (near_ts[at] == ts[rows]) if len(near_ts) else np.zeros(len(rows), bool)
+                moved = held & (near_value[at] != value[rows]) if len(near_ts) else held
+                result.inserted += int((~held).sum())
+                result.replaced += int(moved.sum())
+                result.unchanged += int((held & ~moved).sum())
+                if (~held).any() or moved.any():
+                    writes.append((z, rows[~held], rows[moved], int(ts[rows].max())))
+            result.rejected = [Rejected(int(i), str(zone[i]), _text(timestamp, i), str(reasons[i]))
+                               for i in np.flatnonzero(reasons != "")]
+            if writes:
+                # the watermark first: its row lock orders concurrent commits (see the module docstring)
+                version = conn.execute(state_table.update().values(watermark=state_table.c.watermark + 1)
+                                       .returning(state_table.c.watermark)).scalar_one()
+                self._write(conn, writes, ts, value, now, version)
+                result.watermark = version
+            else:
+                result.watermark = conn.execute(sa.select(state_table.c.watermark)).scalar_one()
+        return result
+
+    def _write(self, conn: sa.Connection, writes: list, ts: np.ndarray, value: np.ndarray, now: float,
+               version: int) -> None:
+        """Insert new rows and apply corrections through the driver's executemany (SQLAlchemy's per-row
+        parameter handling would cost more than the database's own work here)."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        insert = (f"INSERT INTO readings (zone, ts, value, received_at, revision, version) "
+                  f"VALUES ({mark}, {mark}, {mark}, {mark}, 0, {mark})")
+        update = (f"UPDATE readings SET value = {mark}, received_at = {mark}, version = {mark}, "
+                  f"revision = revision + 1 WHERE zone = {mark} AND ts = {mark}")
+        for z, new, moved, last in writes:
+            if len(new):
+                conn.exec_driver_sql(insert, [(z, t, v, now, version) for t, v in
+                                              zip(ts[new].tolist(), value[new].tolist())])
+            if len(moved):
+                conn.exec_driver_sql(update, [(v, now, version, z, t) for t, v in
+                                              zip(ts[moved].tolist(), value[moved].tolist())])
+            conn.execute(zones_table.update().where(zones_table.c.zone == z).values(
+                last_ts=sa.case((zones_table.c.last_ts > last, zones_table.c.last_ts), else_=last),
+                readings=zones_table.c.readings + len(new)))
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def watermark(self) -> int:
+        with self.reader.connect() as conn:
+            return int(conn.execute(sa.select(state_table.c.watermark)).scalar_one())
+
+    def readings(self, zones: Sequence[str], start: int | None = None, end: int | None = None) -> pd.DataFrame:
+        """zone, ts (UTC seconds), value of `zones` with start <= ts < end (None: unbounded), by zone and time."""
+        query = sa.select(readings_table.c.zone, readings_table.c.ts, readings_table.c.value).where(
+            readings_table.c.zone.in_(list(zones)))
+        if start is not None:
+            query = query.where(readings_table.c.ts >= int(start))
+        if end is not None:
+            query = query.where(readings_table.c.ts < int(end))
+        return self._frame(query.order_by(readings_table.c.zone, readings_table.c.ts))
+
+    def latest(self, zones: Sequence[str], seconds: int) -> pd.DataFrame:
+        """zone, ts, value of each zone's readings in the `seconds` before (and at) its latest one."""
+        r, z = readings_table, zones_table
+        query = (sa.select(r.c.zone, r.c.ts, r.c.value).join(z, z.c.zone == r.c.zone)
+                 .where(r.c.zone.in_(list(zones)), r.c.ts > z.c.last_ts - seconds).order_by(r.c.zone, r.c.ts))
+        return self._frame(query)
+
+    def changes(self, since: int, until: int) -> pd.DataFrame:
+        """zone, ts, value of the readings written by commits with since < watermark <= until."""
+        r = readings_table
+        return self._frame(sa.select(r.c.zone, r.c.ts, r.c.value).where(r.c.version > since, r.c.version <= until)
+                           .order_by(r.c.zone, r.c.ts))
+
+    def _frame(self, query: sa.Select) -> pd.DataFrame:
+        with self.reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame({"zone": pd.array([r[0] for r in rows], dtype=object),
+                             "ts": np.fromiter((r[1] for r in rows), np.int64, len(rows)),
+                             "value": np.fromiter((r[2] for r in rows), np.float64, len(rows))})
+
+    # ------------------------------------------------------------------------------------------ files
+
+    def seed(self, path: str | Path | None = None, *, region: str = DEFAULT_REGION, time_zone: str | None = None,
+             until: str | pd.Timestamp | None = None, batch: int = 20_000, progress: Any = None) -> IngestResult | None:
+        """Load a long-format file (None: the bundled PJM zones) into the store, once: a file already seeded
+        (same content and `until`) is skipped (None returned). Unknown zones are registered in `region`
+        with `time_zone` (default: the bundled data's Eastern time; UTC for other files with naive times)."""
+        path = Path(path) if path is not None else BUNDLED_PJM
+        fingerprint = _fingerprint(path, until)
+        with self.reader.connect() as conn:
+            if conn.execute(sa.select(sources_table.c.rows).where(sources_table.c.fingerprint == fingerprint)).first():
+                return None
+        table = readings_frame(read_table(path), until)
+        tz = time_zone or (BUNDLED_TIME_ZONE if path.resolve() == BUNDLED_PJM.resolve() else "UTC")
+        known = self.zones()
+        register = [ZoneSpec(z, region, _resolution(table[table[ZONE] == z][TIMESTAMP]), tz)
+                    for z in table[ZONE].unique() if z not in known]
+        result = self.ingest_frame(table, register=register, batch=batch, progress=progress)
+        with self.engine.begin() as conn:
+            conn.execute(sources_table.insert().values(fingerprint=fingerprint, path=str(path), rows=len(table),
+                                                       ingested_at=time.time()))
+        return result
+
+    def ingest_frame(self, table: pd.DataFrame, *, register: Sequence[ZoneSpec] = (), batch: int = 20_000,
+                     progress: Any = None) -> IngestResult:
+        """`ingest` a long table (zone, timestamp, load_mw) in batches of `batch` rows; `progress(n)` after each."""
+        total = IngestResult()
+        for start in range(0, len(table), batch):
+            part = table.iloc[start : start + batch]
+            total.add(self.ingest(part[ZONE].to_numpy(), pd.DatetimeIndex(part[TIMESTAMP]), part[LOAD].to_numpy(),
+                                  register=register if start == 0 else ()), offset=start)
+            if progress is not None:
+                progress(len(part))
+        return total
+
+
+def readings_frame(table: pd.DataFrame, until: str | pd.Timestamp | None = None) -> pd.DataFrame:
+    """A raw long table as readings, in file order: zone, timestamp, load_mw (nothing repaired: the store's
+    checks decide), only the rows before `until` (a time in the table's own convention)."""
+    out = table[[ZONE, TIMESTAMP, LOAD]]
+    if until is not None:
+        stamp = pd.Timestamp(until)
+        stamps = out[TIMESTAMP]
+        if stamps.dt.tz is not None and stamp.tz is None:
+            stamp = stamp.tz_localize(stamps.dt.tz)
+        out = out[stamps < stamp]
+    return out.reset_index(drop=True)
+
+
+def _resolution(stamps: pd.Series) -> int:
+    """The most common step between a zone's sorted readings, as a registered resolution (hourly if unsure)."""
+    steps = np.diff(np.unique(_seconds(pd.DatetimeIndex(stamps)))) if len(stamps) > 1 else np.empty(0)
+    steps = steps[steps > 0]
+    common = int(pd.Series(steps).mode().iloc[0]) if len(steps) else 3600
+    return common if common in RESOLUTIONS else 3600
+
+
+def _fingerprint(path: Path, until: Any) -> str:
+    digest = hashlib.sha256(f"until={until}\n".encode())
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    for f in files:
+        if f.is_file():
+            digest.update(f.name.encode())
+            with f.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _spec_text(s: ZoneSpec) -> str:
+    return f"region {s.region}, every {s.resolution_s} s, time zone {s.time_zone}"
+
+
+def _text(timestamp: Sequence[str] | pd.DatetimeIndex, i: int) -> str:
+    t = timestamp[i]
+    return t.isoformat() if isinstance(t, pd.Timestamp) else str(t)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex, value: np.ndarray,
+                   known: dict[str, ZoneSpec], now: float) -> tuple[np.ndarray, np.ndarray]:
+    """UTC seconds of every reading and the reason it is refused ("" if not yet), for the checks that need
+    no stored data: unknown zone, unreadable, ambiguous or nonexistent time, off the grid, in the future,
+    value not finite, the same zone and time twice in the batch."""
+    n = len(zone)
+    reasons = np.full(n, "", dtype=object)
+    ts = np.zeros(n, dtype=np.int64)
+    for i in np.flatnonzero(~np.isfinite(value)):
+        reasons[i] = f"value {value[i]} is not a finite number"
+    for z in set(zone.tolist()):
+        rows = np.flatnonzero(zone == z)
+        spec = known.get(z)
+        if spec is None:
+            reasons[rows] = (f"unknown zone {z!r}; register it in the request (region, resolution, time zone)"
+                             if isinstance(z, str) and z else "zone: required")
+            continue
+        utc, local, why = _to_utc(timestamp, rows, spec.time_zone)
+        ts[rows] = utc
+        reasons[rows] = np.where(reasons[rows] == "", why, reasons[rows])
+        off_grid = (why == "") & (local % spec.resolution_s != 0)
+        for i in rows[off_grid]:
+            reasons[i] = (f"time is not on the zone's {spec.resolution_s // 60}-minute grid "
+                          f"(zone {z} reads every {spec.resolution_s} s)")
+        future = (why == "") & (utc > now + MAX_FUTURE_S)
+        for i in rows[future]:
+            reasons[i] = (f"time is {(ts[i] - now) / 3600:.1f} h in the future (the server's clock is "
+                          f"{pd.Timestamp(now, unit='s', tz='UTC').isoformat(timespec='seconds')}); at most 1 h ahead")
+    # the same zone and time twice: the last one counts (a correction sent in the same batch)
+    ok = np.flatnonzero(reasons == "")
+    keys = pd.DataFrame({"z": zone[ok], "t": ts[ok]})
+    repeated = keys.duplicated(keep="last").to_numpy()
+    if repeated.any():
+        last_of = keys.reset_index().groupby(["z", "t"])["index"].transform("last").to_numpy()
+        for j in np.flatnonzero(repeated):
+            reasons[ok[j]] = f"repeated in this batch: reading {ok[last_of[j]]} has the same zone and time and is kept"
+    return ts, reasons
+
+
+def _value_reasons(ts: np.ndarray, value: np.ndarray, near_ts: np.ndarray, near_value: np.ndarray) -> np.ndarray:
+    """The ingest repair rule's bounds for one zone's readings (`ts` UTC seconds, finite `value`), given the
+    stored readings around them: a value must be positive and within ABSURD_LOW..ABSURD_HIGH times the
+    zone's median over the week before the batch (or after it, for a backfill; or the batch's own, for a
+    zone with nothing stored near it). "" where a value passes."""
+    first, last = ts.min(), ts.max()
+    before = near_value[(near_ts >= first - REFERENCE_S) & (near_ts < first)]
+    after = near_value[(near_ts > last) & (near_ts <= last + REFERENCE_S)]
+    own = value[value > 0]
+    reference = next((r for r in (before, after, own) if len(r) >= 24), np.empty(0))
+    median = float(np.median(reference)) if len(reference) else None
+    reasons = np.full(len(ts), "", dtype=object)
+    for i in np.flatnonzero(value <= 0):
+        reasons[i] = f"value {value[i]:g} is not positive"
+    if median is not None:
+        for i in np.flatnonzero((value > 0) & ((value < ABSURD_LOW * median) | (value > ABSURD_HIGH * median))):
+            reasons[i] = (f"value {value[i]:g} is absurd: outside {ABSURD_LOW:g}..{ABSURD_HIGH:g} x the zone's "
+                          f"median of {median:.6g} over the week around it")
+    return reasons
+
+
+def _to_utc(timestamp: Sequence[str] | pd.DatetimeIndex, rows: np.ndarray,
+            time_zone: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UTC and local wall-clock seconds of `timestamp[rows]`, and a reason for those that cannot be placed.
+
+    Times with an offset are that instant. Naive times are the zone's wall clock: a time skipped when
+    daylight saving starts is refused; a time repeated when it ends is the first (daylight) hour on its
+    first appearance among these rows and the second (standard) hour on the next, and refused when it
+    appears once (it cannot be told which of the two hours it is)."""
+    m = len(rows)
+    why = np.full(m, "", dtype=object)
+    if isinstance(timestamp, pd.DatetimeIndex):
+        stamps = timestamp[rows]
+        aware = np.full(m, stamps.tz is not None)
+        parsed = stamps.tz_convert("UTC") if stamps.tz is not None else stamps
+        naive_stamps = None if stamps.tz is not None else stamps
+        aware_stamps = parsed if stamps.tz is not None else None
+    else:
+        text = pd.Series([str(timestamp[i]).strip() for i in rows], dtype=object)
+        aware = np.fromiter((_HAS_OFFSET.search(t) is not None for t in text), bool, m)
+        aware_stamps = pd.to_datetime(text.where(aware), format="ISO8601", errors="coerce", utc=True)
+        naive_stamps = pd.to_datetime(text.where(~aware), format="ISO8601", errors="coerce")
+        unreadable = (aware & aware_stamps.isna().to_numpy()) | (~aware & naive_stamps.isna().to_numpy())
+        why[unreadable] = "time cannot be read as ISO 8601 (e.g. 2018-08-01T05:00:00Z)"
+    utc = np.zeros(m, dtype=np.int64)
+    tz = ZoneInfo(time_zone)
+    if aware.any():
+        a = pd.DatetimeIndex(aware_stamps)[aware]
+        ok = ~a.isna()
+        utc[np.flatnonzero(aware)[ok]] = _seconds(a[ok])
+    naive = ~aware & (why == "")
+    if naive.any():
+        stamps = pd.DatetimeIndex(naive_stamps)[naive]
+        dst = stamps.tz_localize(tz, ambiguous=np.ones(len(stamps), bool), nonexistent="NaT")
+        std = stamps.tz_localize(tz, ambiguous=np.zeros(len(stamps), bool), nonexistent="NaT")
+        where = np.flatnonzero(naive)
+        gone = dst.isna()
+        why[where[gone]] = f"time does not exist in {time_zone} (the hour skipped when daylight saving starts)"
+        two = ~gone & (dst != std)
+        if two.any():
+            keys = pd.Series(_seconds(stamps)[two])
+            order = keys.groupby(keys).cumcount().to_numpy()
+            count = keys.map(keys.value_counts()).to_numpy()
+            second = np.zeros(len(stamps), bool)
+            second[np.flatnonzero(two)] = order >= 1
+            single = np.zeros(len(stamps), bool)
+            single[np.flatnonzero(two)] = count == 1
+            why[where[single]] = (f"time is ambiguous in {time_zone} (the hour repeated when daylight saving ends); "
+                                  "send it with its UTC offset")
+            chosen = dst.where(~second, std)
+        else:
+            chosen = dst
+        ok = ~gone
+        utc[where[ok]] = _seconds(chosen[ok])
+    # local wall-clock seconds (for the resolution grid)
+    local = _seconds(pd.to_datetime(utc, unit="s", utc=True).tz_convert(tz).tz_localize(None))
+    return utc, local, why
+
+
+def _seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
+    """Seconds since the epoch (UTC for aware stamps, wall clock for naive ones), whatever the unit."""
+    return np.asarray(stamps.as_unit("s").asi8, dtype=np.int64)
