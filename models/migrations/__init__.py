@@ -26,23 +26,10 @@ def config(url: str | None = None):  # noqa: ANN201 - alembic.config.Config, imp
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the store at `url` to `revision`. Safe when several processes start at once: the migration
-    runs in one transaction that holds the database's write lock (SQLite: BEGIN IMMEDIATE, taken by the
-    store's engine set-up; PostgreSQL: an advisory lock), so the others wait and then find nothing to do."""
+    """Bring the store at `url` to `revision` (safe when several processes start at once: see env.py)."""
     from alembic import command
 
-    from models.store import Store
-
-    store = Store(url, migrate=False)
-    try:
-        with store.engine.begin() as conn:
-            if store.dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727271)"))  # any constant: "energyopt schema"
-            cfg = config(url)
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-    finally:
-        store.close()
+    command.upgrade(config(url), revision)
 
 
 def current(url: str) -> str | None:
