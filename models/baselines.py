@@ -9,9 +9,11 @@ Shapes: B series, L history hours, H horizon hours, C covariates, Q outputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,3 +121,47 @@ class SeasonalNaive(Backbone):
         q = torch.quantile(diffs, torch.tensor(self.levels, device=x.device), dim=1).T  # [B, Q + 1]
         offsets = (q[:, :-1] - q[:, -1:]).to(x.dtype)  # [B, Q], zero at q = 0.5
         return naive.unsqueeze(-1) + offsets.unsqueeze(1)
+
+
+WEEK = 168
+
+
+def weekly_fallback(history: np.ndarray, horizon: int, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fallback forecast of a zone the model cannot forecast (its recent hours are missing): each hour
+    the same hour one week earlier (or two, three... for hours that week lacks), scaled by the zone's
+    last day held against the same day a week before; bands from the relative errors of the same rule over
+    the weeks held. Operators' usual last resort, because it keeps the daily and weekly shape.
+
+    `history`: hourly load [T] up to just before the first forecast hour, NaN where missing.
+    Returns point [H] and quantiles [H, Q] (sorted along Q), or None when nothing is held.
+    """
+    history = np.asarray(history, dtype=np.float64)
+    held = np.flatnonzero(np.isfinite(history))
+    if not len(held):
+        return None
+    T = len(history)
+    target = T + np.arange(horizon)
+    point = np.full(horizon, np.nan)
+    for lag in range(WEEK, T + WEEK, WEEK):  # the same hour 1, 2, ... weeks before
+        source = target - lag
+        take = np.isnan(point) & (source >= 0) & (source < T)
+        point[take] = history[source[take]]
+        if not np.isnan(point).any():
+            break
+    point[np.isnan(point)] = np.nanmean(history)  # less than a week held: its mean
+    last = held[-1]
+    day = history[max(last - 23, 0) : last + 1]
+    week_before = history[max(last - 23 - WEEK, 0) : max(last + 1 - WEEK, 0)]
+    scale = 1.0
+    if np.isfinite(day).sum() >= 12 and np.isfinite(week_before).sum() >= 12:
+        scale = float(np.clip(np.nanmean(day) / np.nanmean(week_before), 0.5, 2.0))
+    point = point * scale
+    errors = history[WEEK:] / history[:-WEEK] - 1.0 if T > WEEK else np.empty(0)
+    errors = errors[np.isfinite(errors)]
+    levels = np.asarray(levels, dtype=np.float64)
+    if len(errors) >= 24:
+        relative = np.quantile(errors, levels)
+    else:  # too little held to measure the rule's errors: a wide band (about +-25 % at 10-90 %)
+        relative = (levels - 0.5) * 0.6
+    quantiles = np.sort(point[:, None] * (1.0 + relative[None, :]), axis=1)
+    return point.astype(np.float32), quantiles.astype(np.float32)

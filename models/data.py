@@ -298,7 +298,25 @@ def _interpolate(values: np.ndarray, before: np.ndarray, after: np.ndarray, fill
     return out
 
 
-def clean(table: pd.DataFrame, *, max_interpolate_hours: int = 6,
+MAX_INTERPOLATE_HOURS = 6  # the repair rule: interior gaps up to this long are interpolated, longer ones kept
+
+
+def fill_short_gaps(values: np.ndarray, max_hours: int = MAX_INTERPOLATE_HOURS) -> np.ndarray:
+    """One hourly series (NaN where missing) with its interior runs of at most `max_hours` missing hours
+    filled by linear interpolation: the repair rule of `clean`, for a series the server holds live."""
+    values = np.asarray(values, dtype=np.float64)
+    valid = np.isfinite(values)
+    if valid.all() or not valid.any():
+        return values
+    position = np.arange(len(values))
+    before = np.maximum.accumulate(np.where(valid, position, -1))
+    after = np.minimum.accumulate(np.where(valid, position, len(values))[::-1])[::-1]
+    interior = ~valid & (before >= 0) & (after < len(values))
+    fill = interior & (after - before - 1 <= max_hours)
+    return _interpolate(values, before, after, fill) if fill.any() else values
+
+
+def clean(table: pd.DataFrame, *, max_interpolate_hours: int = MAX_INTERPOLATE_HOURS,
           min_segment_hours: int = 0) -> tuple[list[Series], RepairReport]:
     """Repair a raw long table into gap-free hourly segments and report every change, per zone.
 

@@ -38,11 +38,14 @@ from ray import serve
 
 from models.bundle import BundleError, load_bundle
 from models.series import DEFAULT_REGION
+from models.store import Store, StoreError, ZoneSpec
 from serving.anomaly import AnomalyDetector
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, load_histories, not_found
+from serving.api.energyopt.v1 import readings_pb2 as rpb
+from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found
+from serving.live import LiveHistory
 
 logger = logging.getLogger("ray.serve")
 
@@ -73,14 +76,25 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str | None = Field(None, description="Long-format CSV/Parquet with the regions' history "
+    store: str | None = Field(None, description="The store: a SQLite file path or a database URL "
+                                                   "(postgresql://user@host/db); default runs/store.db.")
+    data: str | None = Field(None, description="Long-format CSV/Parquet seeded into the store once "
                                                   "(default: the bundled PJM zones).")
-    region: str = Field(DEFAULT_REGION, description="Name of the region made of every zone in the data.")
+    seed: bool = Field(True, description="Seed the store with `data` (skipped when that file was seeded).")
+    seed_until: str | None = Field(None, description="Seed only the readings before this time (then feed the "
+                                                        "rest live, e.g. with `energyopt replay`).")
+    time_zone: str | None = Field(None, description="Time zone of the seeded zones (default: America/New_York "
+                                                       "for the bundled PJM data, else UTC).")
+    tail_hours: int = Field(1500, ge=FALLBACK_HOURS, description="Hours of each zone's latest readings a "
+                                                                   "replica keeps in memory.")
+    region: str = Field(DEFAULT_REGION, description="Region of the zones seeded from `data`.")
     regions: dict[str, list[str]] = Field(default_factory=dict, description="More regions: name -> zones.")
     max_series_per_request: int = Field(Limits.max_series_per_request, ge=1,
                                         description="ForecastSeries: most series per request.")
     max_points_per_request: int = Field(Limits.max_points_per_request, ge=1,
                                         description="ForecastSeries: most history values.")
+    max_readings_per_batch: int = Field(Limits.max_readings_per_batch, ge=1,
+                                        description="ReadingsService: most readings per batch.")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per replica "
                                                                  "(default: the replica's num_cpus).")
     # The deployment's user_config for `serve run serving.app:build_app model=...` (unset: ReplicaConfig's
@@ -88,6 +102,14 @@ class AppArgs(BaseModel):
     model: str | None = None
     max_batch_series: int | None = Field(None, ge=1)
     batch_wait_timeout_s: float | None = Field(None, ge=0)
+
+
+def open_store(args: AppArgs) -> Store:
+    """The application's store, migrated and seeded (each seed file once: a replica started later skips it)."""
+    store = Store.open(args.store)
+    if args.seed:
+        store.seed(args.data, region=args.region, time_zone=args.time_zone, until=args.seed_until)
+    return store
 
 
 def _series_in(jobs: list[Job]) -> int:
@@ -175,9 +197,10 @@ class Forecaster:
         self.args = AppArgs.model_validate(args)
         if self.args.torch_threads:
             torch.set_num_threads(self.args.torch_threads)
-        self.histories = load_histories(self.args.data)
-        self.regions = {self.args.region: sorted(self.histories)} | self.args.regions
-        self.limits = Limits(self.args.max_series_per_request, self.args.max_points_per_request)
+        self.store = open_store(self.args)
+        self.live = LiveHistory(self.store, self.args.tail_hours)
+        self.limits = Limits(self.args.max_series_per_request, self.args.max_points_per_request,
+                             self.args.max_readings_per_batch)
         self.engine: Engine | None = None  # loaded by reconfigure(), which Serve calls before traffic
         self.anomaly = AnomalyDetector(self.args.data, self.limits)  # DetectAnomalies (serving/anomaly.py)
         self.config = ReplicaConfig()
@@ -205,7 +228,7 @@ class Forecaster:
             path = str(Path(config.model).expanduser().resolve())
             try:  # off the event loop: requests keep being answered by the current model meanwhile
                 engine = await asyncio.to_thread(
-                    lambda: Engine(load_bundle(path), self.histories, self.regions, self.limits, bundle_path=path))
+                    lambda: Engine(load_bundle(path), self.live, self.args.regions, self.limits, bundle_path=path))
             except (BundleError, ValueError, OSError) as err:
                 if self.engine is None:  # nothing to keep serving: the replica cannot start
                     raise RuntimeError(f"cannot serve model {config.model}: {err}") from None
@@ -269,7 +292,7 @@ class Forecaster:
 
     async def _answer(self, job: Job) -> Any:
         """Answer one forecast job in the next batch (or alone, if it is larger than a batch)."""
-        if job.n > self.max_batch_series:  # larger than a whole batch: a forward pass of its own
+        if job.n == 0 or job.n > self.max_batch_series:  # nothing for the model, or more than a whole batch
             return self._compute([job])[0]
         return await self._run_batch(job)
 
@@ -292,12 +315,81 @@ class Forecaster:
         from serving import dispatch
 
         zone_load = {}
-        for zone, horizon in dispatch.zones_needed(request, list(self.histories)).items():
-            forecast = await self.ForecastRegion(pb.ForecastRegionRequest(region=self.args.region, horizon=horizon,
-                                                                          zones=[zone]))
+        for zone, horizon in dispatch.zones_needed(request, list(self.live.specs)).items():
+            region = self.live.specs[zone].region
+            forecast = await self.ForecastRegion(pb.ForecastRegionRequest(region=region, horizon=horizon, zones=[zone]))
             zone_load[zone] = list(forecast.zones[0].point)
         # off the event loop: forecasts keep being answered during a solve
         return await asyncio.to_thread(dispatch.optimize, request, zone_load)
+
+    # energyopt.v1.ReadingsService: every replica writes to the one store (serialized there), off the loop
+
+    async def _ingest(self, request: rpb.IngestReadingsRequest, batch: int = 0) -> rpb.IngestAck:
+        n = len(request.readings)
+        if n > self.limits.max_readings_per_batch:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"readings: {n:,} readings exceed this server's limit of "
+                           f"{self.limits.max_readings_per_batch:,} per batch (max_readings_per_batch); split it")
+        register = [ZoneSpec(z.zone, z.region, z.resolution_s, z.time_zone) for z in request.register]
+        try:
+            result = await asyncio.to_thread(lambda: self.store.ingest(
+                [r.zone for r in request.readings], [r.timestamp for r in request.readings],
+                [r.value for r in request.readings], register=register))
+        except StoreError as err:
+            raise invalid(f"register: {err}") from None
+        ack = rpb.IngestAck(batch=batch, received=result.received, inserted=result.inserted,
+                            replaced=result.replaced, unchanged=result.unchanged, watermark=result.watermark,
+                            registered=result.registered)
+        for r in result.rejected:
+            ack.rejected.add(index=r.index, zone=r.zone, timestamp=r.timestamp, reason=r.reason)
+        return ack
+
+    @_api(rpb.IngestAck, "the readings store")
+    async def IngestReadings(self, request: rpb.IngestReadingsRequest) -> rpb.IngestAck:
+        ack = await self._ingest(request)
+        if ack.received and len(ack.rejected) == ack.received:
+            first = "; ".join(f"readings[{r.index}]: {r.reason}" for r in ack.rejected[:3])
+            raise invalid(f"readings: all {ack.received} readings were rejected ({first})")
+        if not ack.received and not ack.registered:
+            raise invalid("readings: at least one reading (or a zone to register) is required")
+        return ack
+
+    async def StreamReadings(self, request_stream: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
+        """One acknowledgement per batch, each after its commit; an oversized batch or a failing store ends
+        the stream with its status."""
+        batch = 0
+        async for request in request_stream:
+            try:
+                yield await self._ingest(request, batch)
+            except ApiError as err:
+                if grpc_context is None:
+                    raise
+                grpc_context.set_code(err.code)
+                grpc_context.set_details(f"batch {batch}: {err.message}")
+                return
+            except Exception:
+                logger.exception("StreamReadings failed")
+                if grpc_context is not None:
+                    grpc_context.set_code(grpc.StatusCode.INTERNAL)
+                    grpc_context.set_details(f"batch {batch}: internal error in the readings store; the replica "
+                                             "log has the details")
+                return
+            batch += 1
+
+    @_api(rpb.ListZonesResponse, "the readings store")
+    async def ListZones(self, request: rpb.ListZonesRequest) -> rpb.ListZonesResponse:
+        status = await asyncio.to_thread(self.store.zone_status)
+        resp = rpb.ListZonesResponse(watermark=await asyncio.to_thread(self.store.watermark))
+        for spec, last, count in status:
+            if request.region and spec.region != request.region:
+                continue
+            z = resp.zones.add(readings=count, last_reading=(
+                datetime.fromtimestamp(last, UTC).isoformat() if last is not None else ""))
+            z.spec.zone, z.spec.region, z.spec.resolution_s, z.spec.time_zone = (
+                spec.zone, spec.region, spec.resolution_s, spec.time_zone)
+        if request.region and not resp.zones:
+            raise not_found(f"region: unknown region {request.region!r}")
+        return resp
 
     @_api(pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
@@ -319,6 +411,17 @@ class Forecaster:
         yield await self.Check(request, grpc_context)
 
     # ------------------------------------------------------------------------------------------ HTTP/JSON
+
+    @http_app.post("/v1/readings", summary="IngestReadings (body: IngestReadingsRequest as JSON)")
+    @_api()
+    async def http_ingest_readings(self, request: Request) -> rpb.IngestAck:
+        return await self.IngestReadings(await _body(request, rpb.IngestReadingsRequest()))
+
+    @http_app.get("/v1/zones", summary="ListZones")
+    @_api()
+    async def http_list_zones(self, region: str = Query("", description="Only this region's zones.")
+                              ) -> rpb.ListZonesResponse:
+        return await self.ListZones(rpb.ListZonesRequest(region=region))
 
     @http_app.post("/v1/forecast/region", summary="ForecastRegion (body: ForecastRegionRequest as JSON)")
     @_api()

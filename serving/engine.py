@@ -22,16 +22,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.baselines import weekly_fallback
 from models.bundle import Bundle
-from models.data import Series, load_series
+from models.data import MAX_INTERPOLATE_HOURS, Series, load_series
 from models.features import region_channels
-from models.inputs import LRU, CalendarGrid
-from models.region import RegionPanel
+from models.inputs import CalendarGrid
 from models.series import DEFAULT_REGION
+from models.store import Store
 from serving.api.energyopt.v1 import forecast_pb2 as pb
+from serving.live import HourlyView, LiveHistory
 
 HOUR = pd.Timedelta(hours=1)
 TOTAL = "TOTAL"
+FALLBACK_HOURS = 4 * 168  # what the weekly fallback reads: four weeks before the issue time
+LIVE_LAG = pd.Timedelta(hours=MAX_INTERPOLATE_HOURS)  # a zone further behind the region's newest hour is out
 
 # HTTP status for each gRPC status the API uses (the HTTP/JSON mirror answers with these).
 HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -61,6 +65,7 @@ class Limits:
 
     max_series_per_request: int = 1024
     max_points_per_request: int = 2_000_000  # history values, all series together
+    max_readings_per_batch: int = 10_000  # ReadingsService: readings in one batch
 
     def check(self, n: int, points: int, values: str, send: str) -> None:
         """RESOURCE_EXHAUSTED unless `n` series of `points` values in all fit (`values`, `send`: words for them)."""
@@ -140,41 +145,51 @@ class Job:
 
 @dataclass
 class Engine:
-    """A loaded bundle plus the history of every region it serves."""
+    """A loaded bundle plus the live history of every region it serves (a cache of the store)."""
 
     bundle: Bundle
-    histories: dict[str, ZoneHistory]
-    regions: dict[str, list[str]]
+    live: LiveHistory
+    named: dict[str, list[str]] = field(default_factory=dict)  # more regions: subsets of zones, by name
     limits: Limits = field(default_factory=Limits)
     bundle_path: str = ""
 
     def __post_init__(self) -> None:
-        for region, zones in self.regions.items():
-            missing = [z for z in zones if z not in self.histories]
-            if missing or not zones:
-                raise ValueError(f"region {region!r}: zones {missing or zones} are not in the data "
-                                 f"(it has {sorted(self.histories)})")
-        missing = [z for z in self.bundle.region_zones if z not in self.histories]
+        zones = self.live.specs
+        for region, members in self.named.items():
+            missing = [z for z in members if z not in zones]
+            if missing or not members:
+                raise ValueError(f"region {region!r}: zones {missing or members} are not in the store "
+                                 f"(it has {sorted(zones)})")
+        missing = [z for z in self.bundle.region_zones if z not in zones]
         if missing:
             raise ValueError(f"model {self.bundle.name} reads the recent load of zones {list(self.bundle.region_zones)}"
-                             f"; the served data lacks {missing} (it has {sorted(self.histories)})")
-        self._panel = RegionPanel.from_parts({z: [(h.start, h.values)] for z, h in self.histories.items()},
-                                             self.bundle.region_zones) if self.bundle.region_zones else None
+                             f"; the store lacks {missing} (it has {sorted(zones)})")
         self.inputs = self.bundle.inputs
-        self.calendar = CalendarGrid(self.inputs, min((h.start for h in self.histories.values()), default=None),
-                                     max((h.end for h in self.histories.values()), default=None))
-        self._windows = LRU(256)  # (region, issue time) -> history windows [zones, L]
+        starts = [v.start for v in (self.live.view(z) for z in zones) if v.last_reading is not None]
+        self.calendar = CalendarGrid(self.inputs, min(starts, default=None),
+                                     max(starts, default=pd.Timestamp(0)) + pd.Timedelta(days=400) if starts else None)
         self.levels = np.array(self.bundle.quantiles or (0.5,), dtype=np.float64)
         self.median = self.bundle.model.median_index
+
+    @property
+    def regions(self) -> dict[str, list[str]]:
+        """Region -> zones: the regions of the store's zones, then the named subsets."""
+        return self.live.regions | self.named
 
     @classmethod
     def from_data(cls, bundle: Bundle, data: str | Path | None = None, region: str = DEFAULT_REGION,
                   regions: Mapping[str, Sequence[str]] | None = None, limits: Limits | None = None,
-                  bundle_path: str = "") -> Engine:
-        """Serve every zone of `data` as region `region`, plus any named `regions` (subsets of zones)."""
-        histories = load_histories(data)
-        named = {region: sorted(histories)} | {k: list(v) for k, v in (regions or {}).items()}
-        return cls(bundle, histories, named, limits or Limits(), bundle_path)
+                  bundle_path: str = "", store: str | Path | None = None, tail_hours: int = 1500) -> Engine:
+        """Serve every zone of `data` as region `region`, plus any named `regions` (subsets of zones), from
+        the store `store` (default: a SQLite file beside `data`'s name in the temporary folder), seeded once."""
+        if store is None:
+            import tempfile
+
+            store = Path(tempfile.mkdtemp(prefix="energyopt-store-")) / "store.db"
+        opened = Store.open(store)
+        opened.seed(data, region=region)
+        return cls(bundle, LiveHistory(opened, tail_hours), {k: list(v) for k, v in (regions or {}).items()},
+                   limits or Limits(), bundle_path)
 
     # ------------------------------------------------------------------------------------------ model
 
@@ -206,8 +221,11 @@ class Engine:
             if rows:
                 parts.append((job, rows))
             where.append([seen[key] for key in keys])
-        out = self.forward(*(np.concatenate([getattr(job, k)[rows] for job, rows in parts])
-                             for k in ("history", "past", "future")))
+        if parts:
+            out = self.forward(*(np.concatenate([getattr(job, k)[rows] for job, rows in parts])
+                                 for k in ("history", "past", "future")))
+        else:  # every zone of every job fell back: nothing for the model
+            out = np.empty((0, self.bundle.max_horizon, len(self.levels)), np.float32)
         answers: dict[Hashable, Any] = {}
         responses = []
         for job, index in zip(jobs, where):
@@ -270,8 +288,15 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ region
 
-    def history_end(self, zones: Sequence[str]) -> pd.Timestamp:
-        return min(self.histories[z].end for z in zones)
+    def now(self, zones: Sequence[str], views: Sequence[HourlyView] | None = None) -> pd.Timestamp | None:
+        """The default issue time of `zones`: the hour after their latest complete hour, the latest hour
+        that every zone still reporting has reached (a zone more than 6 h behind the newest is in an
+        outage and gets a fallback). None when no zone has a reading."""
+        lasts = [v.last for v in (views or [self.live.view(z) for z in zones]) if v.last is not None]
+        if not lasts:
+            return None
+        newest = max(lasts)
+        return min(last for last in lasts if last >= newest - LIVE_LAG) + HOUR
 
     def region_job(self, req: pb.ForecastRegionRequest) -> Job:
         self.check_model(req.model)
@@ -279,11 +304,13 @@ class Engine:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"model: {self.bundle.name} needs covariates {list(self.bundle.features.covariates)} "
                            "for every hour, which the server's history does not hold; use ForecastSeries")
+        watermark = self.live.refresh()
+        regions = self.regions
         if not req.region:
-            raise invalid(f"region: required; this server has {sorted(self.regions)}")
-        if req.region not in self.regions:
-            raise not_found(f"region: unknown region {req.region!r}; this server has {sorted(self.regions)}")
-        region_zones = self.regions[req.region]
+            raise invalid(f"region: required; this server has {sorted(regions)}")
+        if req.region not in regions:
+            raise not_found(f"region: unknown region {req.region!r}; this server has {sorted(regions)}")
+        region_zones = regions[req.region]
         horizon = self.check_horizon(req.horizon)
         levels, columns = self.quantile_columns(req.quantiles)
         zones = list(req.zones) or region_zones
@@ -292,53 +319,77 @@ class Engine:
                 raise not_found(f"zones[{i}]: unknown zone {z!r} in region {req.region} (it has {region_zones})")
             if z in zones[:i]:
                 raise invalid(f"zones[{i}]: zone {z!r} is listed twice")
-        issue = (self.parse_time(req.issue_time, "issue_time", like=self.histories[zones[0]].start) if req.issue_time
-                 else self.history_end(zones) + HOUR)
-        rows = [region_zones.index(z) for z in zones]
-        windows = self._region_windows(req.region, issue)[rows]
+        length = self.bundle.input_length
+        if req.issue_time:  # the region's wall clock; a time with an offset is converted to it
+            issue = self.parse_time(req.issue_time, "issue_time")
+            if issue.tz is not None:
+                issue = issue.tz_convert(self.live.time_zone(region_zones)).tz_localize(None)
+        else:
+            issue = self.now(zones)
+            if issue is None:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"region: {req.region} has no readings yet; send some (ReadingsService)")
+        read = list(dict.fromkeys([*zones, *self.bundle.region_zones]))
+        views = dict(zip(read, self.live.views(read, issue, max(length, FALLBACK_HOURS))))
+        windows = np.stack([views[z].window(issue, length) for z in zones])
+        model = np.flatnonzero(np.isfinite(windows).all(axis=1))
+        if not len(model) and req.issue_time:
+            held = [(v.start, v.start + (len(v.values) - 1) * HOUR) for v in (views[z] for z in zones) if len(v.values)]
+            span = (f"the store holds {req.region}'s recent hours {min(a for a, _ in held).isoformat()} .. "
+                    f"{max(b for _, b in held).isoformat()}" if held else f"the store holds nothing for {req.region}")
+            raise invalid(f"issue_time: the model reads the {length} hours before {issue.isoformat()}, and no zone "
+                          f"of the request has them all ({span}; older issue times are read from the store)")
+        fallbacks = {zones[i]: self._fallback_reason(views[zones[i]], issue)
+                     for i in range(len(zones)) if i not in set(model.tolist())}
         past, future, stamps = self.calendar(issue - HOUR)
-        n = len(zones)
+        n = len(model)
         past, future = np.broadcast_to(past, (n, *past.shape)), np.broadcast_to(future, (n, *future.shape))
         if self.bundle.region_zones:  # the same context for every zone of the request, and each zone's name
-            context = self._region_context(issue)
-            past, future = self.inputs.with_region(past, future, zones, np.broadcast_to(context, (n, *context.shape)))
+            context = region_channels(np.stack([views[z].window(issue, length) for z in self.bundle.region_zones],
+                                               axis=1))
+            past, future = self.inputs.with_region(past, future, [zones[i] for i in model],
+                                                   np.broadcast_to(context, (n, *context.shape)))
 
         def respond(out: np.ndarray) -> pb.ForecastRegionResponse:
-            q = out[:, :horizon]  # [Z, H, Q]
-            resp = pb.ForecastRegionResponse(region=req.region, issue_time=issue.isoformat(), model=self.model_ref)
+            resp = pb.ForecastRegionResponse(region=req.region, issue_time=issue.isoformat(), model=self.model_ref,
+                                             fallback_zones=len(fallbacks), watermark=watermark)
             ts = stamps[:horizon]
-            for zone, zq in zip(zones, q):
-                _fill(resp.zones.add(), zone, ts, zq[:, self.median], zq, levels, columns)
-            _fill(resp.total, TOTAL, ts, q[:, :, self.median].sum(axis=0), q.sum(axis=0), levels, columns)
+            rows = dict(zip(model.tolist(), out[:, :horizon]))  # request position -> model quantiles [H, Q]
+            total_point, total_q = np.zeros(horizon), np.zeros((horizon, len(self.levels)))
+            for i, zone in enumerate(zones):
+                view, msg = views[zone], resp.zones.add()
+                if i in rows:
+                    point, q = rows[i][:, self.median], rows[i]
+                else:
+                    made = weekly_fallback(view.window(issue, FALLBACK_HOURS), horizon, self.levels)
+                    msg.fallback = fallbacks[zone]
+                    if made is None:
+                        msg.name, msg.last_reading = zone, ""
+                        msg.fallback += "; no readings held, so no forecast (the total leaves this zone out)"
+                        continue
+                    point, q = made
+                _fill(msg, zone, ts, point, q, levels, columns)
+                if view.last_reading is not None:
+                    msg.last_reading = pd.Timestamp(view.last_reading, unit="s", tz="UTC").isoformat()
+                total_point += point
+                total_q += q
+            _fill(resp.total, TOTAL, ts, total_point, total_q, levels, columns)
             return resp
 
-        return Job(self, windows, past, future, respond, keys=[(req.region, issue, z) for z in zones],
-                   answer_key=(req.region, issue, tuple(zones), horizon, tuple(levels)))
+        key = (req.region, issue, watermark)
+        return Job(self, windows[model], past, future, respond, keys=[(*key, zones[i]) for i in model],
+                   answer_key=(*key, tuple(zones), horizon, tuple(levels)))
 
-    def _region_windows(self, region: str, issue: pd.Timestamp) -> np.ndarray:
-        length = self.bundle.input_length
-
-        def make() -> np.ndarray:
-            rows = []
-            for z in self.regions[region]:
-                w = self.histories[z].window(issue, length)
-                if w is None:
-                    h = self.histories[z]
-                    earliest, latest = h.start + length * HOUR, h.end + HOUR
-                    why = ("contain a gap in the data" if earliest <= issue <= latest else
-                           f"are not all held: zone {z} has history {h.start.isoformat()} .. {h.end.isoformat()}, "
-                           f"so issue times from {earliest.isoformat()} to {latest.isoformat()} work")
-                    raise invalid(f"issue_time: the model reads the {length} hours before {issue.isoformat()}, "
-                                  f"which {why}")
-                rows.append(w)
-            return np.stack(rows)
-
-        return self._windows.get_or_make((region, issue), make)
-
-    def _region_context(self, issue: pd.Timestamp) -> np.ndarray:
-        """The model's region channels [L, R] for forecasts issued at `issue`."""
-        return self._windows.get_or_make(("region context", issue), lambda: region_channels(
-            self._panel.windows(self._panel.positions([issue]), self.bundle.input_length)[0]))
+    def _fallback_reason(self, view: HourlyView, issue: pd.Timestamp) -> str:
+        """Why a zone gets the fallback forecast from `issue`."""
+        last = view.last
+        if last is None:
+            return "no readings held for this zone"
+        if last < issue - HOUR:
+            return (f"no reading for {(issue - HOUR - last) // HOUR} h (latest hour held: {last.isoformat()}); "
+                    f"the model reads the {self.bundle.input_length} hours before the issue time")
+        return (f"a gap of more than {MAX_INTERPOLATE_HOURS} h in the {self.bundle.input_length} hours the model "
+                "reads before the issue time")
 
     # ------------------------------------------------------------------------------------------ series
 
@@ -431,8 +482,10 @@ class Engine:
             covariates=list(b.features.covariates), region_zones=list(b.region_zones),
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         )
+        self.live.refresh()
         for name, zones in self.regions.items():
-            info.regions.add(name=name, zones=zones, history_end=self.history_end(zones).isoformat())
+            now = self.now(zones)
+            info.regions.add(name=name, zones=zones, history_end=(now - HOUR).isoformat() if now else "")
         if stats is not None:
             info.stats.CopyFrom(stats)
         return info

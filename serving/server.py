@@ -26,6 +26,7 @@ def load_config(
     model: str | Path | None = None,
     anomaly_model: str | Path | None = None,
     data: str | Path | None = None,
+    store: str | Path | None = None,
     grpc_port: int | None = None,
     http_port: int | None = None,
     replicas: int | None = None,
@@ -48,6 +49,8 @@ def load_config(
         replica_config["anomaly_model"] = str(Path(anomaly_model).expanduser().resolve())
     if data is not None:
         app_args["data"] = str(Path(data).expanduser().resolve())
+    if store is not None:  # a URL as given, a SQLite path made absolute
+        app_args["store"] = str(store) if "://" in str(store) else str(Path(store).expanduser().resolve())
     for options, port in (("grpc_options", grpc_port), ("http_options", http_port)):
         if port is not None:
             config.setdefault(options, {})["port"] = port
@@ -104,6 +107,7 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
 
     from models.runtime import ensure_ray
 
+    prepare_store(config)
     schema = _validate(config)
     if not ray.is_initialized():
         configure_local_ray(haproxy)
@@ -116,6 +120,19 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     )
     client.deploy_apps(schema)
     wait_running(timeout_s=timeout_s)
+
+
+def prepare_store(config: dict[str, Any]) -> None:
+    """Migrate and seed the application's store here, once, before replicas start (they would otherwise
+    race to seed an empty store; they still migrate and skip seeded files themselves). A relative SQLite
+    path is made absolute first, so replicas open the same file wherever Ray runs them."""
+    from serving.app import AppArgs, open_store
+
+    args = _app(config).setdefault("args", {})
+    store = args.get("store") or "runs/store.db"
+    if "://" not in str(store):
+        args["store"] = str(Path(store).expanduser().resolve())
+    open_store(AppArgs.model_validate(args)).close()
 
 
 def deploy(config: dict[str, Any], *, timeout_s: float = 180.0) -> None:

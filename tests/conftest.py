@@ -162,7 +162,7 @@ class ServeApp:
 
 @pytest.fixture(scope="session")
 def serve_app(ray_session, tiny_bundle_dir: Path, tiny_anomaly_bundle_dir: Path,
-              synthetic_csv: Path) -> ServeApp:
+              synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> ServeApp:
     """The session's one Serve application: the tiny forecaster and anomaly model on three synthetic zones
     (region "SYN", plus "PAIR"), real gRPC and HTTP on loopback. Every test module that talks to Serve
     uses this one; tests that change it put it back."""
@@ -170,7 +170,8 @@ def serve_app(ray_session, tiny_bundle_dir: Path, tiny_anomaly_bundle_dir: Path,
 
     grpc_port, http_port = server.free_ports(2)
     config = server.load_config(
-        model=tiny_bundle_dir, anomaly_model=tiny_anomaly_bundle_dir, data=synthetic_csv, grpc_port=grpc_port,
+        model=tiny_bundle_dir, anomaly_model=tiny_anomaly_bundle_dir, data=synthetic_csv,
+        store=tmp_path_factory.mktemp("store") / "store.db", grpc_port=grpc_port,
         http_port=http_port, replicas=1,
         args={"region": "SYN", "regions": {"PAIR": ["Z000", "Z001"]}, "max_series_per_request": 64,
               "max_points_per_request": 64 * 400},

@@ -158,7 +158,8 @@ def test_training_on_data_without_the_region_zones_is_a_clear_error(synthetic_cs
     assert not (tmp_path / "m").exists()
 
 
-def test_the_engine_serves_region_requests_and_refuses_series_requests(region_bundle, synthetic_csv, histories):
+def test_the_engine_serves_region_requests_and_refuses_series_requests(region_bundle, synthetic_csv, histories,
+                                                                        tmp_path):
     from serving.api.energyopt.v1 import forecast_pb2 as pb
     from serving.engine import ApiError, Engine
 
@@ -176,8 +177,10 @@ def test_the_engine_serves_region_requests_and_refuses_series_requests(region_bu
         engine.series_job(request)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "ForecastRegion" in err.value.message
 
+    partial = tmp_path / "partial.csv"  # a store without one of the model's context zones
+    pd.read_csv(synthetic_csv).query("zone != 'Z002'").to_csv(partial, index=False)
     with pytest.raises(ValueError, match=r"lacks \['Z002'\]"):
-        Engine(region_bundle, {z: h for z, h in engine.histories.items() if z != "Z002"}, {"P": ["Z000"]})
+        Engine.from_data(region_bundle, partial, region="SYN")
 
 
 def test_batch_scoring_refuses_a_region_model(region_bundle, tmp_path):
