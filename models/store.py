@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ MAX_FUTURE_S = 3600  # readings more than this ahead of the server's clock are r
 REFERENCE_S = 7 * 24 * 3600  # the absurd-value rule compares with the median of a week of readings
 MAX_ZONE_NAME = 64
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_HAS_OFFSET = re.compile(r"(?:Z|[+-]\d\d(?::?\d\d)?)$", re.IGNORECASE)
+# an offset ends the time of day, not the date: "2020-01-01" is a naive date, not 2020-01 at offset -01
+_HAS_OFFSET = re.compile(r"[T ]\d\d[\d:.,]*(?:Z|[+-]\d\d(?::?\d\d)?)$", re.IGNORECASE)
 
 metadata = sa.MetaData()
 zones_table = sa.Table(
@@ -98,7 +100,7 @@ class ZoneSpec:
         """This spec with defaults applied, or StoreError naming what is wrong."""
         spec = ZoneSpec(self.zone, self.region, int(self.resolution_s or 3600), self.time_zone or "UTC")
         for name, value in (("zone", spec.zone), ("region", spec.region)):
-            if not _ZONE_NAME.match(value or ""):
+            if not isinstance(value, str) or not _ZONE_NAME.fullmatch(value):  # fullmatch: "$" allows a "\n"
                 raise StoreError(f"{name} {value!r}: use 1 to {MAX_ZONE_NAME} letters, digits, '_', '-' or '.'")
         if spec.resolution_s not in RESOLUTIONS:
             raise StoreError(f"zone {spec.zone}: resolution_s {spec.resolution_s} is not one of {list(RESOLUTIONS)}")
@@ -163,7 +165,7 @@ def _sqlite_setup(engine: sa.Engine, immediate: bool) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below issues BEGIN itself
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -171,6 +173,21 @@ def _sqlite_setup(engine: sa.Engine, immediate: bool) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _wal(cursor: Any, timeout_s: float = 30.0) -> None:
+    """PRAGMA journal_mode = WAL, retried: while another process is opening a new file too, switching it to WAL
+    fails at once with "database is locked" (the busy timeout does not apply), e.g. two replicas starting
+    on an empty store."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class Store:
@@ -230,20 +247,27 @@ class Store:
     def register(self, specs: Iterable[ZoneSpec]) -> list[str]:
         """Register zones (the same spec again is fine; a different one is a StoreError). Returns the new ones."""
         with self.engine.begin() as conn:
+            self._serialize(conn)
             return self._register(conn, [s.checked() for s in specs])
+
+    def _serialize(self, conn: sa.Connection) -> None:
+        """PostgreSQL: take the store_state row lock before reading anything, so that writers queue as SQLite's
+        BEGIN IMMEDIATE makes them. Without it two replicas given the same resend both find it new and the
+        second fails on the primary key (the same for a zone registered by two at once)."""
+        if self.dialect != "sqlite":
+            conn.execute(sa.select(state_table.c.id).with_for_update())
 
     def _register(self, conn: sa.Connection, specs: Sequence[ZoneSpec]) -> list[str]:
         if not specs:
             return []
-        known = {r.zone: r for r in conn.execute(sa.select(zones_table).where(
-            zones_table.c.zone.in_([s.zone for s in specs])))}
+        known = {r.zone: ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone) for r in conn.execute(
+            sa.select(zones_table).where(zones_table.c.zone.in_([s.zone for s in specs])))}
         region_tz = dict(conn.execute(sa.select(zones_table.c.region, zones_table.c.time_zone).where(
             zones_table.c.region.in_({s.region for s in specs})).distinct()).all())
         new = []
         for spec in specs:
             if spec.zone in known:
-                r = known[spec.zone]
-                have = ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone)
+                have = known[spec.zone]
                 if have != spec:
                     raise StoreError(f"zone {spec.zone} is registered as {_spec_text(have)}, not {_spec_text(spec)}")
                 continue
@@ -252,6 +276,7 @@ class Store:
                 raise StoreError(f"zone {spec.zone}: region {spec.region} keeps time in {tz}; every zone of a region "
                                  f"shares one time zone, not {spec.time_zone}")
             new.append(spec)
+            known[spec.zone] = spec  # listed twice: the second is checked against the first, not inserted again
         if new:
             conn.execute(zones_table.insert(), [{"zone": s.zone, "region": s.region, "resolution_s": s.resolution_s,
                                                  "time_zone": s.time_zone, "created_at": time.time(), "readings": 0}
@@ -277,6 +302,7 @@ class Store:
         specs = [s.checked() for s in register]
         result = IngestResult(received=n)
         with self.engine.begin() as conn:
+            self._serialize(conn)
             result.registered = self._register(conn, specs)
             known = {r.zone: ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone)
                      for r in conn.execute(sa.select(zones_table).where(zones_table.c.zone.in_(set(zone.tolist()))))}
@@ -323,16 +349,18 @@ class Store:
                   f"VALUES ({mark}, {mark}, {mark}, {mark}, 0, {mark})")
         update = (f"UPDATE readings SET value = {mark}, received_at = {mark}, version = {mark}, "
                   f"revision = revision + 1 WHERE zone = {mark} AND ts = {mark}")
-        for z, new, moved, last in writes:
-            if len(new):
-                conn.exec_driver_sql(insert, [(z, t, v, now, version) for t, v in
-                                              zip(ts[new].tolist(), value[new].tolist())])
-            if len(moved):
-                conn.exec_driver_sql(update, [(v, now, version, z, t) for t, v in
-                                              zip(ts[moved].tolist(), value[moved].tolist())])
-            conn.execute(zones_table.update().where(zones_table.c.zone == z).values(
-                last_ts=sa.case((zones_table.c.last_ts > last, zones_table.c.last_ts), else_=last),
-                readings=zones_table.c.readings + len(new)))
+        # one executemany per statement for the whole batch (per zone, the statements' overhead dominated)
+        zone_status = (f"UPDATE zones SET last_ts = CASE WHEN last_ts > {mark} THEN last_ts ELSE {mark} END, "
+                       f"readings = readings + {mark} WHERE zone = {mark}")
+        inserts = [(z, t, v, now, version) for z, new, _, _ in writes
+                   for t, v in zip(ts[new].tolist(), value[new].tolist())]
+        updates = [(v, now, version, z, t) for z, _, moved, _ in writes
+                   for t, v in zip(ts[moved].tolist(), value[moved].tolist())]
+        if inserts:
+            conn.exec_driver_sql(insert, inserts)
+        if updates:
+            conn.exec_driver_sql(update, updates)
+        conn.exec_driver_sql(zone_status, [(last, last, len(new), z) for z, new, _, last in writes])
 
     # ------------------------------------------------------------------------------------------ reads
 
@@ -385,12 +413,16 @@ class Store:
         table = readings_frame(read_table(path), until)
         tz = time_zone or (BUNDLED_TIME_ZONE if path.resolve() == BUNDLED_PJM.resolve() else "UTC")
         known = self.zones()
-        register = [ZoneSpec(z, region, _resolution(table[table[ZONE] == z][TIMESTAMP]), tz)
+        register = [ZoneSpec(z, region, resolution_of(table[table[ZONE] == z][TIMESTAMP]), tz)
                     for z in table[ZONE].unique() if z not in known]
         result = self.ingest_frame(table, register=register, batch=batch, progress=progress)
         with self.engine.begin() as conn:
-            conn.execute(sources_table.insert().values(fingerprint=fingerprint, path=str(path), rows=len(table),
-                                                       ingested_at=time.time()))
+            self._serialize(conn)
+            # checked again under the write lock: two processes seeding at once both get here
+            if not conn.execute(sa.select(sources_table.c.rows).where(sources_table.c.fingerprint == fingerprint)
+                                ).first():
+                conn.execute(sources_table.insert().values(fingerprint=fingerprint, path=str(path),
+                                                           rows=len(table), ingested_at=time.time()))
         return result
 
     def ingest_frame(self, table: pd.DataFrame, *, register: Sequence[ZoneSpec] = (), batch: int = 20_000,
@@ -419,7 +451,7 @@ def readings_frame(table: pd.DataFrame, until: str | pd.Timestamp | None = None)
     return out.reset_index(drop=True)
 
 
-def _resolution(stamps: pd.Series) -> int:
+def resolution_of(stamps: pd.Series) -> int:
     """The most common step between a zone's sorted readings, as a registered resolution (hourly if unsure)."""
     steps = np.diff(np.unique(_seconds(pd.DatetimeIndex(stamps)))) if len(stamps) > 1 else np.empty(0)
     steps = steps[steps > 0]
@@ -460,27 +492,31 @@ def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex
     ts = np.zeros(n, dtype=np.int64)
     for i in np.flatnonzero(~np.isfinite(value)):
         reasons[i] = f"value {value[i]} is not a finite number"
-    for z in set(zone.tolist()):
-        rows = np.flatnonzero(zone == z)
-        spec = known.get(z)
-        if spec is None:
-            reasons[rows] = (f"unknown zone {z!r}; register it in the request (region, resolution, time zone)"
-                             if isinstance(z, str) and z else "zone: required")
-            continue
-        utc, local, why = _to_utc(timestamp, rows, spec.time_zone)
+    # the times are converted once per time zone, not once per zone: a conversion costs per call
+    codes, names = pd.factorize(zone, use_na_sentinel=False)
+    specs = [known.get(z) for z in names]
+    for k in [k for k, spec in enumerate(specs) if spec is None]:
+        z = names[k]
+        reasons[codes == k] = (f"unknown zone {z!r}; register it in the request (region, resolution, time zone)"
+                               if isinstance(z, str) and z else "zone: required")
+    row_tz = np.array([s.time_zone if s else "" for s in specs], dtype=object)[codes]
+    row_step = np.array([s.resolution_s if s else 0 for s in specs], dtype=np.int64)[codes]
+    for time_zone in sorted({s.time_zone for s in specs if s}):
+        rows = np.flatnonzero(row_tz == time_zone)
+        utc, local, why = _to_utc(timestamp, rows, time_zone, codes[rows])
         ts[rows] = utc
         reasons[rows] = np.where(reasons[rows] == "", why, reasons[rows])
-        off_grid = (why == "") & (local % spec.resolution_s != 0)
+        off_grid = (why == "") & (local % row_step[rows] != 0)
         for i in rows[off_grid]:
-            reasons[i] = (f"time is not on the zone's {spec.resolution_s // 60}-minute grid "
-                          f"(zone {z} reads every {spec.resolution_s} s)")
+            reasons[i] = (f"time is not on the zone's {row_step[i] // 60}-minute grid "
+                          f"(zone {zone[i]} reads every {row_step[i]} s)")
         future = (why == "") & (utc > now + MAX_FUTURE_S)
         for i in rows[future]:
             reasons[i] = (f"time is {(ts[i] - now) / 3600:.1f} h in the future (the server's clock is "
                           f"{pd.Timestamp(now, unit='s', tz='UTC').isoformat(timespec='seconds')}); at most 1 h ahead")
     # the same zone and time twice: the last one counts (a correction sent in the same batch)
     ok = np.flatnonzero(reasons == "")
-    keys = pd.DataFrame({"z": zone[ok], "t": ts[ok]})
+    keys = pd.DataFrame({"z": codes[ok], "t": ts[ok]})
     repeated = keys.duplicated(keep="last").to_numpy()
     if repeated.any():
         last_of = keys.reset_index().groupby(["z", "t"])["index"].transform("last").to_numpy()
@@ -510,18 +546,20 @@ def _value_reasons(ts: np.ndarray, value: np.ndarray, near_ts: np.ndarray, near_
     return reasons
 
 
-def _to_utc(timestamp: Sequence[str] | pd.DatetimeIndex, rows: np.ndarray,
-            time_zone: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _to_utc(timestamp: Sequence[str] | pd.DatetimeIndex, rows: np.ndarray, time_zone: str,
+            groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """UTC and local wall-clock seconds of `timestamp[rows]`, and a reason for those that cannot be placed.
 
     Times with an offset are that instant. Naive times are the zone's wall clock: a time skipped when
     daylight saving starts is refused; a time repeated when it ends is the first (daylight) hour on its
-    first appearance among these rows and the second (standard) hour on the next, and refused when it
-    appears once (it cannot be told which of the two hours it is)."""
+    first appearance among these rows of its group (`groups`: one code per row, e.g. its zone; None: one
+    group) and the second (standard) hour on the next, and refused when it appears once (it cannot be
+    told which of the two hours it is)."""
     m = len(rows)
     why = np.full(m, "", dtype=object)
     if isinstance(timestamp, pd.DatetimeIndex):
         stamps = timestamp[rows]
+        why[np.asarray(stamps.isna())] = "time is missing"  # NaT: else stored at the epoch, or called nonexistent
         aware = np.full(m, stamps.tz is not None)
         parsed = stamps.tz_convert("UTC") if stamps.tz is not None else stamps
         naive_stamps = None if stamps.tz is not None else stamps
@@ -549,9 +587,10 @@ def _to_utc(timestamp: Sequence[str] | pd.DatetimeIndex, rows: np.ndarray,
         why[where[gone]] = f"time does not exist in {time_zone} (the hour skipped when daylight saving starts)"
         two = ~gone & (dst != std)
         if two.any():
-            keys = pd.Series(_seconds(stamps)[two])
-            order = keys.groupby(keys).cumcount().to_numpy()
-            count = keys.map(keys.value_counts()).to_numpy()
+            group = np.zeros(m, np.int64) if groups is None else np.asarray(groups, np.int64)
+            keys = pd.DataFrame({"g": group[naive][two], "t": _seconds(stamps)[two]}).groupby(["g", "t"])
+            order = keys.cumcount().to_numpy()
+            count = keys["t"].transform("size").to_numpy()
             second = np.zeros(len(stamps), bool)
             second[np.flatnonzero(two)] = order >= 1
             single = np.zeros(len(stamps), bool)
