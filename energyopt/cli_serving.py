@@ -32,8 +32,14 @@ def serve(
     grpc_port: int = typer.Option(9000, help="Port of the gRPC API (all interfaces)."),
     http_port: int = typer.Option(8000, help="Port of the HTTP/JSON API."),
     config: Path | None = typer.Option(None, help="Ray Serve config file (default: configs/serve.yaml)."),
-    data: Path | None = typer.Option(None, help="Long-format CSV/Parquet with the regions' recent history "
+    data: Path | None = typer.Option(None, help="Long-format CSV/Parquet seeded into the store once "
                                                    "(default: the bundled PJM zones)."),
+    store: str | None = typer.Option(None, help="The store: a SQLite file, or a database URL such as "
+                                                "postgresql://user@host/db (default: runs/store.db, created)."),
+    seed_until: str | None = typer.Option(None, help="Seed only the readings before this time, e.g. "
+                                                     "2018-07-01 (feed the rest with `energyopt replay`)."),
+    time_zone: str | None = typer.Option(None, help="Time zone of the seeded zones' naive timestamps "
+                                                    "(default: America/New_York for the bundled PJM data, else UTC)."),
     replicas: int | None = typer.Option(None, help="Fixed number of replicas (default: autoscaling as "
                                                       "in the config)."),
     haproxy: bool = typer.Option(True, help="Ray Serve's high-throughput ingress (HAProxy in front of the "
@@ -72,22 +78,29 @@ def serve(
     from serving import server
 
     try:
-        cfg = server.load_config(config, model=model_dir, anomaly_model=anomaly_model, data=data,
-                                 grpc_port=grpc_port, http_port=http_port, replicas=replicas)
+        extra = {k: v for k, v in (("seed_until", seed_until), ("time_zone", time_zone)) if v is not None}
+        cfg = server.load_config(config, model=model_dir, anomaly_model=anomaly_model, data=data, store=store,
+                                 grpc_port=grpc_port, http_port=http_port, replicas=replicas, args=extra)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(f"starting Ray Serve with model [bold]{bundle.name}[/] {bundle.version} ({model_dir}) ...")
+    from models.series import SeriesError
+    from models.store import StoreError
+
     try:
-        server.start(cfg, haproxy=haproxy)
+        server.start(cfg, haproxy=haproxy, log=lambda line: console.print(line, highlight=False))
+    except (StoreError, SeriesError) as err:
+        _fail(f"the store: {err}")
     except (RuntimeError, TimeoutError) as err:
         _fail(f"the service did not start: {err}")
     http_host = cfg.get("http_options", {}).get("host", "127.0.0.1")
     console.print(
         f"[bold green]serving[/] {bundle.name} {bundle.version}\n"
-        f"  gRPC  0.0.0.0:{grpc_port}   energyopt.v1.ForecastService, grpc.health.v1.Health "
+        f"  gRPC  0.0.0.0:{grpc_port}   energyopt.v1.ForecastService, ReadingsService, grpc.health.v1.Health "
         "(reflection on)\n"
-        f"  HTTP  http://{http_host}:{http_port}   /v1/forecast/region  /v1/forecast/series  /v1/model  "
+        f"  HTTP  http://{http_host}:{http_port}   /v1/forecast/region  /v1/readings  /v1/zones  /v1/model  "
         "/healthz  /docs\n"
+        f"  store {cfg['applications'][0]['args']['store']}\n"
         f"try:  energyopt forecast --server localhost:{grpc_port} --region PJM --horizon 48\n"
         "Ctrl-C to stop", highlight=False)
     stop: list[int] = []
@@ -149,7 +162,7 @@ def print_region(response) -> None:  # noqa: ANN001  (a ForecastRegionResponse)
                         f"model {response.model.name} {response.model.version}")
     table.add_column("hour")
     for z in response.zones:
-        table.add_column(z.name, justify="right")
+        table.add_column(z.name + (" *" if z.fallback else ""), justify="right")
     table.add_column(total.name, justify="right", style="bold")
     if lo:
         table.add_column("band", justify="right")
@@ -157,9 +170,15 @@ def print_region(response) -> None:  # noqa: ANN001  (a ForecastRegionResponse)
     for i, ts in enumerate(total.timestamps):
         if i % 3 and i != n - 1:
             continue
-        cells = [ts[5:16].replace("T", " "), *[f"{z.point[i]:,.0f}" for z in response.zones],
+        cells = [ts[5:16].replace("T", " "), *[f"{z.point[i]:,.0f}" if len(z.point) else "-" for z in response.zones],
                  f"{total.point[i]:,.0f}"]
         if lo:
             cells.append(f"{lo.values[i]:,.0f}-{hi.values[i]:,.0f}")
         table.add_row(*cells)
     console.print(table)
+    for z in response.zones:
+        if z.fallback:
+            console.print(f"* {z.name}: fallback forecast ({z.fallback})", highlight=False)
+    latest = [z.last_reading for z in response.zones if z.last_reading]
+    if latest:
+        console.print(f"latest reading {max(latest)}, store watermark {response.watermark}", highlight=False)

@@ -104,12 +104,25 @@ class AppArgs(BaseModel):
     batch_wait_timeout_s: float | None = Field(None, ge=0)
 
 
-def open_store(args: AppArgs) -> Store:
-    """The application's store, migrated and seeded (each seed file once: a replica started later skips it)."""
+def open_store(args: AppArgs, log: Callable[[str], None] | None = None) -> Store:
+    """The application's store, migrated and seeded (each seed file once: a replica started later skips it);
+    `log` hears what seeding did."""
     store = Store.open(args.store)
     if args.seed:
-        store.seed(args.data, region=args.region, time_zone=args.time_zone, until=args.seed_until)
+        result = store.seed(args.data, region=args.region, time_zone=args.time_zone, until=args.seed_until)
+        if log is not None:
+            source = args.data or "the bundled PJM zones"
+            log(f"store {store.display_url}: {source} already seeded" if result is None else
+                f"store {store.display_url}: seeded {result.received:,} readings from {source}: "
+                f"{result.inserted:,} inserted, {result.unchanged + result.replaced:,} already held, "
+                f"{len(result.rejected):,} rejected{rejection_summary(result.rejected)}")
     return store
+
+
+def rejection_summary(rejected: list) -> str:
+    """' (12 x reason, ...)' for the most common reasons of rejected readings, '' when none."""
+    reasons = Counter(r.reason.split(" (")[0].split(":")[0] for r in rejected)
+    return f" ({', '.join(f'{n} x {why}' for why, n in reasons.most_common(3))})" if reasons else ""
 
 
 def _series_in(jobs: list[Job]) -> int:

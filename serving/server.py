@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +98,18 @@ def configure_local_ray(haproxy: bool = True) -> None:
 
 
 def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 180.0,
-          num_cpus: int | None = None) -> None:
+          num_cpus: int | None = None, log: Callable[[str], None] | None = None) -> None:
     """Start Serve (and a local Ray, unless connected to one or RAY_ADDRESS names a cluster) with the
     config's proxies, deploy its application and wait until it is RUNNING. `haproxy` selects Serve's
-    high-throughput ingress for a local Ray started here (a running cluster keeps its own setting)."""
+    high-throughput ingress for a local Ray started here (a running cluster keeps its own setting). `log`
+    hears what seeding the store did."""
     import ray
     from ray.serve._private.api import serve_start  # what `serve run` uses; no public equivalent yet
     from ray.serve.config import gRPCOptions
 
     from models.runtime import ensure_ray
 
-    prepare_store(config)
+    prepare_store(config, log)
     schema = _validate(config)
     if not ray.is_initialized():
         configure_local_ray(haproxy)
@@ -122,7 +124,7 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     wait_running(timeout_s=timeout_s)
 
 
-def prepare_store(config: dict[str, Any]) -> None:
+def prepare_store(config: dict[str, Any], log: Callable[[str], None] | None = None) -> None:
     """Migrate and seed the application's store here, once, before replicas start (they would otherwise
     race to seed an empty store; they still migrate and skip seeded files themselves). A relative SQLite
     path is made absolute first, so replicas open the same file wherever Ray runs them."""
@@ -132,7 +134,7 @@ def prepare_store(config: dict[str, Any]) -> None:
     store = args.get("store") or "runs/store.db"
     if "://" not in str(store):
         args["store"] = str(Path(store).expanduser().resolve())
-    open_store(AppArgs.model_validate(args)).close()
+    open_store(AppArgs.model_validate(args), log).close()
 
 
 def deploy(config: dict[str, Any], *, timeout_s: float = 180.0) -> None:
