@@ -13,6 +13,7 @@ from rich.table import Table
 
 from energyopt import cli_scale  # score, sweep, distributed train: imports Ray lazily
 from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
+from energyopt.cli_ingest import ingest, replay  # typer options only; store and client are imported when they run
 from energyopt.cli_optimize import optimize  # typer options only; the solver is imported when it runs
 from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
 
@@ -177,6 +178,8 @@ app.command()(detect)
 app.command()(optimize)
 app.command()(cli_scale.score)
 app.command()(cli_scale.sweep)
+app.command()(ingest)
+app.command()(replay)
 
 
 @app.command()

@@ -427,12 +427,18 @@ class Store:
 
     def ingest_frame(self, table: pd.DataFrame, *, register: Sequence[ZoneSpec] = (), batch: int = 20_000,
                      progress: Any = None) -> IngestResult:
-        """`ingest` a long table (zone, timestamp, load_mw) in batches of `batch` rows; `progress(n)` after each."""
+        """`ingest` a long table (zone, timestamp, load_mw) in batches of about `batch` rows (`plan_batches`:
+        a zone's readings of one time, such as a fall-back pair, stay together); `progress(n)` after each.
+        Rejected readings' indices are the table's rows."""
         total = IngestResult()
-        for start in range(0, len(table), batch):
-            part = table.iloc[start : start + batch]
-            total.add(self.ingest(part[ZONE].to_numpy(), pd.DatetimeIndex(part[TIMESTAMP]), part[LOAD].to_numpy(),
-                                  register=register if start == 0 else ()), offset=start)
+        ordered, bounds = plan_batches(table.reset_index(drop=True), batch)
+        for i, (start, end) in enumerate(bounds):
+            part = ordered.iloc[start:end]
+            result = self.ingest(part[ZONE].to_numpy(), pd.DatetimeIndex(part[TIMESTAMP]), part[LOAD].to_numpy(),
+                                 register=register if i == 0 else ())
+            rows = part.index.to_numpy()
+            result.rejected = [Rejected(int(rows[r.index]), r.zone, r.timestamp, r.reason) for r in result.rejected]
+            total.add(result)
             if progress is not None:
                 progress(len(part))
         return total
@@ -457,6 +463,34 @@ def resolution_of(stamps: pd.Series) -> int:
     steps = steps[steps > 0]
     common = int(pd.Series(steps).mode().iloc[0]) if len(steps) else 3600
     return common if common in RESOLUTIONS else 3600
+
+
+def plan_batches(table: pd.DataFrame, batch: int = 1000) -> tuple[pd.DataFrame, list[tuple[int, int]]]:
+    """A long table's rows sorted by (zone, timestamp), and the [start, end) row ranges of its batches.
+
+    The sort is stable: rows with the same zone and time keep their order in the file, which is how the
+    two readings of a naive daylight-saving fall-back hour say which is the first hour. A range holds at
+    most `batch` rows and never parts two rows with the same zone and time (the server can tell the
+    fall-back pair apart only within one batch); it is longer only when more than `batch` rows share one.
+    The sorted table keeps the input's index (with `readings_frame`: the row in the file)."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    codes, _ = pd.factorize(table[ZONE].astype(str), sort=True)
+    ts = pd.DatetimeIndex(table[TIMESTAMP]).as_unit("us").asi8  # tz-aware: the instant; naive: wall clock
+    order = np.lexsort((ts, codes))  # stable: equal keys stay in file order
+    codes, ts = codes[order], ts[order]
+    n = len(order)
+    runs = np.flatnonzero(np.r_[True, (codes[1:] != codes[:-1]) | (ts[1:] != ts[:-1])])  # first row of each key
+    bounds, start = [], 0
+    while start < n:
+        end = min(start + batch, n)
+        if end < n:
+            k = int(np.searchsorted(runs, end, side="right"))  # runs[k - 1] <= end < runs[k]
+            if runs[k - 1] != end:  # end falls inside a run of one zone and time: cut before it, or after
+                end = int(runs[k - 1]) if runs[k - 1] > start else (int(runs[k]) if k < len(runs) else n)
+        bounds.append((start, end))
+        start = end
+    return table.iloc[order], bounds
 
 
 def _fingerprint(path: Path, until: Any) -> str:

@@ -9,16 +9,29 @@
 Every call has a deadline (`timeout`, seconds, per attempt). Calls that fail with UNAVAILABLE (server
 starting, replica restarting, connection refused), or with the INTERNAL that Ray Serve's proxy returns
 when a replica dies mid-call, are retried with exponential backoff and jitter, up to `retries` times;
-every other error is raised at once as `ForecastError` with the server's status code and message. All
-the API's operations are reads, so retrying them is safe.
+every other error is raised at once as `ForecastError` with the server's status code and message.
+ForecastService's operations are all reads, so retrying them is safe.
+
+Readings go in through `ReadingsClient` (energyopt.v1.ReadingsService):
+
+    from serving.client import ReadingsClient, batches_from_frame
+
+    with ReadingsClient("localhost:9000") as client:
+        for ack in client.stream(batches_from_frame(table, register=specs)):
+            print(ack.batch, ack.inserted, len(ack.rejected))
+
+Ingest is idempotent (a resend is counted `unchanged`), so its calls are retried like reads, and a
+stream that breaks on UNAVAILABLE is reopened and resends the batches not yet acknowledged.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar
 
 import grpc
 import numpy as np
@@ -27,11 +40,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
+from serving.api.energyopt.v1 import readings_pb2 as rpb
+from serving.api.energyopt.v1 import readings_pb2_grpc as rpb_grpc
 
 T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 # Ray Serve's proxy answers INTERNAL when the replica handling a call dies mid-call; a retry reaches the
-# replica Serve starts in its place (safe: every call of this API only reads).
+# replica Serve starts in its place (safe: every call of this API reads, or ingests idempotently).
 REPLICA_DIED = ("The actor died unexpectedly", "The actor is dead")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -44,7 +59,51 @@ class ForecastError(Exception):
         self.code, self.message, self.method = code, message, method
 
 
-class ForecastClient:
+class ReadingsError(ForecastError):
+    """A ReadingsService call or stream that failed (a ForecastError, so one handler can catch both)."""
+
+
+class _Client:
+    """The channel, deadlines and retries that the API's clients share."""
+
+    error: type[ForecastError] = ForecastError
+
+    def __init__(self, target: str, *, timeout: float, retries: int, backoff: float, max_backoff: float,
+                 application: str | None, channel: grpc.Channel | None) -> None:
+        self.target, self.timeout, self.retries = target, timeout, retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self._metadata = (("application", application),) if application else None
+        self._channel = channel or grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: str, rpc: Callable[..., T], request: Any, timeout: float | None) -> T:
+        timeout = self.timeout if timeout is None else timeout
+        for attempt in range(self.retries + 1):
+            try:
+                return rpc(request, timeout=timeout, metadata=self._metadata)
+            except grpc.RpcError as err:
+                code, details, retryable = _status(err)
+                if not retryable or attempt == self.retries:
+                    raise self.error(code, details, method) from None
+            self._pause(attempt)
+        raise AssertionError("unreachable")
+
+    def _pause(self, attempt: int) -> None:
+        time.sleep(min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0))  # jittered
+
+
+class ForecastClient(_Client):
     """Blocking client of `energyopt.v1.ForecastService` (thread-safe: share one per process)."""
 
     def __init__(
@@ -60,24 +119,10 @@ class ForecastClient:
     ) -> None:
         """`target` is HOST:PORT of Serve's gRPC proxy; `application` names the Serve application when
         the cluster runs several (sent as the `application` metadata Serve routes on)."""
-        self.target, self.timeout, self.retries = target, timeout, retries
-        self.backoff, self.max_backoff = backoff, max_backoff
-        self._metadata = (("application", application),) if application else None
-        self._channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
+                         application=application, channel=channel)
         self._stub = pb_grpc.ForecastServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> ForecastClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ------------------------------------------------------------------------------------------ calls
 
@@ -133,19 +178,176 @@ class ForecastClient:
                     raise
             time.sleep(0.5)
 
-    def _call(self, method: str, rpc: Callable[..., T], request: Any, timeout: float | None) -> T:
-        timeout = self.timeout if timeout is None else timeout
-        for attempt in range(self.retries + 1):
+
+class ReadingsClient(_Client):
+    """Blocking client of `energyopt.v1.ReadingsService` (thread-safe: share one per process)."""
+
+    error = ReadingsError
+
+    def __init__(
+        self,
+        target: str = "localhost:9000",
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        window: int = 8,
+        application: str | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """As ForecastClient; `window` is how many batches a stream sends ahead of their acknowledgements
+        (it bounds what waits in buffers and what a reopened stream sends again)."""
+        super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
+                         application=application, channel=channel)
+        self.window = window
+        self._stub = rpb_grpc.ReadingsServiceStub(self._channel)
+
+    def ingest(
+        self,
+        readings: rpb.IngestReadingsRequest | Iterable[rpb.Reading | tuple[str, Any, float]],
+        register: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+    ) -> rpb.IngestAck:
+        """One batch in one IngestReadings call, acknowledged once committed. `readings`: a request, or
+        Reading messages or (zone, timestamp, value) tuples; `register`: ZoneSpecs (the message or
+        `models.store.ZoneSpec`) of zones to register first."""
+        if isinstance(readings, rpb.IngestReadingsRequest):
+            request = rpb.IngestReadingsRequest()
+            request.CopyFrom(readings)
+            request.register.extend(zone_spec(s) for s in register)
+        else:
+            request = ingest_request(readings, register)
+        return self._call("IngestReadings", self._stub.IngestReadings, request, timeout)
+
+    def list_zones(self, region: str = "", *, timeout: float | None = None) -> rpb.ListZonesResponse:
+        """The zones the store knows (of `region`; empty: all), with their latest reading."""
+        return self._call("ListZones", self._stub.ListZones, rpb.ListZonesRequest(region=region), timeout)
+
+    def stream(self, batches: Iterable[rpb.IngestReadingsRequest], *,
+               window: int | None = None) -> Iterator[rpb.IngestAck]:
+        """Send `batches` over one StreamReadings stream and yield each batch's acknowledgement, in order,
+        once that batch is committed; `ack.batch` is the batch's position in `batches`.
+
+        `batches` is read lazily (on a gRPC thread), at most `window` batches ahead of the acknowledgements,
+        so a generator that paces itself paces the stream. When the stream breaks with UNAVAILABLE (or a
+        replica dies) it is reopened, up to `retries` times without an acknowledgement in between, and the
+        batches sent but not acknowledged are sent again first (ingest is idempotent: whatever did land
+        counts as unchanged the second time). Other errors raise ReadingsError; an exception raised by
+        `batches` itself is raised here once the batches before it are acknowledged. Closing the iterator
+        (or Ctrl-C while it waits) cancels the stream.
+        """
+        feed = _Feed(iter(batches), window or self.window)
+        attempt = 0
+        while True:
+            call = self._stub.StreamReadings(feed.open(), metadata=self._metadata)
             try:
-                return rpc(request, timeout=timeout, metadata=self._metadata)
+                for ack in call:
+                    index = feed.acknowledged()
+                    if index is None:
+                        raise ReadingsError(grpc.StatusCode.INTERNAL, "the server acknowledged more batches than "
+                                            "were sent", "StreamReadings")
+                    attempt = 0
+                    out = rpb.IngestAck()
+                    out.CopyFrom(ack)
+                    out.batch = index
+                    yield out
+                if feed.error is not None:
+                    raise feed.error
+                if feed.unacknowledged():
+                    raise ReadingsError(grpc.StatusCode.INTERNAL, f"the server ended the stream with "
+                                        f"{feed.unacknowledged()} batch(es) unacknowledged", "StreamReadings")
+                return
             except grpc.RpcError as err:
-                code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-                details = (err.details() if hasattr(err, "details") else str(err)) or code.name
-                retryable = code in RETRYABLE or (code == grpc.StatusCode.INTERNAL and details.startswith(REPLICA_DIED))
+                code, details, retryable = _status(err)
+                if feed.error is not None:  # the batches' own failure ended the stream: that is the news
+                    raise feed.error from None
                 if not retryable or attempt == self.retries:
-                    raise ForecastError(code, details, method) from None
-            time.sleep(min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0))  # jittered
-        raise AssertionError("unreachable")
+                    raise self.error(code, details, "StreamReadings") from None
+            finally:
+                feed.close()
+                call.cancel()
+            self._pause(attempt)
+            attempt += 1
+
+
+class _Feed:
+    """The batches of one `ReadingsClient.stream` across the gRPC streams it opens. Each stream's request
+    iterator (run on a gRPC thread) sends the batches a broken stream left unacknowledged first, then new
+    ones from the source, at most `window` ahead of the acknowledgements; an iterator of a closed stream
+    stops at its next step, handing back any batch it had taken. It holds `pulling` from taking a batch
+    until it is pending or handed back, so the next stream's iterator never overtakes it."""
+
+    def __init__(self, source: Iterator[rpb.IngestReadingsRequest], window: int) -> None:
+        self.source, self.window = source, max(1, window)
+        self.lock = threading.Lock()  # pending, backlog, generation
+        self.pulling = threading.Lock()  # one iterator at a time takes a batch
+        self.pending: deque[tuple[int, rpb.IngestReadingsRequest]] = deque()  # sent, not yet acknowledged
+        self.backlog: deque[tuple[int, rpb.IngestReadingsRequest]] = deque()  # to send before new ones
+        self.generation = 0
+        self.taken = 0  # batches taken from the source
+        self.done = False
+        self.error: Exception | None = None
+        self.slots = threading.Semaphore(self.window)
+
+    def open(self) -> Iterator[rpb.IngestReadingsRequest]:
+        with self.lock:
+            self._retire()
+            self.slots = threading.Semaphore(self.window)
+            return self._requests(self.generation, self.slots)
+
+    def close(self) -> None:
+        with self.lock:
+            self._retire()
+
+    def _retire(self) -> None:
+        self.generation += 1
+        self.backlog.extendleft(reversed(self.pending))  # sent earlier than anything in the backlog
+        self.pending.clear()
+
+    def acknowledged(self) -> int | None:
+        with self.lock:
+            if not self.pending:
+                return None
+            index, _ = self.pending.popleft()
+        self.slots.release()
+        return index
+
+    def unacknowledged(self) -> int:
+        with self.lock:
+            return len(self.pending) + len(self.backlog)
+
+    def _requests(self, generation: int, slots: threading.Semaphore) -> Iterator[rpb.IngestReadingsRequest]:
+        while True:
+            # the next batch first, so the stream half-closes as soon as the last one is sent; its slot after
+            with self.pulling:
+                with self.lock:
+                    if self.generation != generation:
+                        return
+                    item = self.backlog.popleft() if self.backlog else None
+                resent = item is not None
+                if item is None:
+                    if self.done:
+                        return
+                    try:
+                        item = (self.taken, next(self.source))
+                    except StopIteration:
+                        self.done = True
+                        return
+                    except Exception as err:  # noqa: BLE001 - gRPC would swallow it; `stream` raises it
+                        self.error, self.done = err, True
+                        return
+                    self.taken += 1
+                while not slots.acquire(timeout=0.05):
+                    if self.generation != generation:
+                        break
+                with self.lock:
+                    if self.generation != generation:  # the stream closed meanwhile: the batch goes back
+                        (self.backlog.appendleft if resent else self.backlog.append)(item)
+                        return
+                    self.pending.append(item)
+            yield item[1]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -177,3 +379,80 @@ def _iso(stamp: str | pd.Timestamp | None) -> str:
     if stamp is None or stamp == "":
         return ""
     return stamp if isinstance(stamp, str) else pd.Timestamp(stamp).isoformat()
+
+
+def _status(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, bool]:
+    """The status code and message of a failed call, and whether a retry may get through."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else str(err)) or code.name
+    retryable = code in RETRYABLE or (code == grpc.StatusCode.INTERNAL and details.startswith(REPLICA_DIED))
+    return code, details, retryable
+
+
+# ---------------------------------------------------------------------------------------------- readings
+
+def zone_spec(spec: Any) -> rpb.ZoneSpec:
+    """A ZoneSpec message from the message itself or anything with zone, region, resolution_s and time_zone
+    (such as `models.store.ZoneSpec`)."""
+    if isinstance(spec, rpb.ZoneSpec):
+        return spec
+    return rpb.ZoneSpec(zone=spec.zone, region=spec.region, resolution_s=int(spec.resolution_s or 0),
+                        time_zone=spec.time_zone or "")
+
+
+def ingest_request(readings: Iterable[rpb.Reading | tuple[str, Any, float]],
+                   register: Sequence[Any] = ()) -> rpb.IngestReadingsRequest:
+    """An IngestReadingsRequest of Reading messages or (zone, timestamp, value) tuples (timestamps as ISO
+    text, or pandas/datetime times: naive ones stay wall-clock times)."""
+    request = rpb.IngestReadingsRequest(register=[zone_spec(s) for s in register])
+    for r in readings:
+        if isinstance(r, rpb.Reading):
+            request.readings.append(r)
+        else:
+            zone, stamp, value = r
+            request.readings.add(zone=str(zone), timestamp=_iso(stamp), value=float(value))
+    return request
+
+
+def iso_timestamps(stamps: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """ISO 8601 text of each time as the table holds it: a naive time stays naive (wall-clock time, which
+    the server reads in the zone's time zone), a tz-aware one carries its UTC offset."""
+    index = pd.DatetimeIndex(stamps)
+    wall = (index.tz_localize(None) if index.tz is not None else index).as_unit("us")
+    unit = "us" if (wall.asi8 % 1_000_000).any() else "s"
+    text = np.datetime_as_string(wall.to_numpy(), unit=unit)
+    if index.tz is None:
+        return text
+    offsets = (wall.asi8 - index.tz_convert("UTC").tz_localize(None).as_unit("us").asi8) // 1_000_000
+    unique, inverse = np.unique(offsets, return_inverse=True)
+    suffix = np.array([f"{'-' if o < 0 else '+'}{abs(o) // 3600:02d}:{abs(o) % 3600 // 60:02d}" for o in unique])
+    return np.char.add(text, suffix[inverse])
+
+
+def batch_requests(ordered: pd.DataFrame, bounds: Sequence[tuple[int, int]],
+                   register: Sequence[Any] = ()) -> Iterator[rpb.IngestReadingsRequest]:
+    """The IngestReadingsRequests of `plan_batches`' table and ranges, built as they are taken; the zone
+    registrations ride on the first batch only (the server registers them before it checks readings)."""
+    from models.series import LOAD, TIMESTAMP, ZONE  # here: the models package loads torch
+
+    zones = ordered[ZONE].astype(str).to_numpy()
+    times = iso_timestamps(ordered[TIMESTAMP])
+    values = ordered[LOAD].to_numpy(np.float64)
+    specs = [zone_spec(s) for s in register]
+    for i, (start, end) in enumerate(bounds):
+        request = rpb.IngestReadingsRequest(register=specs if i == 0 else ())
+        request.readings.extend(rpb.Reading(zone=z, timestamp=t, value=v) for z, t, v in
+                                zip(zones[start:end].tolist(), times[start:end].tolist(), values[start:end].tolist()))
+        yield request
+
+
+def batches_from_frame(table: pd.DataFrame, batch: int = 1000,
+                       register: Sequence[Any] = ()) -> Iterator[rpb.IngestReadingsRequest]:
+    """A long table (zone, timestamp, load_mw, as `models.store.readings_frame(read_table(path))` gives) as
+    IngestReadingsRequests: sorted by (zone, timestamp), stably, in batches of at most `batch` rows that
+    never part a zone's readings of one time, timestamps as ISO text (naive stays naive), `register` on
+    the first batch. See `models.store.plan_batches`."""
+    from models.store import plan_batches
+
+    ordered, bounds = plan_batches(table, batch)
+    return batch_requests(ordered, bounds, register)
