@@ -88,9 +88,21 @@ def configure_local_ray(haproxy: bool = True) -> None:
             os.environ.setdefault(key, value)
         # HAProxy's stats and metrics listeners have fixed default ports: free ones let several
         # services (tests, a benchmark) run side by side on one machine.
-        stats, metrics = free_ports(2)
+        stats, metrics, fallback_http, fallback_grpc = free_ports(4)
         os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats))
         os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics))
+        # Ports Serve (Ray 2.60) opens with SO_REUSEPORT, so that two services on one machine would share
+        # them and the kernel hands one's connections to the other (seen: readings acknowledged by another
+        # service's replica): the fallback proxy's (fixed 8500/9500) and the replicas' direct-ingress ports
+        # (40000 on; `grpc.so_reuseport` is passed as the string "0", which gRPC ignores). Free ones of its own.
+        os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(fallback_http))
+        os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(fallback_grpc))
+        if "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT" not in os.environ:
+            ingress = free_port_block(64)
+            os.environ.update({"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(ingress),
+                               "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(ingress + 31),
+                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ingress + 32),
+                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ingress + 63)})
         # A replica told to stop stays reachable this long so that load balancers in front can deregister
         # it (Serve's default: 30 s, so Ctrl-C took over 30 s). Here the only balancer is this instance's
         # own HAProxy, which is reconfigured at once and retries a refused connection on another replica.
@@ -184,6 +196,25 @@ def free_ports(n: int) -> list[int]:
         for s in sockets:
             s.bind(("0.0.0.0", 0))
         return [s.getsockname()[1] for s in sockets]
+
+
+def free_port_block(n: int) -> int:
+    """The first of `n` consecutive ports that nothing listens on now, below the ephemeral range (so the
+    kernel does not hand them to outgoing connections meanwhile)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20_000, 32_000 - n)
+        try:
+            for port in range(base, base + n):
+                for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                    with socket.socket(family) as probe:
+                        probe.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def _app(config: dict[str, Any]) -> dict[str, Any]:
