@@ -15,6 +15,7 @@ ingest repair rule (`models.data.fill_short_gaps`).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,11 +38,10 @@ class HourlyView:
     values: np.ndarray  # float32 [T], short gaps filled
     last_reading: int | None  # UTC seconds of the latest reading (None: none held)
 
-    @property
-    def last(self) -> pd.Timestamp | None:
-        """The latest wall-clock hour with a value."""
+    def __post_init__(self) -> None:
         held = np.flatnonzero(np.isfinite(self.values))
-        return self.start + pd.Timedelta(hours=int(held[-1])) if len(held) else None
+        # the latest wall-clock hour with a value (every forecast from now asks, so once here)
+        self.last: pd.Timestamp | None = self.start + pd.Timedelta(hours=int(held[-1])) if len(held) else None
 
     def window(self, end: pd.Timestamp, length: int) -> np.ndarray:
         """The `length` hours before `end` (NaN where missing or outside what is held)."""
@@ -91,19 +91,27 @@ class ZoneTail:
         return self.start, self.values.reshape(-1, per_hour).mean(axis=1)
 
 
-def wall_clock(first_hour: int, hourly: np.ndarray, time_zone: str) -> tuple[pd.Timestamp, np.ndarray]:
-    """Hourly values from UTC hour `first_hour` on, as the zone's wall clock: (first local hour, values)."""
-    utc = pd.to_datetime(first_hour + HOUR_S * np.arange(len(hourly), dtype=np.int64), unit="s", utc=True)
+@functools.lru_cache(maxsize=256)
+def _local_hours(first_hour: int, n: int, time_zone: str) -> np.ndarray:
+    """The wall-clock hour (hours since the epoch, naive) of each of the `n` UTC hours from `first_hour`.
+    Cached: the zones of a region share their tail's hours, so one feed hour costs one conversion."""
+    utc = pd.to_datetime(first_hour + HOUR_S * np.arange(n, dtype=np.int64), unit="s", utc=True)
     local = utc.tz_convert(time_zone).tz_localize(None) if time_zone != "UTC" else utc.tz_localize(None)
     hours = np.asarray(local.as_unit("s").asi8 // HOUR_S, dtype=np.int64)
+    hours.setflags(write=False)
+    return hours
+
+
+def wall_clock(first_hour: int, hourly: np.ndarray, time_zone: str) -> tuple[pd.Timestamp, np.ndarray]:
+    """Hourly values from UTC hour `first_hour` on, as the zone's wall clock: (first local hour, values)."""
+    hours = _local_hours(int(first_hour), len(hourly), time_zone)
     first = int(hours.min()) if len(hours) else first_hour // HOUR_S
     position = hours - first
     finite = np.isfinite(hourly)
-    sums = np.zeros(int(position.max()) + 1 if len(hours) else 0)
-    counts = np.zeros_like(sums)
-    np.add.at(sums, position[finite], hourly[finite])
-    np.add.at(counts, position[finite], 1)
-    with np.errstate(invalid="ignore"):
+    size = int(position.max()) + 1 if len(hours) else 0
+    sums = np.bincount(position[finite], weights=hourly[finite], minlength=size)
+    counts = np.bincount(position[finite], minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return pd.Timestamp(first * HOUR_S, unit="s"), values
 

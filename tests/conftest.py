@@ -7,9 +7,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from benchmarks.postgres import PostgresCluster
 
 os.environ.setdefault("PYTORCH_LIGHTNING_SUPPRESS_TIPS", "1")
 
@@ -196,129 +199,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # PostgreSQL: one throwaway cluster for the test session, started only if a test asks for it, in a temporary
 # directory outside the repository, on a free loopback port, trust auth, fsync on (the store's durability is
 # measured on it). Nothing is set in os.environ. `.ci/run` installs the server (Debian's postgresql package).
+# The cluster's start and stop are benchmarks/postgres.py's (the benchmarks use the same throwaway cluster).
 # ------------------------------------------------------------------------------------------------------
 
-def _postgres_bin_dir() -> Path | None:
-    """The newest /usr/lib/postgresql/<version>/bin with initdb and pg_ctl (Debian), else PATH's."""
-    import shutil
-
-    def version(path: Path) -> tuple[int, ...]:
-        return tuple(int(part) for part in path.name.split(".") if part.isdigit())
-
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: version(p.parent), reverse=True)
-    for bin_dir in versions:
-        if (bin_dir / "initdb").is_file() and (bin_dir / "pg_ctl").is_file():
-            return bin_dir
-    initdb = shutil.which("initdb")
-    if initdb and (Path(initdb).resolve().parent / "pg_ctl").is_file():
-        return Path(initdb).resolve().parent
-    return None
-
-
-def _free_loopback_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class _PostgresCluster:
-    port: int
-    user: str = "postgres"
-    host: str = "127.0.0.1"
-
-    def url(self, database: str) -> str:
-        """SQLAlchemy URL (psycopg 3 driver) of one database of the cluster."""
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
-
-    def admin(self):
-        """An autocommit psycopg connection to the cluster's `postgres` database (CREATE/DROP DATABASE)."""
-        import psycopg
-
-        return psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres",
-                               autocommit=True, connect_timeout=10)
-
-
 @pytest.fixture(scope="session")
-def _postgres_cluster() -> Iterator[_PostgresCluster]:
-    import shutil
-    import subprocess
-    import tempfile
-
-    bin_dir = _postgres_bin_dir()
-    if bin_dir is None:
-        pytest.fail("PostgreSQL server not found (no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH); "
-                    "`bash .ci/run` installs it (apt-get install postgresql), or install it by hand", pytrace=False)
-    as_root = os.geteuid() == 0
-    prefix: list[str] = []
-    if as_root:  # initdb refuses to run as root: the cluster is the postgres system user's
-        import pwd
-
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
-                           check=True, capture_output=True)
-            owner = pwd.getpwnam("postgres")
-        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
-    root = Path(tempfile.mkdtemp(prefix="energyopt-pg-"))
-    data, log = root / "data", root / "server.log"
-    # the server's tools get a clean environment: no PG* variable of the caller's points them elsewhere
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"}
-
-    def run(*args: str | Path) -> subprocess.CompletedProcess:
-        cmd = [str(a) for a in args]
-        if as_root and not prefix:  # no runuser: su, through a shell
-            import shlex
-
-            cmd = ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(cmd)]
-        return subprocess.run(prefix + cmd, cwd=root, env=env, capture_output=True, text=True, timeout=180)
-
-    def failed(what: str, proc: subprocess.CompletedProcess) -> NoReturn:
-        server_log = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-        pytest.fail(f"PostgreSQL {what} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}{server_log}",
-                    pytrace=False)
+def _postgres_cluster() -> Iterator[PostgresCluster]:
+    from benchmarks.postgres import PostgresError, postgres_cluster
 
     try:
-        if as_root:
-            os.chown(root, owner.pw_uid, owner.pw_gid)
-        proc = run(bin_dir / "initdb", "-D", data, "--username=postgres", "--auth=trust", "--encoding=UTF8",
-                   "--locale=C")
-        if proc.returncode != 0:
-            failed("initdb", proc)
-        for _ in range(3):  # the free port may be taken between the probe and the bind: another one then
-            port = _free_loopback_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=on "
-                       "-c shared_buffers=16MB -c max_connections=50")
-            proc = run(bin_dir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", options, "start")
-            if proc.returncode == 0:
-                break
-            if "already in use" not in (log.read_text(errors="replace") if log.exists() else ""):
-                failed("pg_ctl start", proc)
-        else:
-            failed("pg_ctl start", proc)
-        cluster = _PostgresCluster(port=port)
-        with cluster.admin() as conn:
-            conn.execute("CREATE DATABASE energyopt_test")
-        yield cluster
-    finally:
-        if (data / "postmaster.pid").exists():  # running (or left by a start that timed out): stop it
-            if run(bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop").returncode:
-                run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        with postgres_cluster("energyopt_test") as cluster:
+            yield cluster
+    except PostgresError as err:  # not installed, or initdb / pg_ctl failed: the message says which
+        pytest.fail(str(err), pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def postgres_url(_postgres_cluster: _PostgresCluster) -> str:
+def postgres_url(_postgres_cluster: PostgresCluster) -> str:
     """SQLAlchemy URL (postgresql+psycopg://) of the empty database `energyopt_test` in the session's
     throwaway PostgreSQL cluster. Shared by the whole session: tests that need a clean one use postgres_db."""
     return _postgres_cluster.url("energyopt_test")
 
 
 @pytest.fixture
-def postgres_db(_postgres_cluster: _PostgresCluster) -> Iterator[str]:
+def postgres_db(_postgres_cluster: PostgresCluster) -> Iterator[str]:
     """SQLAlchemy URL of a new, empty, uniquely named database for this test alone, dropped after it (with
     FORCE: connections a test left open are ended)."""
     import uuid
