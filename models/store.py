@@ -45,6 +45,7 @@ BUNDLED_TIME_ZONE = "America/New_York"  # the PJM files are published in Eastern
 RESOLUTIONS = (3600, 1800, 900, 300)
 MAX_FUTURE_S = 3600  # readings more than this ahead of the server's clock are refused
 REFERENCE_S = 7 * 24 * 3600  # the absurd-value rule compares with the median of a week of readings
+DAY_S = 24 * 3600
 REFERENCE_SAMPLES, REFERENCE_STEP_S = 24, 7 * 3600  # ...sampled: every 7 h meets each hour of the day once
 MAX_ZONE_NAME = 64
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -61,6 +62,10 @@ zones_table = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_ts", sa.BigInteger),  # latest reading held (UTC seconds), NULL before the first
     sa.Column("readings", sa.BigInteger, nullable=False, server_default="0"),
+    # the absurd-value rule's reference: the zone's median over the week before this day (UTC seconds of
+    # its midnight), kept once it is known so that a live batch does not read the week again
+    sa.Column("reference_day", sa.BigInteger),
+    sa.Column("reference_median", sa.Float(53)),
 )
 readings_table = sa.Table(
     "readings", metadata,
@@ -325,15 +330,28 @@ class Store:
         with self.engine.begin() as conn:
             self._serialize(conn)
             result.registered = self._register(conn, specs)
-            known = {r.zone: ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone)
-                     for r in conn.execute(sa.select(zones_table).where(zones_table.c.zone.in_(set(zone.tolist()))))}
+            rows = {r.zone: r for r in conn.execute(sa.select(zones_table).where(
+                zones_table.c.zone.in_(set(zone.tolist()))))}
+            known = {z: ZoneSpec(r.zone, r.region, r.resolution_s, r.time_zone) for z, r in rows.items()}
             ts, reasons = _checked_times(zone, timestamp, value, known, now)
             ok = np.flatnonzero(reasons == "")
             writes = []  # (zone, rows to insert, rows to update, latest time)
+            references = []  # (zone, day, median) learnt by this batch
             if len(ok):
                 names, codes = np.unique(zone[ok].astype(str), return_inverse=True)
-                held = self._held(conn, names, codes, ts[ok])
-                reasons[ok] = _value_reasons(codes, ts[ok], value[ok], held)
+                zone_rows = [rows[z] for z in names.tolist()]
+                day = int(ts[ok].min()) // DAY_S * DAY_S
+                cached = np.array([r.reference_median if r.reference_day == day and r.reference_median is not None
+                                   else np.nan for r in zone_rows])
+                # zones with a reading at or before their latest held one may hold some of these times already
+                latest = np.array([r.last_ts if r.last_ts is not None else np.iinfo(np.int64).min for r in zone_rows])
+                first_by_code = np.full(len(names), np.iinfo(np.int64).max)
+                np.minimum.at(first_by_code, codes, ts[ok])
+                held = self._held(conn, names, codes, ts[ok], day, probe=first_by_code <= latest,
+                                  sample=np.isnan(cached))
+                reasons[ok], median, learnt = _value_reasons(codes, ts[ok], value[ok], held, cached)
+                references = [(str(names[c]), day, float(median[c])) for c in np.flatnonzero(learnt)
+                              if zone_rows[c].reference_day is None or zone_rows[c].reference_day < day]
                 good = reasons[ok] == ""
                 ok, codes = ok[good], codes[good]
                 # each reading against what the store holds at its zone and time: new, same (a resend), changed
@@ -354,42 +372,54 @@ class Store:
                 version = conn.execute(state_table.update().values(watermark=state_table.c.watermark + 1)
                                        .returning(state_table.c.watermark)).scalar_one()
                 self._write(conn, writes, ts, value, now, version)
+                if references:
+                    mark = "?" if self.dialect == "sqlite" else "%s"
+                    conn.exec_driver_sql(f"UPDATE zones SET reference_day = {mark}, reference_median = {mark} "
+                                         f"WHERE zone = {mark}", [(d, m, z) for z, d, m in references])
                 result.watermark = version
             else:
                 result.watermark = conn.execute(sa.select(state_table.c.watermark)).scalar_one()
         return result
 
-    def _held(self, conn: sa.Connection, names: np.ndarray, codes: np.ndarray, ts: np.ndarray) -> Held:
+    def _held(self, conn: sa.Connection, names: np.ndarray, codes: np.ndarray, ts: np.ndarray, day: int,
+              probe: np.ndarray, sample: np.ndarray) -> Held:
         """What the store holds that the checks of readings (zone `names[codes]`, `ts`) need: its values at
-        those times (a resend or a correction?) and at the absurd-value rule's reference times
-        (`reference_times`). One query for a live batch (few distinct times); a dense backfill of many
-        hours reads each zone's range instead."""
+        those times, for the zones that may hold some (`probe`: is it a resend, a correction?), and at the
+        absurd-value rule's reference times (`reference_times`), for the zones whose reference for `day`
+        is not kept yet (`sample`). A live batch of new hours with known references reads nothing; a dense
+        backfill of many hours reads each zone's range."""
         r = readings_table
-        first, last = int(ts.min()), int(ts.max())
-        before, after = np.split(reference_times(first, last), 2)
-        wanted = np.union1d(np.unique(ts), before)
-        if len(wanted) <= 4096:
-            rows = conn.execute(sa.select(r.c.zone, r.c.ts, r.c.value).where(
-                r.c.zone.in_(names.tolist()), r.c.ts.in_(wanted.tolist()))).all()
+        last = int(ts.max())
+        before, after = reference_times(day, last)
+        rows: list = []
+        probed = names[probe].tolist()
+        times = np.unique(ts[probe[codes]])
+        if len(times) > 4096:  # dense: each zone's whole range (it holds the reference week too)
+            for c in np.flatnonzero(probe):
+                mine = ts[codes == c]
+                rows += conn.execute(sa.select(r.c.zone, r.c.ts, r.c.value).where(
+                    r.c.zone == str(names[c]), r.c.ts >= day - REFERENCE_S,
+                    r.c.ts <= int(mine.max()) + REFERENCE_S)).all()
+            sample = sample & ~probe
+        elif probed:
+            rows += conn.execute(sa.select(r.c.zone, r.c.ts, r.c.value).where(
+                r.c.zone.in_(probed), r.c.ts.in_(times.tolist()))).all()
+        if sample.any():
+            rows += conn.execute(sa.select(r.c.zone, r.c.ts, r.c.value).where(
+                r.c.zone.in_(names[sample].tolist()), r.c.ts.in_(before.tolist()))).all()
             # zones with too little in the week before (a backfill): the week after, for them only
-            found = Counter(row[0] for row in rows if row[1] < first)
-            short = [z for z in names.tolist() if found[z] < REFERENCE_SAMPLES // 2]
+            week = set(before.tolist())
+            found = Counter(row[0] for row in rows if row[1] in week)
+            short = [z for z in names[sample].tolist() if found[z] < REFERENCE_SAMPLES // 2]
             if short:
                 rows += conn.execute(sa.select(r.c.zone, r.c.ts, r.c.value).where(
                     r.c.zone.in_(short), r.c.ts.in_(after.tolist()))).all()
-        else:
-            rows = []
-            for c, z in enumerate(names.tolist()):
-                mine = ts[codes == c]
-                rows += conn.execute(sa.select(r.c.zone, r.c.ts, r.c.value).where(
-                    r.c.zone == z, r.c.ts >= int(mine.min()) - REFERENCE_S,
-                    r.c.ts <= int(mine.max()) + REFERENCE_S)).all()
         code_of = {z: c for c, z in enumerate(names.tolist())}
         held_code = np.fromiter((code_of[row[0]] for row in rows), np.int64, len(rows))
         held_ts = np.fromiter((row[1] for row in rows), np.int64, len(rows))
         held_value = np.fromiter((row[2] for row in rows), np.float64, len(rows))
-        order = np.lexsort((held_ts, held_code))
-        return Held(held_code[order], held_ts[order], held_value[order], (first, last))
+        keys = np.unique(zone_time_key(held_code, held_ts), return_index=True)[1]  # sorted, once each
+        return Held(held_code[keys], held_ts[keys], held_value[keys], (day, last))
 
     def _write(self, conn: sa.Connection, writes: list, ts: np.ndarray, value: np.ndarray, now: float,
                version: int) -> None:
@@ -610,34 +640,34 @@ def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex
     return ts, reasons
 
 
-def reference_times(first: int, last: int) -> np.ndarray:
-    """The times whose readings the absurd-value rule compares a batch from `first` to `last` (UTC seconds)
-    with: 24 readings 7 h apart over the week before the batch, then over the week after it (for a backfill).
-    7 h steps over 168 h meet every hour of the day once, so the sample's median is the week's, read from
-    48 rows instead of 336 per zone (a live batch of every zone's new hour reads a few thousand rows, not
-    a few hundred thousand)."""
-    start = first - first % 3600
+def reference_times(day: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """The times whose readings the absurd-value rule compares a batch with: 24 readings 7 h apart over the
+    week before `day` (UTC seconds of the midnight the batch begins on), and over the week after its `last`
+    reading (for a backfill with nothing before it). 7 h steps over 168 h meet every hour of the day once,
+    so the sample's median is the week's, read from 24 rows instead of 168 per zone; and a zone's reference
+    is kept in the zones table once known, so it is read once a day, not with every batch."""
     steps = REFERENCE_STEP_S * np.arange(1, REFERENCE_SAMPLES + 1, dtype=np.int64)
-    return np.concatenate([start - steps, last - last % 3600 + steps])
+    return day - steps, last - last % 3600 + steps
 
 
-def _value_reasons(codes: np.ndarray, ts: np.ndarray, value: np.ndarray, held: Held) -> np.ndarray:
+def _value_reasons(codes: np.ndarray, ts: np.ndarray, value: np.ndarray, held: Held,
+                   cached: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ingest repair rule's bounds for a batch's readings (zone `codes`, `ts` UTC seconds, finite
-    `value`), given what the store holds (`Store._held`): a value must be positive and within ABSURD_LOW..
-    ABSURD_HIGH times its zone's median over the week before the batch (`reference_times`; the week after
-    it, for a backfill; the batch's own median of the zone, for a zone with nothing stored near it). ""
-    where a value passes."""
+    `value`): a value must be positive and within ABSURD_LOW..ABSURD_HIGH times its zone's median over the
+    week before the batch's day (`cached` where the zones table keeps it, else from `held`'s sample of that
+    week; the week after the batch, for a backfill; the batch's own median of the zone, for a zone with
+    nothing stored near it). Returns the reasons ("" where a value passes), each zone's median, and which
+    medians were learnt from the week before (to keep)."""
     zones = int(codes.max()) + 1
-    first, last = held.span
-    sample = np.isin(held.ts, reference_times(first, last))
-    median = np.full(zones, np.nan)
+    day, last = held.span
+    before, after = reference_times(day, last)
     half = REFERENCE_SAMPLES // 2
-    for part, which in ((held.ts > last, held.code), (held.ts < first, held.code)):  # later ones overwrite
-        take = sample & part
-        m, count = _medians(which[take], held.value[take], zones)
-        median = np.where(count >= half, m, median)
-    own, count = _medians(codes[value > 0], value[value > 0], zones)
-    median = np.where(np.isnan(median) & (count >= half), own, median)
+    m_before, n_before = _medians(held.code[np.isin(held.ts, before)], held.value[np.isin(held.ts, before)], zones)
+    m_after, n_after = _medians(held.code[np.isin(held.ts, after)], held.value[np.isin(held.ts, after)], zones)
+    m_own, n_own = _medians(codes[value > 0], value[value > 0], zones)
+    learnt = np.isnan(cached) & (n_before >= half)
+    median = np.where(~np.isnan(cached), cached, np.where(learnt, m_before, np.where(
+        n_after >= half, m_after, np.where(n_own >= half, m_own, np.nan))))
     reasons = np.full(len(ts), "", dtype=object)
     for i in np.flatnonzero(value <= 0):
         reasons[i] = f"value {value[i]:g} is not positive"
@@ -647,7 +677,7 @@ def _value_reasons(codes: np.ndarray, ts: np.ndarray, value: np.ndarray, held: H
     for i in np.flatnonzero(absurd):
         reasons[i] = (f"value {value[i]:g} is absurd: outside {ABSURD_LOW:g}..{ABSURD_HIGH:g} x the zone's "
                       f"median of {reference[i]:.6g} over the week around it")
-    return reasons
+    return reasons, median, learnt
 
 
 def _medians(codes: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

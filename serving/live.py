@@ -148,18 +148,24 @@ class LiveHistory:
         with self._lock:
             if watermark <= self.seen:
                 return self.seen
-            specs = self.store.zones()
             if self.seen < 0:  # first load: every zone's latest hours
-                rows = self.store.latest(list(specs), self.tail_hours * HOUR_S)
+                self.specs = self.store.zones()
+                rows = self.store.latest(list(self.specs), self.tail_hours * HOUR_S)
             else:
                 rows = self.store.changes(self.seen, watermark)
-            for zone, spec in specs.items():
-                if zone not in self._tails or self._tails[zone].spec != spec:
+            names = rows["zone"].to_numpy()
+            if self.seen >= 0 and not set(np.unique(names).tolist()) <= self.specs.keys():
+                self.specs = self.store.zones()  # new zones (a registered zone's spec never changes)
+            for zone, spec in self.specs.items():
+                if zone not in self._tails:
                     self._tails[zone] = ZoneTail(spec, self.tail_hours)
-            self.specs = specs
-            for zone, part in rows.groupby("zone", sort=False):
+            # rows come sorted by zone: apply each zone's run (a feed batch touches every zone: no groupby)
+            ts, values = rows["ts"].to_numpy(), rows["value"].to_numpy()
+            bounds = np.flatnonzero(np.r_[True, names[1:] != names[:-1], True]) if len(names) else []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                zone = names[a]
                 if zone in self._tails:
-                    self._tails[zone].apply(part["ts"].to_numpy(), part["value"].to_numpy())
+                    self._tails[zone].apply(ts[a:b], values[a:b])
                     self._views.pop(zone, None)
             self.seen = watermark
         return watermark
