@@ -286,7 +286,8 @@ def replica_pid(server_pid: int) -> int:
         if p != server_pid or pid == server_pid:
             continue
         try:
-            if b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            # the forecasting replica (the Ingestor deployment's replica writes readings in its own process)
+            if b"ServeReplica" in (title := Path(f"/proc/{pid}/cmdline").read_bytes()) and b"Forecaster" in title:
                 found.append(pid)
         except OSError:
             continue

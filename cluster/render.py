@@ -23,6 +23,9 @@ CLUSTER_OVERRIDES: list[tuple[tuple[Any, ...], Any]] = [
     (("http_options", "host"), "0.0.0.0"),  # reachable from the pod network, not only loopback
     (("applications", 0, "deployments", 0, "user_config", "model"), "/models/serve"),  # the models volume
     (("applications", 0, "deployments", 0, "autoscaling_config", "max_replicas"), 8),  # room on a cluster
+    # one store that every replica on every node reaches (a SQLite file would be per pod): the cluster's
+    # PostgreSQL service; put the password in the URL from a Secret, or use trust auth inside the cluster
+    (("applications", 0, "args", "store"), "postgresql://energyopt@energyopt-postgres:5432/energyopt"),
 ]
 
 

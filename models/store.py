@@ -631,6 +631,8 @@ def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex
                           f"{pd.Timestamp(now, unit='s', tz='UTC').isoformat(timespec='seconds')}); at most 1 h ahead")
     # the same zone and time twice: the last one counts (a correction sent in the same batch)
     ok = np.flatnonzero(reasons == "")
+    if len(np.unique(zone_time_key(codes[ok], ts[ok]))) == len(ok):  # the usual batch: nothing repeated
+        return ts, reasons
     keys = pd.DataFrame({"z": codes[ok], "t": ts[ok]})
     repeated = keys.duplicated(keep="last").to_numpy()
     if repeated.any():
@@ -715,8 +717,9 @@ def _to_utc(timestamp: Sequence[str] | pd.DatetimeIndex, rows: np.ndarray, time_
         aware = has_offset[codes]
         aware_stamps = pd.DatetimeIndex(pd.to_datetime(text.where(has_offset), format="ISO8601", errors="coerce",
                                                        utc=True))[codes]
-        naive_stamps = pd.DatetimeIndex(pd.to_datetime(text.where(~has_offset), format="ISO8601",
-                                                       errors="coerce"))[codes]
+        naive_stamps = (pd.DatetimeIndex(pd.to_datetime(text.where(~has_offset), format="ISO8601",
+                                                        errors="coerce"))[codes] if not has_offset.all()
+                        else pd.DatetimeIndex(np.full(m, np.datetime64("NaT"), "datetime64[s]")))
         unreadable = (aware & np.asarray(aware_stamps.isna())) | (~aware & np.asarray(naive_stamps.isna()))
         why[unreadable] = "time cannot be read as ISO 8601 (e.g. 2018-08-01T05:00:00Z)"
     utc = np.zeros(m, dtype=np.int64)
@@ -750,8 +753,9 @@ def _to_utc(timestamp: Sequence[str] | pd.DatetimeIndex, rows: np.ndarray, time_
             chosen = dst
         ok = ~gone
         utc[where[ok]] = _seconds(chosen[ok])
-    # local wall-clock seconds (for the resolution grid)
-    local = _seconds(pd.to_datetime(utc, unit="s", utc=True).tz_convert(tz).tz_localize(None))
+    # local wall-clock seconds (for the resolution grid), each distinct time converted once
+    distinct, inverse = np.unique(utc, return_inverse=True)
+    local = _seconds(pd.to_datetime(distinct, unit="s", utc=True).tz_convert(tz).tz_localize(None))[inverse]
     return utc, local, why
 
 

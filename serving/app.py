@@ -17,12 +17,13 @@ bundle in the background and swap it in between batches, so serving never stops.
 """
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
 import os
-import sys
-from collections import Counter
+import uuid
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,18 +202,46 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
     return decorate
 
 
+# (above the deployments: Serve captures their globals when the class is defined)
+STREAM_WINDOW = 4  # StreamReadings: batches of one stream forwarded ahead of their acknowledgement
+
+
+async def _acknowledged(window: deque) -> rpb.IngestAck:
+    """The oldest forwarded batch's acknowledgement; its ApiError names the batch."""
+    batch, pending = window.popleft()
+    try:
+        return await pending
+    except ApiError as err:
+        raise ApiError(err.code, f"batch {batch}: {err.message}") from None
+
+
+def ingest_batch(store: Store, request: rpb.IngestReadingsRequest, batch: int = 0) -> rpb.IngestAck:
+    """One batch into the store (committed when this returns) and its acknowledgement; ApiError for a
+    registration the store refuses."""
+    register = [ZoneSpec(z.zone, z.region, z.resolution_s, z.time_zone) for z in request.register]
+    readings = request.readings
+    try:
+        result = store.ingest([r.zone for r in readings], [r.timestamp for r in readings],
+                              [r.value for r in readings], register=register)
+    except StoreError as err:
+        raise invalid(f"register: {err}") from None
+    ack = rpb.IngestAck(batch=batch, received=result.received, inserted=result.inserted, replaced=result.replaced,
+                        unchanged=result.unchanged, watermark=result.watermark, registered=result.registered)
+    for r in result.rejected:
+        ack.rejected.add(index=r.index, zone=r.zone, timestamp=r.timestamp, reason=r.reason)
+    return ack
+
+
 @serve.deployment(name="Forecaster", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1},
                   health_check_period_s=5)
 @serve.ingress(http_app)
 class Forecaster:
     """A replica: the bundle and history loaded once; requests answered in dynamic batches."""
 
-    def __init__(self, args: dict) -> None:
+    def __init__(self, args: dict, ingestor: Any = None) -> None:
+        """`ingestor`: the Ingestor deployment's handle (None: ingest in this process)."""
         self.args = AppArgs.model_validate(args)
-        # Ingest runs in worker threads beside the event loop that answers forecasts; Python hands the
-        # interpreter over every 5 ms by default, so a forecast could wait that long behind a batch's
-        # checks. 1 ms keeps the feed from showing in the forecasts' tail latency.
-        sys.setswitchinterval(0.001)
+        self.ingestor = ingestor
         if self.args.torch_threads:
             torch.set_num_threads(self.args.torch_threads)
         self.store = open_store(self.args)
@@ -342,28 +371,25 @@ class Forecaster:
 
     # energyopt.v1.ReadingsService: every replica writes to the one store (serialized there), off the loop
 
-    async def _ingest(self, request: rpb.IngestReadingsRequest, batch: int = 0) -> rpb.IngestAck:
+    def _check_batch(self, request: rpb.IngestReadingsRequest) -> None:
         n = len(request.readings)
         if n > self.limits.max_readings_per_batch:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"readings: {n:,} readings exceed this server's limit of "
                            f"{self.limits.max_readings_per_batch:,} per batch (max_readings_per_batch); split it")
-        register = [ZoneSpec(z.zone, z.region, z.resolution_s, z.time_zone) for z in request.register]
-        try:
-            result = await asyncio.to_thread(lambda: self.store.ingest(
-                [r.zone for r in request.readings], [r.timestamp for r in request.readings],
-                [r.value for r in request.readings], register=register))
-        except StoreError as err:
-            raise invalid(f"register: {err}") from None
-        ack = rpb.IngestAck(batch=batch, received=result.received, inserted=result.inserted,
-                            replaced=result.replaced, unchanged=result.unchanged, watermark=result.watermark,
-                            registered=result.registered)
-        for r in result.rejected:
-            ack.rejected.add(index=r.index, zone=r.zone, timestamp=r.timestamp, reason=r.reason)
-        return ack
+
+    async def _ingest(self, request: rpb.IngestReadingsRequest, batch: int = 0, stream: str = "") -> rpb.IngestAck:
+        """The batch committed (by the Ingestor, or here outside Serve) and its acknowledgement."""
+        if self.ingestor is None:  # outside Serve (unit use): in this process
+            return await asyncio.to_thread(ingest_batch, self.store, request, batch)
+        ack, code, message = await self.ingestor.ingest.remote(request.SerializeToString(), batch, stream)
+        if code:
+            raise ApiError(grpc.StatusCode[code], message)
+        return rpb.IngestAck.FromString(ack)
 
     @_api(rpb.IngestAck, "the readings store")
     async def IngestReadings(self, request: rpb.IngestReadingsRequest) -> rpb.IngestAck:
+        self._check_batch(request)
         ack = await self._ingest(request)
         if ack.received and len(ack.rejected) == ack.received:
             first = "; ".join(f"readings[{r.index}]: {r.reason}" for r in ack.rejected[:3])
@@ -373,26 +399,41 @@ class Forecaster:
         return ack
 
     async def StreamReadings(self, request_stream: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
-        """One acknowledgement per batch, each after its commit; an oversized batch or a failing store ends
-        the stream with its status."""
+        """One acknowledgement per batch, in order, each after its commit. Up to STREAM_WINDOW batches are
+        forwarded ahead of their acknowledgement (the Ingestor commits a stream's batches in order), so the
+        database never waits for the next batch to travel. An oversized batch ends the stream after the
+        acknowledgements of those before it (it and later ones are not stored); so does a failing store."""
+        stream = uuid.uuid4().hex
+        window: deque[tuple[int, asyncio.Future]] = deque()
+        ahead = STREAM_WINDOW if self.ingestor is not None else 1
         batch = 0
-        async for request in request_stream:
-            try:
-                yield await self._ingest(request, batch)
-            except ApiError as err:
-                if grpc_context is None:
-                    raise
-                grpc_context.set_code(err.code)
-                grpc_context.set_details(f"batch {batch}: {err.message}")
-                return
-            except Exception:
-                logger.exception("StreamReadings failed")
-                if grpc_context is not None:
-                    grpc_context.set_code(grpc.StatusCode.INTERNAL)
-                    grpc_context.set_details(f"batch {batch}: internal error in the readings store; the replica "
-                                             "log has the details")
-                return
-            batch += 1
+        try:
+            async for request in request_stream:
+                try:
+                    self._check_batch(request)
+                except ApiError as err:
+                    while window:
+                        yield await _acknowledged(window)
+                    raise ApiError(err.code, f"batch {batch}: {err.message}") from None
+                window.append((batch, asyncio.ensure_future(self._ingest(request, batch, stream))))
+                batch += 1
+                while len(window) >= ahead:
+                    yield await _acknowledged(window)
+            while window:
+                yield await _acknowledged(window)
+        except ApiError as err:
+            if grpc_context is None:
+                raise
+            grpc_context.set_code(err.code)
+            grpc_context.set_details(err.message)
+        except Exception:
+            logger.exception("StreamReadings failed")
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.INTERNAL)
+                grpc_context.set_details("internal error in the readings store; the replica log has the details")
+        finally:
+            for _, pending in window:
+                pending.cancel()
 
     @_api(rpb.ListZonesResponse, "the readings store")
     async def ListZones(self, request: rpb.ListZonesRequest) -> rpb.ListZonesResponse:
@@ -485,8 +526,59 @@ class Forecaster:
                              "version": self.engine.bundle.version})
 
 
+@serve.deployment(name="Ingestor", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+class Ingestor:
+    """Writes readings to the store in a process of its own: the forecasting replicas only check a batch's
+    size and forward it, so a feed never holds their interpreter while forecasts wait. Its methods are
+    called through the Forecaster's handle, never by clients (they reach ReadingsService on the Forecaster).
+    One replica writes SQLite without lock waits; with PostgreSQL more may run (commits are serialized in
+    the store either way)."""
+
+    ORDER_WAIT_S = 60.0  # a stream's batch waits at most this long for the one before it
+
+    def __init__(self, args: dict) -> None:
+        self.store = Store.open(AppArgs.model_validate(args).store)
+        # one writer thread: batches queue here in arrival order instead of in SQLite's busy handler,
+        # which sleeps up to 100 ms between tries (PostgreSQL serializes commits on the state row anyway)
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ingest")
+        self._turn: OrderedDict[str, int] = OrderedDict()  # stream -> its next batch to commit
+        self._order = asyncio.Condition()
+
+    async def ingest(self, request: bytes, batch: int, stream: str = "") -> tuple[bytes, str, str]:
+        """(IngestAck bytes, "", "") once committed, or (b"", status code name, message) for a refused batch;
+        anything else is logged and answered INTERNAL. The batches of a `stream` commit in their order
+        (a correction in a later batch must land after the value it corrects), whatever order they arrive in."""
+        if stream:
+            try:
+                async with self._order:
+                    await asyncio.wait_for(self._order.wait_for(lambda: self._turn.get(stream, 0) == batch),
+                                           self.ORDER_WAIT_S)
+            except TimeoutError:
+                return b"", "UNAVAILABLE", (f"batch {batch - 1} of this stream never arrived; resend from it "
+                                            "(resends are idempotent)")
+        try:
+            ack = await asyncio.get_running_loop().run_in_executor(
+                self._writer, ingest_batch, self.store, rpb.IngestReadingsRequest.FromString(request), batch)
+            return ack.SerializeToString(), "", ""
+        except ApiError as err:
+            return b"", err.code.name, err.message
+        except Exception:
+            logger.exception("ingest failed")
+            return b"", "INTERNAL", "internal error in the readings store; the Ingestor log has the details"
+        finally:
+            if stream:
+                async with self._order:
+                    self._turn[stream] = batch + 1
+                    self._turn.move_to_end(stream)
+                    while len(self._turn) > 4096:  # streams long finished
+                        self._turn.popitem(last=False)
+                    self._order.notify_all()
+
+
 def build_app(args: dict) -> serve.Application:
-    """The application builder named in serve.yaml (`import_path: serving.app:build_app`)."""
+    """The application builder named in serve.yaml (`import_path: serving.app:build_app`): the Forecaster
+    (the ingress: every RPC and route) and the Ingestor it forwards readings to."""
     parsed = AppArgs.model_validate(args or {})
     user_config = ReplicaConfig(**parsed.model_dump(include=set(ReplicaConfig.model_fields), exclude_none=True))
-    return Forecaster.options(user_config=user_config.model_dump()).bind(parsed.model_dump())
+    return Forecaster.options(user_config=user_config.model_dump()).bind(parsed.model_dump(),
+                                                                         Ingestor.bind(parsed.model_dump()))

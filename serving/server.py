@@ -86,23 +86,23 @@ def configure_local_ray(haproxy: bool = True) -> None:
     if haproxy:
         for key, value in HIGH_THROUGHPUT_ENV.items():
             os.environ.setdefault(key, value)
-        # HAProxy's stats and metrics listeners have fixed default ports: free ones let several
-        # services (tests, a benchmark) run side by side on one machine.
-        stats, metrics, fallback_http, fallback_grpc = free_ports(4)
-        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats))
-        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics))
-        # Ports Serve (Ray 2.60) opens with SO_REUSEPORT, so that two services on one machine would share
-        # them and the kernel hands one's connections to the other (seen: readings acknowledged by another
-        # service's replica): the fallback proxy's (fixed 8500/9500) and the replicas' direct-ingress ports
-        # (40000 on; `grpc.so_reuseport` is passed as the string "0", which gRPC ignores). Free ones of its own.
-        os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(fallback_http))
-        os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(fallback_grpc))
-        if "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT" not in os.environ:
-            ingress = free_port_block(64)
-            os.environ.update({"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(ingress),
-                               "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(ingress + 31),
-                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ingress + 32),
-                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ingress + 63)})
+        # Ports of this instance's own, below the kernel's ephemeral range (a port picked there can be taken by
+        # an outgoing connection before Serve binds it): HAProxy's stats and metrics listeners (fixed
+        # defaults otherwise); and the ports Serve (Ray 2.60) opens with SO_REUSEPORT, so that two services
+        # on one machine would share them and the kernel would hand one's connections to the other (seen:
+        # readings acknowledged by another service's replica): the fallback proxy's (fixed 8500/9500) and
+        # the replicas' direct-ingress ports (40000 on; `grpc.so_reuseport` is passed as the string "0",
+        # which gRPC ignores).
+        base = free_port_block(68)
+        for key, port in (("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", base),
+                          ("RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT", base + 31),
+                          ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", base + 32),
+                          ("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", base + 63),
+                          ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", base + 64),
+                          ("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", base + 65),
+                          ("RAY_SERVE_HAPROXY_STATS_PORT", base + 66),
+                          ("RAY_SERVE_HAPROXY_METRICS_PORT", base + 67)):
+            os.environ.setdefault(key, str(port))
         # A replica told to stop stays reachable this long so that load balancers in front can deregister
         # it (Serve's default: 30 s, so Ctrl-C took over 30 s). Here the only balancer is this instance's
         # own HAProxy, which is reconfigured at once and retries a refused connection on another replica.
