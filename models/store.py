@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -231,6 +232,7 @@ class Store:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, immediate=True)
             _sqlite_setup(self.reader, immediate=False)
+        self._local = threading.local()  # per thread: the connection `watermark` reads on
         if migrate:
             self.migrate()
 
@@ -253,6 +255,10 @@ class Store:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
     def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
         self.engine.dispose()
         self.reader.dispose()
 
@@ -446,8 +452,31 @@ class Store:
     # ------------------------------------------------------------------------------------------ reads
 
     def watermark(self) -> int:
-        with self.reader.connect() as conn:
-            return int(conn.execute(sa.select(state_table.c.watermark)).scalar_one())
+        """The store's watermark (a forecast asks before every answer: one single-row read, `_read`)."""
+        return int(self._read(sa.select(state_table.c.watermark).where(state_table.c.id == 1))[0][0])
+
+    def _read(self, query: sa.Select) -> list[tuple]:
+        """The rows of a read, as plain tuples, on a connection the calling thread keeps: for the reads on
+        the forecast path the pool's checkout and SQLAlchemy's row objects cost several times the query
+        itself. A broken connection is replaced on the next call."""
+        compiled = query.compile(dialect=self.reader.dialect, compile_kwargs={"render_postcompile": True})
+        params = ([compiled.params[k] for k in compiled.positiontup] if compiled.positional
+                  else compiled.params)
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.reader.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(str(compiled), params)
+            rows = cursor.fetchall()
+            cursor.close()
+            if self.dialect != "sqlite":
+                conn.rollback()  # no transaction left open between calls
+            return rows
+        except Exception:
+            self._local.conn = None
+            conn.invalidate()
+            raise
 
     def readings(self, zones: Sequence[str], start: int | None = None, end: int | None = None) -> pd.DataFrame:
         """zone, ts (UTC seconds), value of `zones` with start <= ts < end (None: unbounded), by zone and time."""
@@ -473,8 +502,7 @@ class Store:
                            .order_by(r.c.zone, r.c.ts))
 
     def _frame(self, query: sa.Select) -> pd.DataFrame:
-        with self.reader.connect() as conn:
-            rows = conn.execute(query).all()
+        rows = self._read(query)
         return pd.DataFrame({"zone": pd.array([r[0] for r in rows], dtype=object),
                              "ts": np.fromiter((r[1] for r in rows), np.int64, len(rows)),
                              "value": np.fromiter((r[2] for r in rows), np.float64, len(rows))})

@@ -1,11 +1,15 @@
-"""The Ray Serve application: one forecaster deployment that answers gRPC and HTTP/JSON.
+"""The Ray Serve application: the forecaster deployment that answers gRPC and HTTP/JSON, and the
+Ingestor it forwards readings to.
 
     client --gRPC :9000--> Serve gRPC proxy --+
-                                              +--> Forecaster replica(s): bundle loaded once,
-    client --HTTP :8000--> Serve HTTP proxy --+    @serve.batch -> one forward pass for many requests
+                                              +--> Forecaster replica(s): bundle loaded once, the store's
+    client --HTTP :8000--> Serve HTTP proxy --+    recent readings cached (serving/live.py); @serve.batch
+                                                   -> one forward pass for many requests
+                                                   ReadingsService batches --> Ingestor --> the store
 
-A replica loads the model bundle and the regions' history once, turns each request into model inputs
-(`serving.engine`), and hands them to a `@serve.batch` method that concatenates the inputs of every
+A replica loads the model bundle once, keeps each zone's latest readings from the store (caught up by its
+watermark), turns each request into model inputs (`serving.engine`), and hands them to a `@serve.batch`
+method that concatenates the inputs of every
 request waiting into one forward pass (batches are counted in series, up to `max_batch_series`, waiting
 at most `batch_wait_timeout_s` for a batch to fill). The gRPC proxy calls the methods named like the RPCs
 (`ForecastRegion`, ...); the FastAPI routes mirror them over HTTP/JSON with the same messages in their
@@ -236,7 +240,8 @@ def ingest_batch(store: Store, request: rpb.IngestReadingsRequest, batch: int = 
                   health_check_period_s=5)
 @serve.ingress(http_app)
 class Forecaster:
-    """A replica: the bundle and history loaded once; requests answered in dynamic batches."""
+    """A replica: the bundle loaded once, the store's recent readings cached; requests answered in dynamic
+    batches; readings forwarded to the Ingestor."""
 
     def __init__(self, args: dict, ingestor: Any = None) -> None:
         """`ingestor`: the Ingestor deployment's handle (None: ingest in this process)."""

@@ -330,9 +330,12 @@ class Engine:
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"region: {req.region} has no readings yet; send some (ReadingsService)")
         read = list(dict.fromkeys([*zones, *self.bundle.region_zones]))
-        views = dict(zip(read, self.live.views(read, issue, max(length, FALLBACK_HOURS))))
+        views = dict(zip(read, self.live.views(read, issue, length)))
         windows = np.stack([views[z].window(issue, length) for z in zones])
         model = np.flatnonzero(np.isfinite(windows).all(axis=1))
+        short = [zones[i] for i in range(len(zones)) if i not in set(model.tolist())]
+        if short:  # their fallback reads the weeks before (from the store, for an old issue time)
+            views |= dict(zip(short, self.live.views(short, issue, FALLBACK_HOURS)))
         if not len(model) and req.issue_time:
             held = [(v.start, v.start + (len(v.values) - 1) * HOUR) for v in (views[z] for z in zones) if len(v.values)]
             span = (f"the store holds {req.region}'s recent hours {min(a for a, _ in held).isoformat()} .. "

@@ -200,14 +200,17 @@ class LiveHistory:
         hi = (end + margin).tz_localize(tz, ambiguous=True, nonexistent="shift_forward")
         rows = self.store.readings(zones, int(lo.timestamp()), int(hi.timestamp()))
         span = (hi - lo) // pd.Timedelta(hours=1) + 1
+        names, ts, values = rows["zone"].to_numpy(), rows["ts"].to_numpy(), rows["value"].to_numpy()
+        bounds = np.flatnonzero(np.r_[True, names[1:] != names[:-1], True]) if len(names) else []
+        runs = {names[a]: (a, b) for a, b in zip(bounds[:-1], bounds[1:])}  # rows come sorted by zone
         out = []
         for zone in zones:
-            part = rows[rows["zone"] == zone]
+            a, b = runs.get(zone, (0, 0))
             tail = ZoneTail(self.specs[zone], span)
-            tail.apply(part["ts"].to_numpy(), part["value"].to_numpy())
+            tail.apply(ts[a:b], values[a:b])
             if tail.start is None:
                 out.append(HourlyView(end, np.empty(0, np.float32), None))
                 continue
-            first, values = wall_clock(*tail.hourly(), tail.spec.time_zone)
-            out.append(HourlyView(first, fill_short_gaps(values).astype(np.float32), tail.last))
+            first, hourly = wall_clock(*tail.hourly(), tail.spec.time_zone)
+            out.append(HourlyView(first, fill_short_gaps(hourly).astype(np.float32), tail.last))
         return out
