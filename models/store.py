@@ -452,22 +452,27 @@ class Store:
     # ------------------------------------------------------------------------------------------ reads
 
     def watermark(self) -> int:
-        """The store's watermark (a forecast asks before every answer: one single-row read, `_read`)."""
-        return int(self._read(sa.select(state_table.c.watermark).where(state_table.c.id == 1))[0][0])
+        """The store's watermark (a forecast asks before every answer: one single-row read, `_read`; the SQL
+        is the same in both databases, so it is not compiled per call)."""
+        return int(self._read("SELECT watermark FROM store_state WHERE id = 1")[0][0])
 
-    def _read(self, query: sa.Select) -> list[tuple]:
+    def _read(self, query: sa.Select | str) -> list[tuple]:
         """The rows of a read, as plain tuples, on a connection the calling thread keeps: for the reads on
         the forecast path the pool's checkout and SQLAlchemy's row objects cost several times the query
         itself. A broken connection is replaced on the next call."""
-        compiled = query.compile(dialect=self.reader.dialect, compile_kwargs={"render_postcompile": True})
-        params = ([compiled.params[k] for k in compiled.positiontup] if compiled.positional
-                  else compiled.params)
+        if isinstance(query, str):
+            sql, params = query, ()
+        else:
+            compiled = query.compile(dialect=self.reader.dialect, compile_kwargs={"render_postcompile": True})
+            sql = str(compiled)
+            params = ([compiled.params[k] for k in compiled.positiontup] if compiled.positional
+                      else compiled.params)
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.reader.raw_connection()
         try:
             cursor = conn.cursor()
-            cursor.execute(str(compiled), params)
+            cursor.execute(sql, params)
             rows = cursor.fetchall()
             cursor.close()
             if self.dialect != "sqlite":

@@ -372,8 +372,7 @@ class Engine:
                         continue
                     point, q = made
                 _fill(msg, zone, ts, point, q, levels, columns)
-                if view.last_reading is not None:
-                    msg.last_reading = pd.Timestamp(view.last_reading, unit="s", tz="UTC").isoformat()
+                msg.last_reading = view.last_reading_iso
                 total_point += point
                 total_q += q
             _fill(resp.total, TOTAL, ts, total_point, total_q, levels, columns)

@@ -40,8 +40,11 @@ class HourlyView:
 
     def __post_init__(self) -> None:
         held = np.flatnonzero(np.isfinite(self.values))
-        # the latest wall-clock hour with a value (every forecast from now asks, so once here)
+        # the latest wall-clock hour with a value, and the latest reading as ISO 8601 (every forecast from
+        # now asks for both, so once here)
         self.last: pd.Timestamp | None = self.start + pd.Timedelta(hours=int(held[-1])) if len(held) else None
+        self.last_reading_iso = ("" if self.last_reading is None else
+                                 pd.Timestamp(self.last_reading, unit="s", tz="UTC").isoformat())
 
     def window(self, end: pd.Timestamp, length: int) -> np.ndarray:
         """The `length` hours before `end` (NaN where missing or outside what is held)."""
