@@ -81,7 +81,8 @@ class Limits:
 
 @dataclass
 class ZoneHistory:
-    """One zone's load on a dense hourly grid from `start` (NaN where the data has gaps)."""
+    """One zone's load on a dense hourly grid from `start` (NaN where the data has gaps), read from a file:
+    what DetectAnomalies scans (forecasts read the store, `serving.live`)."""
 
     start: pd.Timestamp
     values: np.ndarray  # float32 [T]
@@ -90,14 +91,6 @@ class ZoneHistory:
     def end(self) -> pd.Timestamp:
         """The last hour held."""
         return self.start + (len(self.values) - 1) * HOUR
-
-    def window(self, issue_time: pd.Timestamp, length: int) -> np.ndarray | None:
-        """The `length` values before `issue_time`, or None unless all are held and finite."""
-        stop = (issue_time - self.start) // HOUR
-        if stop - length < 0 or stop > len(self.values):
-            return None
-        out = self.values[stop - length : stop]
-        return out if np.isfinite(out).all() else None
 
 
 def load_histories(data: str | Path | None = None) -> dict[str, ZoneHistory]:
