@@ -7,8 +7,8 @@
         frame = to_frame(response)          # long table: zone, timestamp, point, q0.1, ...
 
 Every call has a deadline (`timeout`, seconds, per attempt). Calls that fail with UNAVAILABLE (server
-starting, replica restarting, connection refused), or with the INTERNAL that Ray Serve's proxy returns
-when a replica dies mid-call, are retried with exponential backoff and jitter, up to `retries` times;
+starting, replica restarting, connection refused), or with the INTERNAL (Serve's Python proxy) or UNKNOWN
+"HTTP status 500" (Serve's HAProxy ingress) that come back when a replica dies mid-call, are retried with exponential backoff and jitter, up to `retries` times;
 every other error is raised at once as `ForecastError` with the server's status code and message.
 ForecastService's operations are all reads, so retrying them is safe.
 
@@ -48,6 +48,9 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 # Ray Serve's proxy answers INTERNAL when the replica handling a call dies mid-call; a retry reaches the
 # replica Serve starts in its place (safe: every call of this API reads, or ingests idempotently).
 REPLICA_DIED = ("The actor died unexpectedly", "The actor is dead")
+# Serve's HAProxy ingress rewrites its 502 (the replica's connection closed before it answered) to an HTTP
+# 500, which gRPC reports as UNKNOWN with this message: the same dead replica, seen through HAProxy.
+INGRESS_LOST_REPLICA = "Received http2 header with status: 500"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
@@ -385,7 +388,9 @@ def _status(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, bool]:
     """The status code and message of a failed call, and whether a retry may get through."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else str(err)) or code.name
-    retryable = code in RETRYABLE or (code == grpc.StatusCode.INTERNAL and details.startswith(REPLICA_DIED))
+    retryable = (code in RETRYABLE
+                 or (code == grpc.StatusCode.INTERNAL and details.startswith(REPLICA_DIED))
+                 or (code == grpc.StatusCode.UNKNOWN and details.startswith(INGRESS_LOST_REPLICA)))
     return code, details, retryable
 
 
