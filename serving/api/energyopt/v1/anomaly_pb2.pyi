@@ -80,3 +80,49 @@ class DetectAnomaliesResponse(_message.Message):
     scored_hours: int
     reference_hours: int
     def __init__(self, model: _Optional[_Union[_forecast_pb2.ModelRef, _Mapping]] = ..., events: _Optional[_Iterable[_Union[AnomalyEvent, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[SeriesScores, _Mapping]]] = ..., scored_hours: _Optional[int] = ..., reference_hours: _Optional[int] = ...) -> None: ...
+
+class ListAnomaliesRequest(_message.Message):
+    __slots__ = ("region", "zone", "since", "open_only", "limit")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    OPEN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    zone: str
+    since: str
+    open_only: bool
+    limit: int
+    def __init__(self, region: _Optional[str] = ..., zone: _Optional[str] = ..., since: _Optional[str] = ..., open_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class StoredAnomaly(_message.Message):
+    __slots__ = ("id", "zone", "region", "kind", "start", "end", "open", "severity", "detail", "opened_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    zone: str
+    region: str
+    kind: str
+    start: str
+    end: str
+    open: bool
+    severity: float
+    detail: str
+    opened_at: str
+    updated_at: str
+    def __init__(self, id: _Optional[str] = ..., zone: _Optional[str] = ..., region: _Optional[str] = ..., kind: _Optional[str] = ..., start: _Optional[str] = ..., end: _Optional[str] = ..., open: _Optional[bool] = ..., severity: _Optional[float] = ..., detail: _Optional[str] = ..., opened_at: _Optional[str] = ..., updated_at: _Optional[str] = ...) -> None: ...
+
+class ListAnomaliesResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[StoredAnomaly]
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredAnomaly, _Mapping]]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class AnomalyServiceStub:
                 request_serializer=energyopt_dot_v1_dot_anomaly__pb2.DetectAnomaliesRequest.SerializeToString,
                 response_deserializer=energyopt_dot_v1_dot_anomaly__pb2.DetectAnomaliesResponse.FromString,
                 _registered_method=True)
+        self.ListAnomalies = channel.unary_unary(
+                '/energyopt.v1.AnomalyService/ListAnomalies',
+                request_serializer=energyopt_dot_v1_dot_anomaly__pb2.ListAnomaliesRequest.SerializeToString,
+                response_deserializer=energyopt_dot_v1_dot_anomaly__pb2.ListAnomaliesResponse.FromString,
+                _registered_method=True)
 
 
 class AnomalyServiceServicer:
@@ -54,6 +59,13 @@ class AnomalyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAnomalies(self, request, context):
+        """Events the service found in the readings as they arrived (scans on arrival), from the store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnomalyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +73,11 @@ def add_AnomalyServiceServicer_to_server(servicer, server):
                     servicer.DetectAnomalies,
                     request_deserializer=energyopt_dot_v1_dot_anomaly__pb2.DetectAnomaliesRequest.FromString,
                     response_serializer=energyopt_dot_v1_dot_anomaly__pb2.DetectAnomaliesResponse.SerializeToString,
+            ),
+            'ListAnomalies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAnomalies,
+                    request_deserializer=energyopt_dot_v1_dot_anomaly__pb2.ListAnomaliesRequest.FromString,
+                    response_serializer=energyopt_dot_v1_dot_anomaly__pb2.ListAnomaliesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +108,33 @@ class AnomalyService:
             '/energyopt.v1.AnomalyService/DetectAnomalies',
             energyopt_dot_v1_dot_anomaly__pb2.DetectAnomaliesRequest.SerializeToString,
             energyopt_dot_v1_dot_anomaly__pb2.DetectAnomaliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAnomalies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energyopt.v1.AnomalyService/ListAnomalies',
+            energyopt_dot_v1_dot_anomaly__pb2.ListAnomaliesRequest.SerializeToString,
+            energyopt_dot_v1_dot_anomaly__pb2.ListAnomaliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

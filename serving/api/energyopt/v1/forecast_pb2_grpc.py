@@ -50,6 +50,21 @@ class ForecastServiceStub:
                 request_serializer=energyopt_dot_v1_dot_forecast__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=energyopt_dot_v1_dot_forecast__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListForecasts = channel.unary_unary(
+                '/energyopt.v1.ForecastService/ListForecasts',
+                request_serializer=energyopt_dot_v1_dot_forecast__pb2.ListForecastsRequest.SerializeToString,
+                response_deserializer=energyopt_dot_v1_dot_forecast__pb2.ListForecastsResponse.FromString,
+                _registered_method=True)
+        self.GetForecastAccuracy = channel.unary_unary(
+                '/energyopt.v1.ForecastService/GetForecastAccuracy',
+                request_serializer=energyopt_dot_v1_dot_forecast__pb2.GetForecastAccuracyRequest.SerializeToString,
+                response_deserializer=energyopt_dot_v1_dot_forecast__pb2.ForecastAccuracy.FromString,
+                _registered_method=True)
+        self.ListModelDecisions = channel.unary_unary(
+                '/energyopt.v1.ForecastService/ListModelDecisions',
+                request_serializer=energyopt_dot_v1_dot_forecast__pb2.ListModelDecisionsRequest.SerializeToString,
+                response_deserializer=energyopt_dot_v1_dot_forecast__pb2.ListModelDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -78,6 +93,27 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListForecasts(self, request, context):
+        """Forecasts the service issued (scheduled, or ForecastRegion with archive=true), from the store's archive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetForecastAccuracy(self, request, context):
+        """How good the archived forecasts were against the readings that arrived since, per horizon bucket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelDecisions(self, request, context):
+        """Champion/challenger decisions of `energyopt retrain`, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +131,21 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=energyopt_dot_v1_dot_forecast__pb2.GetModelInfoRequest.FromString,
                     response_serializer=energyopt_dot_v1_dot_forecast__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListForecasts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForecasts,
+                    request_deserializer=energyopt_dot_v1_dot_forecast__pb2.ListForecastsRequest.FromString,
+                    response_serializer=energyopt_dot_v1_dot_forecast__pb2.ListForecastsResponse.SerializeToString,
+            ),
+            'GetForecastAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetForecastAccuracy,
+                    request_deserializer=energyopt_dot_v1_dot_forecast__pb2.GetForecastAccuracyRequest.FromString,
+                    response_serializer=energyopt_dot_v1_dot_forecast__pb2.ForecastAccuracy.SerializeToString,
+            ),
+            'ListModelDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelDecisions,
+                    request_deserializer=energyopt_dot_v1_dot_forecast__pb2.ListModelDecisionsRequest.FromString,
+                    response_serializer=energyopt_dot_v1_dot_forecast__pb2.ListModelDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +230,87 @@ class ForecastService:
             '/energyopt.v1.ForecastService/GetModelInfo',
             energyopt_dot_v1_dot_forecast__pb2.GetModelInfoRequest.SerializeToString,
             energyopt_dot_v1_dot_forecast__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForecasts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energyopt.v1.ForecastService/ListForecasts',
+            energyopt_dot_v1_dot_forecast__pb2.ListForecastsRequest.SerializeToString,
+            energyopt_dot_v1_dot_forecast__pb2.ListForecastsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetForecastAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energyopt.v1.ForecastService/GetForecastAccuracy',
+            energyopt_dot_v1_dot_forecast__pb2.GetForecastAccuracyRequest.SerializeToString,
+            energyopt_dot_v1_dot_forecast__pb2.ForecastAccuracy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energyopt.v1.ForecastService/ListModelDecisions',
+            energyopt_dot_v1_dot_forecast__pb2.ListModelDecisionsRequest.SerializeToString,
+            energyopt_dot_v1_dot_forecast__pb2.ListModelDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
