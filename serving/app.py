@@ -45,13 +45,16 @@ from ray import serve
 from models.bundle import BundleError, load_bundle
 from models.series import DEFAULT_REGION
 from models.store import Store, StoreError, ZoneSpec
+from serving import archive as archive_api
 from serving.anomaly import AnomalyDetector
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import readings_pb2 as rpb
+from serving.archive import archive_response
 from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found
 from serving.live import LiveHistory
+from serving.scheduler import ScheduleConfig, Scheduler
 
 logger = logging.getLogger("ray.serve")
 
@@ -101,6 +104,8 @@ class AppArgs(BaseModel):
                                         description="ForecastSeries: most history values.")
     max_readings_per_batch: int = Field(Limits.max_readings_per_batch, ge=1,
                                         description="ReadingsService: most readings per batch.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig,
+                                     description="Scheduled issue and archive (serving/scheduler.py).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per replica "
                                                                  "(default: the replica's num_cpus).")
     # The deployment's user_config for `serve run serving.app:build_app model=...` (unset: ReplicaConfig's
@@ -243,8 +248,9 @@ class Forecaster:
     """A replica: the bundle loaded once, the store's recent readings cached; requests answered in dynamic
     batches; readings forwarded to the Ingestor."""
 
-    def __init__(self, args: dict, ingestor: Any = None) -> None:
-        """`ingestor`: the Ingestor deployment's handle (None: ingest in this process)."""
+    def __init__(self, args: dict, ingestor: Any = None, scheduler: Any = None) -> None:
+        """`ingestor`: the Ingestor deployment's handle (None: ingest in this process); `scheduler`: the
+        Scheduler's (bound here so that it is part of the application; it calls this deployment)."""
         self.args = AppArgs.model_validate(args)
         self.ingestor = ingestor
         if self.args.torch_threads:
@@ -350,7 +356,14 @@ class Forecaster:
 
     @_api(pb.ForecastRegionResponse)
     async def ForecastRegion(self, request: pb.ForecastRegionRequest) -> pb.ForecastRegionResponse:
-        return await self._answer(self._serving().region_job(request))
+        response = await self._answer(self._serving().region_job(request))
+        if request.archive:  # a copy: identical requests of one batch share the answer
+            archived = pb.ForecastRegionResponse()
+            archived.CopyFrom(response)
+            time_zone = self.live.time_zone(self._serving().regions[request.region])
+            archived.forecast_id = await asyncio.to_thread(archive_response, self.store, archived, time_zone)
+            return archived
+        return response
 
     @_api(pb.ForecastSeriesResponse)
     async def ForecastSeries(self, request: pb.ForecastSeriesRequest) -> pb.ForecastSeriesResponse:
@@ -461,6 +474,27 @@ class Forecaster:
         info.bundle_path, info.swap_error = self.engine.bundle_path, self.swap_error
         return info
 
+    # ------------------------------------------------------------------------------------------ archive
+    # (forecast archive and live accuracy: models/archive.py; the schedule: serving/scheduler.py)
+
+    @_api(pb.ListForecastsResponse, "the forecast archive")
+    async def ListForecasts(self, request: pb.ListForecastsRequest) -> pb.ListForecastsResponse:
+        return await asyncio.to_thread(archive_api.list_forecasts, self.store, self._serving().regions, request)
+
+    @_api(pb.ForecastAccuracy, "the forecast archive")
+    async def GetForecastAccuracy(self, request: pb.GetForecastAccuracyRequest) -> pb.ForecastAccuracy:
+        regions = self._serving().regions
+        self.live.refresh()
+        lasts = [self.live.view(z).last_reading for z in regions.get(request.region, [])]
+        latest = max((t for t in lasts if t is not None), default=None)
+        return await asyncio.to_thread(archive_api.forecast_accuracy, self.store, regions, request, latest)
+
+    # ------------------------------------------------------------------------------------------ anomaly scans
+    # (scans on arrival and ListAnomalies: serving/scans.py)
+
+    # ------------------------------------------------------------------------------------------ model decisions
+    # (champion/challenger: training/retrain.py, models/decisions.py)
+
     # grpc.health.v1.Health, answered by a replica (so SERVING means a model is loaded and answering).
     @_api(health_pb2.HealthCheckResponse)
     async def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
@@ -517,6 +551,29 @@ class Forecaster:
     @_api()
     async def http_optimize_dispatch(self, request: Request) -> dpb.OptimizeDispatchResponse:
         return await self.OptimizeDispatch(await _body(request, dpb.OptimizeDispatchRequest()))
+
+    @http_app.get("/v1/forecasts", summary="ListForecasts (the archive)")
+    @_api()
+    async def http_list_forecasts(
+        self, region: str = DEFAULT_REGION, zone: str = "", issued_from: str = "", issued_to: str = "",
+        scheduled_only: bool = False, limit: int = Query(100, ge=0, lt=2**32), headers_only: bool = False,
+    ) -> pb.ListForecastsResponse:
+        return await self.ListForecasts(pb.ListForecastsRequest(
+            region=region, zone=zone, issued_from=issued_from, issued_to=issued_to, scheduled_only=scheduled_only,
+            limit=limit, headers_only=headers_only))
+
+    @http_app.get("/v1/forecasts/accuracy", summary="GetForecastAccuracy (live accuracy of the archive)")
+    @_api()
+    async def http_forecast_accuracy(
+        self, region: str = DEFAULT_REGION, zone: str = "", window_days: int = Query(7, ge=0, lt=2**32),
+        bucket_ends: list[int] = Query(default=[]), until: str = "", include_on_demand: bool = False,
+        model_version: str = "",
+    ) -> pb.ForecastAccuracy:
+        if any(not 0 <= b < 2**32 for b in bucket_ends):
+            raise invalid(f"bucket_ends: steps must be positive, got {bucket_ends}")
+        return await self.GetForecastAccuracy(pb.GetForecastAccuracyRequest(
+            region=region, zone=zone, window_days=window_days, bucket_ends=bucket_ends, until=until,
+            include_on_demand=include_on_demand, model_version=model_version))
 
     @http_app.get("/v1/model", summary="GetModelInfo")
     @_api()
@@ -582,8 +639,10 @@ class Ingestor:
 
 def build_app(args: dict) -> serve.Application:
     """The application builder named in serve.yaml (`import_path: serving.app:build_app`): the Forecaster
-    (the ingress: every RPC and route) and the Ingestor it forwards readings to."""
+    (the ingress: every RPC and route), the Ingestor it forwards readings to and the Scheduler that issues
+    forecasts on the clock."""
     parsed = AppArgs.model_validate(args or {})
     user_config = ReplicaConfig(**parsed.model_dump(include=set(ReplicaConfig.model_fields), exclude_none=True))
-    return Forecaster.options(user_config=user_config.model_dump()).bind(parsed.model_dump(),
-                                                                         Ingestor.bind(parsed.model_dump()))
+    bound = parsed.model_dump()
+    return Forecaster.options(user_config=user_config.model_dump()).bind(bound, Ingestor.bind(bound),
+                                                                         Scheduler.bind(bound))

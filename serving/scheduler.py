@@ -1,0 +1,189 @@
+"""Scheduled issue: the Serve deployment that issues each region's forecast on a clock and archives it.
+
+Slots are fixed points of the UTC clock: slot k starts at k * every_s and is issued offset_s later (hourly
+at :05 by default, so that the hour's readings have arrived). Each slot's forecast is the one ForecastRegion
+gives from now, stored with the slot as its key (`models.archive`): the unique key (region, slot) makes it
+one forecast per region and slot however many schedulers run (the test runs two), not a convention.
+
+When the scheduler (re)starts, slots that passed without a forecast since the region's last archived one
+(at most `max_late_slots`, the newest) are issued at once, flagged late, each from the readings held then up
+to its own hour (an issue time in the past reads its window from the store), or from now when the
+readings do not reach that far (a replayed feed behind the wall clock). A region's very first slot is
+issued on time and nothing before it is back-filled.
+
+The same loop triggers the anomaly scans on arrival every `scan_every_s` (on a Forecaster replica, which
+holds the detector) and, when configured, nothing else: retraining runs as its own job (`energyopt retrain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from models import archive
+from models.store import Store
+from serving.api.energyopt.v1 import forecast_pb2 as pb
+from serving.archive import archive_response
+from serving.engine import ApiError
+
+logger = logging.getLogger("ray.serve")
+
+
+class ScheduleConfig(BaseModel):
+    """`args.schedule` in serve.yaml: when and what the service issues on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Issue forecasts on the schedule (false: only on demand).")
+    every_s: float = Field(3600, gt=0, description="Slot length in seconds (3600: hourly).")
+    offset_s: float = Field(300, ge=0, description="Issue this long after each slot starts (300: at :05).")
+    horizon: int = Field(48, ge=1, description="Hours ahead to issue (capped at the model's horizon).")
+    quantiles: list[float] = Field(default_factory=list, description="Levels to issue (empty: all offered).")
+    regions: list[str] = Field(default_factory=list, description="Regions to issue (empty: every region).")
+    max_late_slots: int = Field(48, ge=0, description="Most missed slots issued late after a restart.")
+    scan_every_s: float = Field(60, gt=0, description="Anomaly scans of newly arrived readings, this often.")
+
+
+def slot_of(now: float, every_s: float, offset_s: float) -> int:
+    """The newest slot (UTC seconds of its start) whose issue moment has come at `now`."""
+    return int(math.floor((now - offset_s) / every_s) * every_s)
+
+
+def due_slots(last: int | None, now: float, every_s: float, offset_s: float, max_late: int) -> list[tuple[int, bool]]:
+    """(slot, late) to issue at `now` after the region's newest archived slot `last` (None: none yet, so only
+    the current slot), oldest first; a slot is late once the next slot's issue moment has passed."""
+    current = slot_of(now, every_s, offset_s)
+    if last is None:
+        return [(current, False)]
+    step = int(every_s)
+    slots = list(range(last + step, current + 1, step))[-(max_late + 1):] if current > last else []
+    return [(s, now >= s + every_s + offset_s) for s in slots]
+
+
+@serve.deployment(name="Scheduler", num_replicas=1, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0})
+class Scheduler:
+    """Issues and archives the scheduled forecasts (forecasts come from the Forecaster deployment, through
+    its handle, so the model is loaded once per Forecaster replica, not here) and triggers the scans."""
+
+    def __init__(self, args: dict) -> None:
+        from serving.app import AppArgs  # the application's args (serving.app imports this module)
+
+        parsed = AppArgs.model_validate(args)
+        self.config: ScheduleConfig = parsed.schedule
+        self.store = Store.open(parsed.store)
+        self.last: dict[str, int | None] = {}  # region -> newest archived slot (read once, then kept)
+        self.issued = self.late = self.skipped = 0
+        self.errors: dict[str, str] = {}  # region -> the last error, logged once per change
+        self.forecaster: Any = None
+        self._last_scan = 0.0
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def _handle(self) -> Any:
+        if self.forecaster is None:
+            context = serve.get_replica_context()
+            self.forecaster = serve.get_deployment_handle("Forecaster", app_name=context.app_name)
+        return self.forecaster
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the schedule must outlive any one failure; the log has it
+                logger.exception("scheduler tick failed")
+            await asyncio.sleep(self._pause(time.time()))
+
+    def _pause(self, now: float) -> float:
+        """Seconds to the next slot's issue moment or scan, whichever comes first (0.05 .. 30)."""
+        c = self.config
+        wait = [c.scan_every_s - (now - self._last_scan)]
+        if c.enabled:
+            wait.append(slot_of(now, c.every_s, c.offset_s) + c.every_s + c.offset_s - now)
+        return min(max(min(wait), 0.05), 30.0)
+
+    async def tick(self, now: float | None = None) -> None:
+        """Issue every due slot of every region, then scan new readings if it is time."""
+        now = time.time() if now is None else now
+        c = self.config
+        if c.enabled:
+            info = await self._handle().GetModelInfo.remote(pb.GetModelInfoRequest())
+            regions = {r.name: r for r in info.regions}
+            for region in (c.regions or list(regions)):
+                if region not in regions:
+                    self._error(region, f"region {region!r} of the schedule is not served (served: {sorted(regions)})")
+                    continue
+                await self._issue_due(region, regions[region], info, now)
+        if now - self._last_scan >= c.scan_every_s:
+            self._last_scan = now
+            try:
+                await self._handle().scan_arrivals.remote()
+            except AttributeError:  # a Forecaster without scans (older code): nothing to trigger
+                pass
+
+    async def _issue_due(self, region: str, served: Any, info: pb.ModelInfo, now: float) -> None:
+        c = self.config
+        if region not in self.last:
+            self.last[region] = await asyncio.to_thread(archive.last_slot, self.store, region)
+        due = due_slots(self.last[region], now, c.every_s, c.offset_s, c.max_late_slots)
+        if due and len(due) > 1:
+            held = await asyncio.to_thread(archive.slots_held, self.store, region, due[0][0], due[-1][0])
+            due = [(s, late) for s, late in due if s not in held]
+        zones = list(served.zones)
+        time_zone = await asyncio.to_thread(self._time_zone, zones)
+        for slot, late in due:
+            request = pb.ForecastRegionRequest(region=region, horizon=min(c.horizon, info.max_horizon),
+                                               quantiles=c.quantiles)
+            if late:
+                request.issue_time = self._late_issue(slot, served.history_end, time_zone)
+            try:
+                response = await self._handle().ForecastRegion.remote(request)
+            except Exception as err:  # noqa: BLE001 - ApiError (through Ray) or a replica lost: retried next tick
+                code = err.code.name + ": " if isinstance(err, ApiError) else ""
+                self._error(region, f"slot {archive.slot_id(region, slot)}: {code}{getattr(err, 'message', err)}")
+                return  # tried again at the next tick (and late, once its time has passed)
+            forecast_id = await asyncio.to_thread(archive_response, self.store, response, time_zone,
+                                                  slot_ts=slot, late=late)
+            self.last[region] = max(slot, self.last[region] or slot)
+            if forecast_id is None:
+                self.skipped += 1  # another scheduler issued this slot first
+                continue
+            self.issued += 1
+            self.late += late
+            self.errors.pop(region, None)
+            if late:
+                logger.warning("issued %s late (issue time %s)", forecast_id, response.issue_time)
+
+    def _time_zone(self, zones: list[str]) -> str:
+        specs = self.store.zones()
+        return specs[zones[0]].time_zone if zones and zones[0] in specs else "UTC"
+
+    @staticmethod
+    def _late_issue(slot: int, history_end: str, time_zone: str) -> str:
+        """The issue time of a late slot: the hour its readings were complete, on the region's wall clock,
+        unless the readings held do not reach it (then from now: '')."""
+        hour = pd.Timestamp(slot, unit="s", tz="UTC").floor("h").tz_convert(time_zone).tz_localize(None)
+        if not history_end or hour > pd.Timestamp(history_end) + pd.Timedelta(hours=1):
+            return ""
+        return hour.isoformat()
+
+    def _error(self, region: str, message: str) -> None:
+        if self.errors.get(region) != message:
+            logger.warning("schedule of %s: %s", region, message)
+        self.errors[region] = message
+
+    async def status(self) -> dict:
+        """Counters of this scheduler (tests and operators)."""
+        return {"issued": self.issued, "late": self.late, "skipped": self.skipped, "errors": dict(self.errors),
+                "last": dict(self.last)}
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError("the schedule loop stopped")
