@@ -15,7 +15,7 @@ from energyopt import cli_scale  # score, sweep, distributed train: imports Ray 
 from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
 from energyopt.cli_ingest import ingest, replay  # typer options only; store and client are imported when they run
 from energyopt.cli_optimize import optimize  # typer options only; the solver is imported when it runs
-from energyopt.cli_serving import serve  # typer options only; it imports serving lazily
+from energyopt.cli_serving import accuracy, forecasts, serve  # typer options only; serving is imported lazily
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
@@ -180,6 +180,8 @@ app.command()(cli_scale.score)
 app.command()(cli_scale.sweep)
 app.command()(ingest)
 app.command()(replay)
+app.command()(forecasts)
+app.command()(accuracy)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -131,25 +132,97 @@ def remote_forecast(
     region: str = typer.Option("PJM", help="Region to forecast."),
     horizon: int = typer.Option(48, help="Hours ahead."),
     zones: list[str] | None = typer.Option(None, "--zone", help="Only these zones (repeatable)."),
+    archive: bool = typer.Option(False, "--archive", help="Store the forecast in the server's archive."),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
 ) -> None:
     """Ask a running server for a region forecast and print it (a table, or JSON)."""
-    from google.protobuf import json_format
+    response = _ask(server, timeout, lambda c: c.forecast_region(region, horizon, zones=zones or (), archive=archive))
+    if _printed_json(response, as_json):
+        return
+    print_region(response)
+    if response.forecast_id:
+        console.print(f"archived as {response.forecast_id}", highlight=False)
 
+
+def _ask(server: str, timeout: float, call: Any) -> Any:
+    """`call(client)` on a ForecastClient of `server`; a failure ends the command naming the status."""
     from serving.client import ForecastClient, ForecastError
 
     try:
         with ForecastClient(server, timeout=timeout) as client:
-            response = client.forecast_region(region, horizon, zones=zones or ())
+            return call(client)
     except ForecastError as err:
         hint = (f" Is the server running (`energyopt serve`) and listening on {server}?"
                 if err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else "")
         _fail(f"{err.code.name}: {err.message}.{hint}")
+
+
+def _printed_json(message: Any, as_json: bool) -> bool:
     if as_json:
-        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=1))
+        from google.protobuf import json_format
+
+        print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=1))
+    return as_json
+
+
+def forecasts(
+    server: str = typer.Option("localhost:9000", help="HOST:PORT of the gRPC API (`energyopt serve`)."),
+    region: str = typer.Option("PJM", help="Region whose archive to list."),
+    zone: str = typer.Option("", help="Only this zone's values (TOTAL: the region total)."),
+    issued_from: str = typer.Option("", "--from", help="Issue times from (ISO 8601; no offset: UTC)."),
+    issued_to: str = typer.Option("", "--to", help="Issue times before (ISO 8601; no offset: UTC)."),
+    scheduled_only: bool = typer.Option(False, "--scheduled", help="Only the scheduled forecasts."),
+    limit: int = typer.Option(20, min=1, max=1000, help="Most forecasts, the newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the response (with every value) as JSON."),
+    timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
+) -> None:
+    """List the forecasts the server issued (its archive): issue time, slot, model, late or not."""
+    response = _ask(server, timeout, lambda c: c.list_forecasts(
+        region, zone=zone, issued_from=issued_from, issued_to=issued_to, scheduled_only=scheduled_only,
+        limit=limit, headers_only=not as_json))
+    if _printed_json(response, as_json):
         return
-    print_region(response)
+    table = Table(title=f"{region}: {len(response.forecasts)} archived forecasts, newest first")
+    for column in ("id", "issue time", "issued at (UTC)", "kind", "model", "horizon", "fallbacks"):
+        table.add_column(column)
+    for f in response.forecasts:
+        kind = ("scheduled, late" if f.late else "scheduled") if f.scheduled else "on demand"
+        table.add_row(f.id, f.issue_time, f.issued_at[:19].replace("T", " "), kind,
+                      f"{f.model.name} {f.model.version}", str(f.horizon), str(f.fallback_zones))
+    console.print(table)
+
+
+def accuracy(
+    server: str = typer.Option("localhost:9000", help="HOST:PORT of the gRPC API (`energyopt serve`)."),
+    region: str = typer.Option("PJM", help="Region whose issued forecasts to score."),
+    zone: str = typer.Option("", help="Only this zone (TOTAL: the region total)."),
+    days: int = typer.Option(7, min=1, max=366, help="Forecasts issued in this many days before --until."),
+    buckets: str = typer.Option("6,24,48", help="Last step of each horizon bucket, comma-separated."),
+    until: str = typer.Option("", help="End of the window (ISO 8601; no offset: UTC); default the latest reading."),
+    on_demand: bool = typer.Option(False, "--on-demand", help="Score on-demand forecasts too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the answer (retries included)."),
+) -> None:
+    """Live accuracy of the forecasts the server issued, against the readings that arrived since."""
+    try:
+        ends = [int(b) for b in buckets.split(",") if b.strip()]
+    except ValueError:
+        _fail(f"--buckets: {buckets!r} is not a comma-separated list of steps, e.g. 6,24,48")
+    response = _ask(server, timeout, lambda c: c.forecast_accuracy(
+        region, zone=zone, window_days=days, bucket_ends=ends, until=until, include_on_demand=on_demand))
+    if _printed_json(response, as_json):
+        return
+    table = Table(title=f"{region}: accuracy of the forecasts issued {response.window_start[:16]} .. "
+                        f"{response.window_end[:16]} (UTC)")
+    for column in ("zone", "steps", "forecasts", "points", "MAE", "MAPE %", "pinball", "bias", "80% cover"):
+        table.add_column(column, justify="left" if column == "zone" else "right")
+    for r in response.rows:
+        table.add_row(r.zone, f"{r.first_step}-{r.last_step}", f"{r.forecasts:,}", f"{r.points:,}", f"{r.mae:,.1f}",
+                      f"{r.mape:.2f}", f"{r.pinball:,.1f}", f"{r.bias:+,.1f}", f"{r.coverage_80:.1%}")
+    console.print(table)
+    if not response.rows:
+        console.print("no issued forecast of the window has a reading to score yet", highlight=False)
 
 
 def print_region(response) -> None:  # noqa: ANN001  (a ForecastRegionResponse)

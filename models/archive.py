@@ -147,7 +147,8 @@ def record(store: Store, *, region: str, time_zone: str, issue_time: str, model_
     horizon = len(zones[0].timestamps) if zones else 0
     issue_ts = to_utc_seconds([issue_time], time_zone)[0]
     if not np.isfinite(issue_ts):  # an ambiguous first hour: its first occurrence (the model read up to it)
-        issue_ts = pd.Timestamp(issue_time).tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward").timestamp()
+        first = pd.Timestamp(issue_time).tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward")
+        issue_ts = first.timestamp()
     header = dict(id=forecast_id, region=region, slot_ts=slot_ts, issue_ts=int(issue_ts), issue_time=issue_time,
                   issued_at=now, late=late, model_name=model_name, model_version=model_version, horizon=horizon,
                   levels=json.dumps([float(q) for q in levels]), watermark=int(watermark),

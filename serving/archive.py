@@ -15,7 +15,7 @@ import pandas as pd
 from models import archive
 from models.store import Store
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import ApiError, invalid, not_found
+from serving.engine import invalid, not_found
 
 MAX_LIST = 1000
 MAX_WINDOW_DAYS = 366

@@ -7,10 +7,12 @@
         frame = to_frame(response)          # long table: zone, timestamp, point, q0.1, ...
 
 Every call has a deadline (`timeout`, seconds, per attempt). Calls that fail with UNAVAILABLE (server
-starting, replica restarting, connection refused), or with the INTERNAL (Serve's Python proxy) or UNKNOWN
-"HTTP status 500" (Serve's HAProxy ingress) that come back when a replica dies mid-call, are retried with exponential backoff and jitter, up to `retries` times;
-every other error is raised at once as `ForecastError` with the server's status code and message.
-ForecastService's operations are all reads, so retrying them is safe.
+starting, replica restarting, connection refused), or with what comes back when a replica dies mid-call
+(INTERNAL from Serve's Python proxy, UNKNOWN "HTTP status 500" from its HAProxy ingress), are retried
+with exponential backoff and jitter, up to `retries` times; every other error is raised at once as
+`ForecastError` with the server's status code and message.
+ForecastService's operations are reads (retrying them is safe), but for ForecastRegion with archive=True,
+which stores the forecast: a retry after a lost answer may store it twice (each with an id of its own).
 
 Readings go in through `ReadingsClient` (energyopt.v1.ReadingsService):
 
@@ -138,13 +140,51 @@ class ForecastClient(_Client):
         zones: Sequence[str] = (),
         issue_time: str | pd.Timestamp | None = None,
         model: str = "",
+        archive: bool = False,
         timeout: float | None = None,
     ) -> pb.ForecastRegionResponse:
         """Every zone of `region` (or `zones`) and the region total, `horizon` hours from `issue_time`
-        (default: right after the server's latest history)."""
+        (default: right after the server's latest history); `archive`: store it (response.forecast_id)."""
         request = pb.ForecastRegionRequest(region=region, horizon=horizon, quantiles=list(quantiles), zones=list(zones),
-                                           issue_time=_iso(issue_time), model=model)
+                                           issue_time=_iso(issue_time), model=model, archive=archive)
         return self._call("ForecastRegion", self._stub.ForecastRegion, request, timeout)
+
+    def list_forecasts(
+        self,
+        region: str,
+        *,
+        zone: str = "",
+        issued_from: str | pd.Timestamp | None = None,
+        issued_to: str | pd.Timestamp | None = None,
+        scheduled_only: bool = False,
+        limit: int = 0,
+        headers_only: bool = False,
+        timeout: float | None = None,
+    ) -> pb.ListForecastsResponse:
+        """Archived forecasts of `region` by issue time (ISO 8601; without an offset: UTC), newest first."""
+        request = pb.ListForecastsRequest(region=region, zone=zone, issued_from=_iso(issued_from),
+                                          issued_to=_iso(issued_to), scheduled_only=scheduled_only, limit=limit,
+                                          headers_only=headers_only)
+        return self._call("ListForecasts", self._stub.ListForecasts, request, timeout)
+
+    def forecast_accuracy(
+        self,
+        region: str,
+        *,
+        zone: str = "",
+        window_days: int = 7,
+        bucket_ends: Sequence[int] = (),
+        until: str | pd.Timestamp | None = None,
+        include_on_demand: bool = False,
+        model_version: str = "",
+        timeout: float | None = None,
+    ) -> pb.ForecastAccuracy:
+        """Live accuracy of the archived forecasts issued in the `window_days` before `until` (default: the
+        region's latest reading), per zone and horizon bucket."""
+        request = pb.GetForecastAccuracyRequest(region=region, zone=zone, window_days=window_days,
+                                                bucket_ends=list(bucket_ends), until=_iso(until),
+                                                include_on_demand=include_on_demand, model_version=model_version)
+        return self._call("GetForecastAccuracy", self._stub.GetForecastAccuracy, request, timeout)
 
     def forecast_series(
         self,

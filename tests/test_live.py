@@ -21,13 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +35,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
+from servers import ServerProcess, server_process
 
 from models.store import Store, ZoneSpec, readings_table, state_table, zones_table
 from serving.api.energyopt.v1 import forecast_pb2 as pb
@@ -375,93 +370,13 @@ ZONES = ("Z000", "Z001", "Z002")
 DROPPED = 40  # hours at the end of the synthetic data kept out of the seed, fed live
 
 
-def _processes(leader: int, marker: str) -> list[tuple[int, str]]:
-    """Live processes (not zombies) in the session or process group that `leader` led, or whose command line
-    mentions `marker`. The session, not only the group: Ray puts each worker in a group of its own, and
-    HAProxy, a worker's child, outlives it (orphaned, still holding the service's ports)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X"):
-            continue
-        if leader in (int(fields[2]), int(fields[3])) or marker in cmdline:
-            found.append((int(entry), cmdline.strip()[:160]))
-    return found
-
-
 @dataclass
-class LiveServer:
-    """`python -m serving.server` as the leader of a session of its own (its Ray's processes are in it too)."""
+class LiveServer(ServerProcess):
+    """The server of part B, with the synthetic data's truth and what it acknowledged."""
 
-    command: list[str]
-    env: dict[str, str]
-    ray_tmp: Path
-    store_path: Path
-    log: Path
-    grpc_port: int
-    http_port: int
-    truth: pd.DataFrame  # the whole synthetic data: zone, timestamp (naive UTC), load_mw
-    dropped: list[pd.Timestamp]  # the hours left out of the seed, in order
+    truth: pd.DataFrame = None  # the whole synthetic data: zone, timestamp (naive UTC), load_mw
+    dropped: list[pd.Timestamp] = field(default_factory=list)  # the hours left out of the seed, in order
     acked: dict[tuple[str, int], float] = field(default_factory=dict)  # every acknowledged reading
-    proc: subprocess.Popen | None = None
-    channel: grpc.Channel | None = None
-
-    def start(self, timeout_s: float = 240.0) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=out,
-                                     start_new_session=True, text=True)
-        out.close()
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.proc.stdout:
-                if line.startswith("READY "):
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        while not ready.wait(0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                code, tail = self.proc.returncode, self.log.read_text(errors="replace")[-3000:]
-                self.kill()
-                pytest.fail(f"the server did not get READY (exit {code}); its log ends:\n{tail}", pytrace=False)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-
-    def kill(self) -> None:
-        """kill -9 of the server's whole process group, then of every process of its session or its Ray's
-        temporary directory that outlived it (Ray's workers and their HAProxy: see `_processes`)."""
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # start_new_session: the server leads its own group
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-        deadline, outlived = time.monotonic() + 20, {}
-        while left := _processes(pgid, str(self.ray_tmp)):  # nothing may hold its ports or store at a restart
-            for pid, cmdline in left:
-                outlived[pid] = cmdline
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"processes of the killed server survive: {left}")
-            time.sleep(0.2)
-        with self.log.open("a") as log:  # for whoever reads the log of a failure
-            log.writelines(f"[test] killed after the group's kill -9: {pid} {cmd}\n" for pid, cmd in outlived.items())
-        self.proc = None
 
     @property
     def readings(self) -> rpb_grpc.ReadingsServiceStub:
@@ -485,7 +400,6 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Path):
-    from serving.server import free_ports
 
     root = tmp_path_factory.mktemp("live")
     frame = pd.read_csv(synthetic_csv, parse_dates=["timestamp"])
@@ -493,27 +407,16 @@ def live_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Path):
     cut = pd.Timestamp(hours[-DROPPED])
     seed = root / "seed.csv"
     frame[frame["timestamp"] < cut].to_csv(seed, index=False)
-    # short: Ray's socket paths under it must stay within the Unix limit (107 bytes)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="eo-ray-", dir="/tmp"))
-    grpc_port, http_port = free_ports(2)
-    store_path = root / "store.db"
-    args = {"store": str(store_path), "data": str(seed), "region": "SYN"}
-    command = [sys.executable, "-m", "serving.server", "--config", str(REPO / "configs" / "serve.yaml"),
-               "--model", str(tiny_bundle_dir), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-               "--replicas", "2", "--num-cpus", "2", "--args", json.dumps(args)]
-    # Nothing of this session's Ray (no RAY_ADDRESS, none of its Serve ports): the server's own
-    # `configure_local_ray` picks ports of its own, so the two services never share one (SO_REUSEPORT).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env |= {"RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
+    args = {"store": str(root / "store.db"), "data": str(seed), "region": "SYN"}
     truth = frame.set_index(["zone", "timestamp"]).sort_index()
-    server = LiveServer(command, env, ray_tmp, store_path, root / "server.log", grpc_port, http_port, truth,
-                        [pd.Timestamp(h) for h in hours[-DROPPED:]])
+    server = server_process(root, model=tiny_bundle_dir, args=args, cls=LiveServer, truth=truth,
+                            dropped=[pd.Timestamp(h) for h in hours[-DROPPED:]])
     try:
         server.start()
         yield server
     finally:
         server.kill()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(server.ray_tmp, ignore_errors=True)
 
 
 def model_infos(stub: pb_grpc.ForecastServiceStub, replicas: int = 2, timeout_s: float = 60) -> dict[str, pb.ModelInfo]:
