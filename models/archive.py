@@ -169,10 +169,11 @@ def record(store: Store, *, region: str, time_zone: str, issue_time: str, model_
     insert = (postgresql.insert if store.dialect == "postgresql" else sqlite.insert)(forecasts_table)
     with store.engine.begin() as conn:
         store._serialize(conn)
-        done = conn.execute(insert.values(**header).on_conflict_do_nothing(index_elements=["region", "slot_ts"])
-                            if slot_ts is not None else insert.values(**header))
-        if done.rowcount == 0:
-            return None
+        statement = insert.values(**header)
+        if slot_ts is not None:
+            statement = statement.on_conflict_do_nothing(index_elements=["region", "slot_ts"])
+        if conn.execute(statement.returning(forecasts_table.c.id)).first() is None:
+            return None  # the slot has its forecast already
         for table, rows in ((forecast_zones_table, zone_rows), (forecast_points_table, point_rows),
                             (forecast_quantiles_table, quantile_rows)):
             if rows:

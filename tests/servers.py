@@ -107,18 +107,19 @@ class ServerProcess:
         self.proc = None
 
 
-def server_process(root: Path, *, model: Path, args: dict[str, Any], replicas: int = 2,
-                   extra: list[str] = (), cls: type = ServerProcess, **fields: Any) -> Any:
+def server_process(root: Path, *, model: Path, args: dict[str, Any], replicas: int = 2, config: Path | None = None,
+                   cls: type = ServerProcess, **fields: Any) -> Any:
     """A `cls` (ServerProcess or a subclass, given its own `fields`) serving `model` with app `args` on ports
-    of its own; not started yet. Its store is args["store"]."""
+    of its own, from the Serve `config` (default configs/serve.yaml); not started yet. Its store is
+    args["store"]."""
     from serving.server import free_ports
 
     # short: Ray's socket paths under it must stay within the Unix limit (107 bytes)
     ray_tmp = Path(tempfile.mkdtemp(prefix="eo-ray-", dir="/tmp"))
     grpc_port, http_port = free_ports(2)
-    command = [sys.executable, "-m", "serving.server", "--config", str(REPO / "configs" / "serve.yaml"),
+    command = [sys.executable, "-m", "serving.server", "--config", str(config or REPO / "configs" / "serve.yaml"),
                "--model", str(model), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-               "--replicas", str(replicas), "--num-cpus", "2", "--args", json.dumps(args), *extra]
+               "--replicas", str(replicas), "--num-cpus", "2", "--args", json.dumps(args)]
     # Nothing of this session's Ray (no RAY_ADDRESS, none of its Serve ports): the server's own
     # `configure_local_ray` picks ports of its own, so the two services never share one (SO_REUSEPORT).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
