@@ -1,9 +1,12 @@
 """Scheduled issue: the Serve deployment that issues each region's forecast on a clock and archives it.
 
-Slots are fixed points of the UTC clock: slot k starts at k * every_s and is issued offset_s later (hourly
-at :05 by default, so that the hour's readings have arrived). Each slot's forecast is the one ForecastRegion
-gives from now, stored with the slot as its key (`models.archive`): the unique key (region, slot) makes it
-one forecast per region and slot however many schedulers run (the test runs two), not a convention.
+Slots are fixed points of the UTC clock (`clock: wall`, the default): slot k starts at k * every_s and is
+issued offset_s later (hourly at :05 by default, so that the hour's readings have arrived); its forecast is
+the one ForecastRegion gives from now. With `clock: data` every new hour of a region's readings is a slot,
+issued from that hour: a replayed or back-filled feed is archived as live operation would have issued it,
+whatever the replay's speed. Either way the forecast is stored with its slot as the key (`models.archive`):
+the unique key (region, slot) makes it one forecast per region and slot however many schedulers run (the
+test runs two), not a convention. The schedule is the deployment's user_config: a new one applies at once.
 
 When the scheduler (re)starts, slots that passed without a forecast since the region's last archived one
 (at most `max_late_slots`, the newest) are issued at once, flagged late, each from the readings held then up
@@ -21,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,13 +40,17 @@ logger = logging.getLogger("ray.serve")
 
 
 class ScheduleConfig(BaseModel):
-    """`args.schedule` in serve.yaml: when and what the service issues on its own."""
+    """The Scheduler deployment's `user_config` in serve.yaml: when and what the service issues on its own
+    (applied to the running scheduler without a restart)."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Issue forecasts on the schedule (false: only on demand).")
-    every_s: float = Field(3600, gt=0, description="Slot length in seconds (3600: hourly).")
-    offset_s: float = Field(300, ge=0, description="Issue this long after each slot starts (300: at :05).")
+    clock: Literal["wall", "data"] = Field("wall", description="wall: slots of the UTC clock; data: every "
+                                                                 "new hour of the region's readings is a slot.")
+    every_s: int = Field(3600, ge=1, description="wall: slot length in seconds (3600: hourly).")
+    offset_s: int = Field(300, ge=0, description="wall: issue this long after each slot starts (300: :05).")
+    poll_s: float = Field(1.0, gt=0, description="data: how often to look for new hours of readings.")
     horizon: int = Field(48, ge=1, description="Hours ahead to issue (capped at the model's horizon).")
     quantiles: list[float] = Field(default_factory=list, description="Levels to issue (empty: all offered).")
     regions: list[str] = Field(default_factory=list, description="Regions to issue (empty: every region).")
@@ -67,23 +74,47 @@ def due_slots(last: int | None, now: float, every_s: float, offset_s: float, max
     return [(s, now >= s + every_s + offset_s) for s in slots]
 
 
+def local_hour(seconds: int, time_zone: str) -> str:
+    """A UTC hour on the wall clock of `time_zone` (naive ISO 8601, as the API's issue times)."""
+    return pd.Timestamp(seconds, unit="s", tz="UTC").tz_convert(time_zone).tz_localize(None).isoformat()
+
+
+def data_slots(last: int | None, history_end: str, time_zone: str, max_late: int) -> list[tuple[int, bool]]:
+    """The data clock's (slot, late) to issue: every hour of readings after the newest archived slot `last`
+    up to the region's next hour (`history_end` + 1 h, its wall clock), oldest first; all but the newest are
+    late (issued after later readings had arrived). None archived yet: only the newest."""
+    hour = pd.Timestamp(history_end) + pd.Timedelta(hours=1)
+    current = hour.tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward").tz_convert("UTC")
+    current = int(current.timestamp())
+    if last is None:
+        return [(current, False)]
+    slots = list(range(last + 3600, current + 1, 3600))[-(max_late + 1):] if current > last else []
+    return [(s, s < current) for s in slots]
+
+
 @serve.deployment(name="Scheduler", num_replicas=1, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0})
 class Scheduler:
     """Issues and archives the scheduled forecasts (forecasts come from the Forecaster deployment, through
     its handle, so the model is loaded once per Forecaster replica, not here) and triggers the scans."""
 
     def __init__(self, args: dict) -> None:
-        from serving.app import AppArgs  # the application's args (serving.app imports this module)
-
-        parsed = AppArgs.model_validate(args)
-        self.config: ScheduleConfig = parsed.schedule
-        self.store = Store.open(parsed.store)
+        """`args`: the application's (serving.app.AppArgs): the store is the one setting read here."""
+        self.config = ScheduleConfig()  # until Serve calls reconfigure with the deployment's user_config
+        self.store = Store.open(args.get("store"))
         self.last: dict[str, int | None] = {}  # region -> newest archived slot (read once, then kept)
         self.issued = self.late = self.skipped = 0
         self.errors: dict[str, str] = {}  # region -> the last error, logged once per change
         self.forecaster: Any = None
         self._last_scan = 0.0
         self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """A new schedule, applied at the next tick (no restart)."""
+        config = ScheduleConfig.model_validate(user_config or {})
+        if config.clock != self.config.clock:
+            self.last.clear()  # read the archive again: the other clock's slots were kept here
+        self.config = config
+        logger.info("schedule: %s", self.config.model_dump())
 
     def _handle(self) -> Any:
         if self.forecaster is None:
@@ -106,7 +137,8 @@ class Scheduler:
         c = self.config
         wait = [c.scan_every_s - (now - self._last_scan)]
         if c.enabled:
-            wait.append(slot_of(now, c.every_s, c.offset_s) + c.every_s + c.offset_s - now)
+            wait.append(c.poll_s if c.clock == "data" else
+                        slot_of(now, c.every_s, c.offset_s) + c.every_s + c.offset_s - now)
         return min(max(min(wait), 0.05), 30.0)
 
     async def tick(self, now: float | None = None) -> None:
@@ -132,16 +164,23 @@ class Scheduler:
         c = self.config
         if region not in self.last:
             self.last[region] = await asyncio.to_thread(archive.last_slot, self.store, region)
-        due = due_slots(self.last[region], now, c.every_s, c.offset_s, c.max_late_slots)
+        zones = list(served.zones)
+        time_zone = await asyncio.to_thread(self._time_zone, zones)
+        if c.clock == "data":
+            if not served.history_end:
+                return  # no readings yet
+            due = data_slots(self.last[region], served.history_end, time_zone, c.max_late_slots)
+        else:
+            due = due_slots(self.last[region], now, c.every_s, c.offset_s, c.max_late_slots)
         if due and len(due) > 1:
             held = await asyncio.to_thread(archive.slots_held, self.store, region, due[0][0], due[-1][0])
             due = [(s, late) for s, late in due if s not in held]
-        zones = list(served.zones)
-        time_zone = await asyncio.to_thread(self._time_zone, zones)
         for slot, late in due:
             request = pb.ForecastRegionRequest(region=region, horizon=min(c.horizon, info.max_horizon),
                                                quantiles=c.quantiles)
-            if late:
+            if c.clock == "data":  # the slot is the issue hour
+                request.issue_time = local_hour(slot, time_zone)
+            elif late:
                 request.issue_time = self._late_issue(slot, served.history_end, time_zone)
             try:
                 response = await self._handle().ForecastRegion.remote(request)

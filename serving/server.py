@@ -217,6 +217,14 @@ def free_port_block(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
+def with_schedule(config: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of `config` with the Scheduler's user_config changed (serving.scheduler.ScheduleConfig fields;
+    `deploy` it to apply it to the running scheduler without a restart)."""
+    config = copy.deepcopy(config)
+    _deployment(_app(config), "Scheduler").setdefault("user_config", {}).update(changes)
+    return config
+
+
 def _app(config: dict[str, Any]) -> dict[str, Any]:
     apps = [a for a in config.get("applications", []) if a.get("name") == APP_NAME]
     if len(apps) != 1:
@@ -224,11 +232,11 @@ def _app(config: dict[str, Any]) -> dict[str, Any]:
     return apps[0]
 
 
-def _deployment(app: dict[str, Any]) -> dict[str, Any]:
+def _deployment(app: dict[str, Any], name: str = DEPLOYMENT) -> dict[str, Any]:
     deployments = app.setdefault("deployments", [])
-    if not any(d.get("name") == DEPLOYMENT for d in deployments):
-        deployments.append({"name": DEPLOYMENT})
-    return next(d for d in deployments if d.get("name") == DEPLOYMENT)
+    if not any(d.get("name") == name for d in deployments):
+        deployments.append({"name": name})
+    return next(d for d in deployments if d.get("name") == name)
 
 
 def _validate(config: dict[str, Any]):  # noqa: ANN202

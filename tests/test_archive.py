@@ -213,9 +213,10 @@ def scheduled_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Pat
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] == "Scheduler":
             deployment["num_replicas"] = 2  # two schedulers race for every slot: the store keeps one
+            deployment["user_config"] |= {"every_s": 1, "offset_s": 0, "horizon": 24, "max_late_slots": 600,
+                                          "scan_every_s": 5}
     (root / "serve.yaml").write_text(yaml.safe_dump(config))
-    args = {"store": str(root / "store.db"), "data": str(seed), "region": "SYN",
-            "schedule": {"every_s": 1, "offset_s": 0, "horizon": 24, "max_late_slots": 600, "scan_every_s": 5}}
+    args = {"store": str(root / "store.db"), "data": str(seed), "region": "SYN"}
     server = server_process(root, model=tiny_bundle_dir, args=args, config=root / "serve.yaml")
     server.truth = frame.set_index(["zone", "timestamp"]).sort_index()
     server.fed = [pd.Timestamp(h) for h in hours[-FED:]]

@@ -32,8 +32,10 @@ def backtest(
     horizon: int = PROTOCOL_HORIZON,
     origin_hour: int = 0,
     column: str | None = None,
+    issue_times: pd.DatetimeIndex | None = None,
 ) -> pd.DataFrame:
-    """Forecasts of `bundle` at every protocol origin: one row per (zone, cutoff, step).
+    """Forecasts of `bundle` at every protocol origin (or at `issue_times` instead: first forecast hours,
+    e.g. those of the forecasts a service issued): one row per (zone, cutoff, step).
 
     Columns: zone, cutoff (first forecast hour), ds, step, y, then `<name>-q<level>` for each quantile
     and `<name>` for the point forecast (the median).
@@ -48,7 +50,9 @@ def backtest(
     panel = RegionPanel.from_series(test, bundle.region_zones) if bundle.region_zones else None
     histories, lasts, targets, meta, past_extra, future_extra, regions = [], [], [], [], [], [], []
     for s in test:
-        origins = forecast_origins(s, length, reach, hours=(origin_hour,))
+        origins = forecast_origins(s, length, reach, hours=None if issue_times is not None else (origin_hour,))
+        if issue_times is not None:
+            origins = origins[s.timestamps[origins].isin(issue_times)]
         if not len(origins):
             continue
         windows = sliding_window_view(s.load, length + horizon)[origins - length]
@@ -63,8 +67,9 @@ def backtest(
         if panel is not None:
             regions.append(panel.windows(panel.positions(s.timestamps[origins]), length))
     if not histories:
-        raise ValueError(f"no forecast origin at {origin_hour:02d}:00 with {length} h history and {reach} h "
-                         "ahead inside the test period")
+        at = "at the issue times given" if issue_times is not None else f"at {origin_hour:02d}:00"
+        raise ValueError(f"no forecast origin {at} with {length} h history and {reach} h ahead inside the test "
+                         "period")
     extra = (np.concatenate(past_extra), np.concatenate(future_extra)) if n_extra else None
     region_loads, series_zones = None, None
     if panel is not None:
