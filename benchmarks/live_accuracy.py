@@ -101,7 +101,7 @@ def main() -> None:
         # ---------------------------------------------------------------- 1. replay 30 days with the schedule
         until = (pd.Timestamp(FROM) + pd.Timedelta(days=DAYS)).isoformat()
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "energyopt.cli", "replay", "--from", FROM, "--until", until,
+        subprocess.run([sys.executable, "-m", "energyopt", "replay", "--from", FROM, "--until", until,
                         "--speed", str(a.speed), "--server", target], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         replay_s = time.monotonic() - t0
@@ -133,7 +133,7 @@ def main() -> None:
                                             bucket_ends=[HORIZON], until=window_end.isoformat())
         sql_s = time.monotonic() - t1
         evaluated = work / "evaluate.json"
-        subprocess.run([sys.executable, "-m", "energyopt.cli", "evaluate", "--model", a.model, "--no-baselines",
+        subprocess.run([sys.executable, "-m", "energyopt", "evaluate", "--model", a.model, "--no-baselines",
                         "--horizon", str(HORIZON), "--issue-times", str(times_csv), "--json", str(evaluated)],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         offline = {r["zone"]: r for r in json.loads(evaluated.read_text())["rows"] if r["model"] == bundle.name}

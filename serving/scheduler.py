@@ -58,20 +58,19 @@ class ScheduleConfig(BaseModel):
     scan_every_s: float = Field(60, gt=0, description="Anomaly scans of newly arrived readings, this often.")
 
 
-def slot_of(now: float, every_s: float, offset_s: float) -> int:
+def slot_of(now: float, every_s: int, offset_s: int) -> int:
     """The newest slot (UTC seconds of its start) whose issue moment has come at `now`."""
-    return int(math.floor((now - offset_s) / every_s) * every_s)
+    return int(math.floor((now - offset_s) / every_s)) * every_s
 
 
-def due_slots(last: int | None, now: float, every_s: float, offset_s: float, max_late: int) -> list[tuple[int, bool]]:
+def due_slots(last: int | None, now: float, every_s: int, offset_s: int, max_late: int) -> list[tuple[int, bool]]:
     """(slot, late) to issue at `now` after the region's newest archived slot `last` (None: none yet, so only
     the current slot), oldest first; a slot is late once the next slot's issue moment has passed."""
     current = slot_of(now, every_s, offset_s)
     if last is None:
         return [(current, False)]
-    step = int(every_s)
-    slots = list(range(last + step, current + 1, step))[-(max_late + 1):] if current > last else []
-    return [(s, now >= s + every_s + offset_s) for s in slots]
+    first = max(last + every_s, current - max_late * every_s)  # the newest max_late + 1, never a huge list
+    return [(s, now >= s + every_s + offset_s) for s in range(first, current + 1, every_s)]
 
 
 def local_hour(seconds: int, time_zone: str) -> str:
@@ -88,8 +87,8 @@ def data_slots(last: int | None, history_end: str, time_zone: str, max_late: int
     current = int(current.timestamp())
     if last is None:
         return [(current, False)]
-    slots = list(range(last + 3600, current + 1, 3600))[-(max_late + 1):] if current > last else []
-    return [(s, s < current) for s in slots]
+    first = max(last + 3600, current - max_late * 3600)
+    return [(s, s < current) for s in range(first, current + 1, 3600)]
 
 
 @serve.deployment(name="Scheduler", num_replicas=1, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0})

@@ -196,6 +196,22 @@ def test_live_accuracy_equals_the_offline_metrics_of_the_same_rows(store: Store)
     assert with_on_demand[0].forecasts == 97
 
 
+def test_the_schedule_knows_which_slots_are_due():
+    from serving.scheduler import data_slots, due_slots, slot_of
+
+    assert slot_of(3600 * 10 + 299, 3600, 300) == 3600 * 9 and slot_of(3600 * 10 + 300, 3600, 300) == 3600 * 10
+    assert due_slots(None, 1000.5, 1, 0, 5) == [(1000, False)]  # a first slot: no back-fill
+    assert due_slots(1000, 1000.9, 1, 0, 5) == []
+    assert due_slots(996, 1000.5, 1, 0, 5) == [(997, True), (998, True), (999, True), (1000, False)]
+    assert due_slots(900, 1000.5, 1, 0, 2) == [(998, True), (999, True), (1000, False)]  # the newest only
+    assert due_slots(0, 1.7e9, 1, 0, 0) == [(1_700_000_000, False)]  # years behind: no list of years
+    # the data clock: each new hour of readings (wall clock America/New_York, 04:00 EDT = 08:00 UTC)
+    hour = int(pd.Timestamp("2018-06-01T08:00:00Z").timestamp())
+    assert data_slots(None, "2018-06-01T03:00:00", "America/New_York", 5) == [(hour, False)]
+    assert data_slots(hour - 7200, "2018-06-01T03:00:00", "America/New_York", 5) == [(hour - 3600, True),
+                                                                                       (hour, False)]
+
+
 # ================================================================================================ B
 
 ZONES = ("Z000", "Z001", "Z002")
