@@ -15,6 +15,13 @@ from rich.console import Console
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
+# MLflow tracking, for `train` and `sweep` (training/tracking.py decides what they mean)
+TRACKING_URI = typer.Option(None, "--tracking-uri", metavar="URI",
+                            help="MLflow tracking server, database or folder to log runs to (default: "
+                                 "$MLFLOW_TRACKING_URI, else the local store runs/mlflow.db).")
+TRACKING = typer.Option(None, "--tracking/--no-tracking",
+                        help="Log to MLflow (default: on, unless ENERGYOPT_TRACKING=off).", show_default=False)
+
 
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -64,24 +71,30 @@ def sweep(
     data: Path | None = typer.Option(None, help="Training data (default: the bundled PJM zones)."),
     heartbeat: int = typer.Option(10, help="Seconds between trial heartbeats; a trial silent for 3 of them "
                                            "is failed and re-queued."),
+    tracking_uri: str | None = TRACKING_URI,
+    tracking: bool | None = TRACKING,
 ) -> None:
     """Run or resume an Optuna study (TPE, median pruning on per-epoch validation loss), trials in parallel
-    on Ray; the best trial is exported as a model bundle to <out>/best."""
+    on Ray; the best trial is exported as a model bundle to <out>/best. Each trial is an MLflow run in
+    the experiment named after the study (see --tracking-uri)."""
     from models.series import SeriesError
     from training.sweep import run_sweep
+    from training.tracking import resolve_uri
 
     try:
         result = run_sweep(config, out, trials=trials, parallel=parallel, storage=storage, study_name=study,
-                           data=data, heartbeat_s=heartbeat, log=lambda m: console.print(m, highlight=False))
+                           data=data, heartbeat_s=heartbeat, log=lambda m: console.print(m, highlight=False),
+                           tracking_uri=resolve_uri(tracking_uri, tracking))
     except (SeriesError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     console.print(f"study {result.study}: {result.finished} trials finished, {result.failed} failed; "
                   f"open it with `optuna-dashboard {result.storage}`")
 
 
-def train_distributed(cfg, data: Path | None, out: Path, *, num_workers: int, use_gpu: bool):  # noqa: ANN001, ANN201
+def train_distributed(cfg, data: Path | None, out: Path, *, num_workers: int, use_gpu: bool,  # noqa: ANN001, ANN201
+                      tracking_uri: str | None = None):
     """`energyopt train ... --num-workers N [--use-gpu]`: the same training on Ray Train (DDP)."""
     from training.distributed import train_distributed as fit_on_ray
 
-    return fit_on_ray(cfg, data, out, num_workers=num_workers, use_gpu=use_gpu,
+    return fit_on_ray(cfg, data, out, num_workers=num_workers, use_gpu=use_gpu, tracking_uri=tracking_uri,
                       log=lambda m: console.print(m, highlight=False))

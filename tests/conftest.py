@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from benchmarks.postgres import PostgresCluster
 
 os.environ.setdefault("PYTORCH_LIGHTNING_SUPPRESS_TIPS", "1")
+# No MLflow tracking from the commands tests run (it would write to runs/ in the working directory and cost
+# seconds per run); tests/test_tracking.py names its own stores, which takes precedence.
+os.environ.setdefault("ENERGYOPT_TRACKING", "off")
 
 # Without CUDA, Triton kernels run on CPU tensors through Triton's interpreter; it must be switched on
 # before any module defining a kernel is imported (DESIGN.md section 5).
@@ -25,7 +28,7 @@ if not torch.cuda.is_available():
 
 # Process-global state a test may change only if it puts it back: the kernel switches, Triton's mode and
 # torch's precision and thread settings. One test that leaked ENERGYOPT_KERNELS=on once failed 36 others.
-GUARDED_ENV_PREFIXES = ("ENERGYOPT_", "TRITON_", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RAY_ADDRESS")
+GUARDED_ENV_PREFIXES = ("ENERGYOPT_", "TRITON_", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "RAY_ADDRESS", "MLFLOW_")
 
 
 def _global_state() -> dict[str, object]:

@@ -16,6 +16,10 @@ checkpoint (the Lightning checkpoint holds the optimizer and early-stopping stat
 through gloo, GPU workers through NCCL. The data is read and cleaned once by the driver and shipped to
 the workers through the object store, so workers need no shared filesystem; checkpoints go to
 `--storage` (a local folder by default; use a shared path or s3:// URI on a multi-node cluster).
+
+Tracking (training/tracking.py): the driver opens the MLflow run, the rank-0 worker logs each epoch to
+it, and the driver logs the bundle and ends it. On a multi-node cluster the tracking URI must be a server
+(or database) the workers reach; a local SQLite store works only with every worker on the driver's node.
 """
 
 from __future__ import annotations
@@ -33,9 +37,19 @@ import torch
 
 from models.bundle import Bundle
 from models.runtime import ensure_ray
+from training import tracking
 from training.config import TrainConfig
 from training.module import ForecastModule
-from training.pipeline import EpochLog, build_model, build_trainer, data_module, finish_fit, new_version, prepare_data
+from training.pipeline import (
+    EpochLog,
+    build_model,
+    build_trainer,
+    data_module,
+    data_source,
+    finish_fit,
+    new_version,
+    prepare_data,
+)
 
 CHECKPOINT_FILE, EPOCHS_FILE = "checkpoint.ckpt", "epochs.json"
 
@@ -79,9 +93,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     dm = data_module(split, model.config, cfg.features.spec(), tr, workers=world)
     torch.manual_seed(tr.seed + 1000 * (rank + 1))  # each worker draws its own training windows
     epochs = EpochLog()
+    run = config.get("tracking")  # (uri, run_id) of the driver's MLflow run: rank 0 logs the epochs to it
+    logger = tracking.resume(*run) if run and rank == 0 else None
     trainer = prepare_trainer(build_trainer(
         tr, epochs, ReportCheckpoint(epochs), accelerator="gpu" if config["use_gpu"] else "cpu", devices="auto",
-        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], use_distributed_sampler=False))
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], use_distributed_sampler=False,
+        logger=logger))
     resume = ray.train.get_checkpoint()  # set when a failed worker group restarts
     with resume.as_directory() if resume else nullcontext() as ckpt:
         trainer.fit(module, datamodule=dm, ckpt_path=str(Path(ckpt) / CHECKPOINT_FILE) if resume else None)
@@ -98,30 +115,54 @@ def train_distributed(
     max_failures: int = 0,
     evaluate: bool = True,
     log: Callable[[str], None] = print,
+    tracking_uri: str | None = None,
 ) -> Bundle:
-    """Train with `num_workers` Ray Train workers and write the bundle at `out` (as `training.pipeline.train`)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    """Train with `num_workers` Ray Train workers and write the bundle at `out` (as `training.pipeline.train`,
+    `tracking_uri` too)."""
     if num_workers < 1:
         raise ValueError("--num-workers must be at least 1")
     if config.model.type not in ("lstm", "transformer", "linear"):
         raise ValueError(f"distributed training serves the trained forecasters (lstm, transformer, linear), "
                          f"not {config.model.type!r}; train it with `energyopt train` without --num-workers")
+    run = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers, "use_gpu": use_gpu,
+           "backend": "nccl" if use_gpu else "gloo"}
+    tracker = tracking.logger_for(config.name, f"{config.name}-{new_version()}", tracking_uri,
+                                  enabled=tracking_uri is not None, params=tracking.config_params(config),
+                                  tags={"energyopt.command": "train", "data": data_source(data),
+                                        **{f"distributed.{k}": v for k, v in run.items()}})
+    if tracker is not None:
+        log(f"MLflow: run {tracker.run_id} in experiment {config.name!r} at {tracking_uri}")
+    try:
+        bundle = _fit(config, data, out, num_workers=num_workers, use_gpu=use_gpu, storage=storage,
+                      max_failures=max_failures, evaluate=evaluate, log=log, run=run,
+                      tracking_run=(tracking_uri, tracker.run_id) if tracker is not None else None)
+    except BaseException as err:
+        tracking.end(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.log_bundle(tracker, out, bundle.metrics)
+    return bundle
+
+
+def _fit(config: TrainConfig, data: str | Path | None, out: str | Path, *, num_workers: int, use_gpu: bool,
+         storage: str | Path | None, max_failures: int, evaluate: bool, log: Callable[[str], None],
+         run: dict[str, Any], tracking_run: tuple[str, str] | None) -> Bundle:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     started = time.perf_counter()
     prepared = prepare_data(config, data)
     for line in prepared[1].summary_lines():
         log(f"  {line}")
     ensure_ray()
-    backend = "nccl" if use_gpu else "gloo"
+    backend = run["backend"]
     cpus = ray.cluster_resources().get("CPU", 1)
     threads = config.training.num_threads or max(1, int(cpus // num_workers))
     storage_path = str(storage) if storage else str(Path(tempfile.gettempdir()) / "energyopt-ray-train")
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"config": config.model_dump(), "split": ray.put(prepared[0]), "use_gpu": use_gpu,
-                           "threads": 0 if use_gpu else threads},
+                           "threads": 0 if use_gpu else threads, "tracking": tracking_run},
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": min(1.0, cpus / num_workers)}),
@@ -146,7 +187,5 @@ def train_distributed(
     for e in epochs.epochs:
         log(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f}, val_loss {e['val_loss']:.4f}")
     dm = data_module(prepared[0], module.model.config, config.features.spec(), config.training)
-    run = {"framework": "ray.train.torch.TorchTrainer", "num_workers": num_workers, "use_gpu": use_gpu,
-           "backend": backend}
     return finish_fit(config, module.model, dm, prepared, data, epochs, started, out, evaluate=evaluate, log=log,
                       meta={"training": {"distributed": run}})

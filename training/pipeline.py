@@ -2,7 +2,8 @@
 metadata -> test-period score -> bundle. Local fit (`train`, behind `energyopt train`), Ray Train
 (training/distributed.py), sweep trials (training/sweep.py) and the anomaly autoencoder all go through
 `data_module`, `build_trainer` and `finish_fit`; `evaluate_bundle` compares a bundle with freshly fitted
-baselines on the evaluation protocol (training/evaluate.py)."""
+baselines on the evaluation protocol (training/evaluate.py). A fit given a tracker (training/tracking.py)
+logs its settings, epochs, test scores and bundle to MLflow."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping
+from pytorch_lightning.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
 import models.bundle  # save_bundle looked up at call time: tests stand in for the disk through it
@@ -28,16 +31,19 @@ from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster
 from models.runtime import torch_threads
 from models.series import BUNDLED_PJM
+from training import tracking
 from training.anomalies import evaluate_detector
 from training.config import AUTOENCODER, TrainConfig, TrainingSection, load_config
 from training.evaluate import backtest, score, score_test_period
 from training.module import AutoencoderModule, ForecastModule, WindowDataModule, weight_averaging
+from training.tracking import Tracker
 
 Prepared = tuple[Split, RepairReport, str]  # what prepare_data returns: split, repairs, data fingerprint
 
 
 class EpochLog(Callback):
-    """Keeps per-epoch validation loss and wall time for the bundle's training summary."""
+    """Keeps per-epoch validation loss and wall time for the bundle's training summary, and gives each epoch
+    to the Trainer's tracker (training/tracking.py), if it has one."""
 
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self.epochs: list[dict[str, float]] = []
@@ -57,6 +63,8 @@ class EpochLog(Callback):
             "val_loss": float(metrics.get("val_loss", float("nan"))),
             "seconds": round(time.perf_counter() - self._start, 2),
         })
+        if isinstance(trainer.logger, Tracker):
+            trainer.logger.log_epoch(self.epochs[-1])
         if self._log:
             e = self.epochs[-1]
             self._log(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f}, val_loss {e['val_loss']:.4f} "
@@ -108,13 +116,17 @@ def data_module(split: Split, model_config: ForecasterConfig | AutoencoderConfig
 
 
 def build_trainer(tr: TrainingSection, epochs: EpochLog, *callbacks: Callback, progress: bool = False,
-                  accelerator: str | None = None, devices: int | str = 1, **options: Any) -> pl.Trainer:
+                  accelerator: str | None = None, devices: int | str = 1, logger: Logger | None = None,
+                  **options: Any) -> pl.Trainer:
     """The one Trainer: early stopping on validation loss, the epoch log, the caller's callbacks (what keeps
-    the best weights), weight averaging last (so those see the averaged weights); `options` such as a
-    distributed strategy go to pl.Trainer as they are."""
+    the best weights), weight averaging last (so those see the averaged weights); `logger` (a tracker from
+    training/tracking.py; None: no logging); `options` such as a distributed strategy go to pl.Trainer as
+    they are."""
+    steps = max(1, tr.samples_per_epoch // max(1, min(tr.batch_size, tr.samples_per_epoch)))
     return pl.Trainer(
         max_epochs=tr.max_epochs, accelerator=accelerator or tr.accelerator, devices=devices,
-        precision=_precision(tr), gradient_clip_val=tr.gradient_clip or None, logger=False,
+        precision=_precision(tr), gradient_clip_val=tr.gradient_clip or None, logger=logger or False,
+        log_every_n_steps=min(50, steps),  # Lightning warns when an epoch has fewer steps than this
         enable_progress_bar=progress, enable_model_summary=progress, enable_checkpointing=False,
         callbacks=[EarlyStopping("val_loss", patience=tr.patience), epochs, *callbacks, *weight_averaging(tr)],
         **options,
@@ -122,10 +134,12 @@ def build_trainer(tr: TrainingSection, epochs: EpochLog, *callbacks: Callback, p
 
 
 def fit_best(module: pl.LightningModule, dm: WindowDataModule, tr: TrainingSection, epochs: EpochLog,
-             *callbacks: Callback, progress: bool = False, accelerator: str | None = None) -> BestWeights:
+             *callbacks: Callback, progress: bool = False, accelerator: str | None = None,
+             logger: Logger | None = None) -> BestWeights:
     """Fit `module` in one process and leave it at its best validation epoch's weights."""
     best = BestWeights()
-    build_trainer(tr, epochs, best, *callbacks, progress=progress, accelerator=accelerator).fit(module, datamodule=dm)
+    build_trainer(tr, epochs, best, *callbacks, progress=progress, accelerator=accelerator,
+                  logger=logger).fit(module, datamodule=dm)
     if best.state is not None:
         module.load_state_dict(best.state)
     return best
@@ -249,13 +263,18 @@ def _metadata(cfg: TrainConfig, split: Split, report: RepairReport, data_fp: str
     return {
         "zones": zones,
         "scaling": scaling,
-        "data": {"source": str(data) if data is not None else "bundled:pjm_hourly.parquet",
+        "data": {"source": data_source(data),
                  "fingerprint": data_fp, "repairs": report.to_dict()},
         "split": {"val_days": cfg.data.val_days, "test_days": cfg.data.test_days,
                   "test_start": {s.zone: str(s.target_start) for s in split.test}},
         "training": {"config": cfg.model_dump(), "epochs": epochs.epochs, "seconds": round(seconds, 1),
                      "best_val_loss": min((e["val_loss"] for e in epochs.epochs), default=None)},
     }
+
+
+def data_source(data: Any) -> str:
+    """How the bundle and the tracker name the training data."""
+    return str(data) if data is not None else "bundled:pjm_hourly.parquet"
 
 
 # ------------------------------------------------------------------------------------ the local fit
@@ -268,11 +287,31 @@ def train(
     progress: bool = True,
     evaluate: bool = True,
     log: Callable[[str], None] = print,
+    tracking_uri: str | None = None,
 ) -> Bundle:
     """Train (or, for the seasonal naive, just build), calibrate, evaluate and save a bundle at `out`: a
     forecaster, or the anomaly autoencoder with its thresholds.
 
+    With `tracking_uri` (what `training.tracking.resolve_uri` gives a command; None: no tracking) the run is
+    logged to MLflow under the experiment named after the config; a tracker out of reach is a warning.
+
     `training.num_threads` holds for this call only: the caller's torch thread count is put back after."""
+    tracker = tracking.logger_for(config.name, f"{config.name}-{new_version()}", tracking_uri,
+                                  enabled=tracking_uri is not None, params=tracking.config_params(config),
+                                  tags={"energyopt.command": "train", "data": data_source(data)})
+    if tracker is not None:
+        log(f"MLflow: run {tracker.run_id} in experiment {config.name!r} at {tracking_uri}")
+    try:
+        bundle = _train(config, data, out, progress=progress, evaluate=evaluate, log=log, tracker=tracker)
+    except BaseException as err:
+        tracking.end(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.log_bundle(tracker, out, bundle.metrics)
+    return bundle
+
+
+def _train(config: TrainConfig, data: str | Path | None, out: str | Path, *, progress: bool, evaluate: bool,
+           log: Callable[[str], None], tracker: Tracker | None) -> Bundle:
     tr = config.training
     with torch_threads(tr.num_threads):
         pl.seed_everything(tr.seed, verbose=False)
@@ -289,7 +328,7 @@ def train(
         started = time.perf_counter()
         if any(p.requires_grad for p in model.parameters()):
             module = (AutoencoderModule if detector else ForecastModule).for_model(model, tr)
-            fit_best(module, dm, tr, epochs, progress=progress)
+            fit_best(module, dm, tr, epochs, progress=progress, logger=tracker)
             model = module.model
         return finish_fit(config, model, dm, prepared, data, epochs, started, out, evaluate=evaluate, log=log)
 
@@ -306,16 +345,18 @@ def evaluate_bundle(
     horizon: int = 48,
     baselines: bool = True,
     log: Callable[[str], None] = print,
+    issue_times: pd.DatetimeIndex | None = None,
 ) -> dict:
     """Backtest `bundle` on `data` (default: the bundled PJM zones) with the split it was trained with,
-    and, in the same run, the seasonal naive and a freshly fitted linear baseline on the same origins."""
+    and, in the same run, the seasonal naive and a freshly fitted linear baseline on the same origins
+    (the protocol's daily ones, or `issue_times`)."""
     split_cfg = bundle.meta.get("split", {})
     overrides = {"data.val_days": split_cfg.get("val_days"), "data.test_days": split_cfg.get("test_days"),
                  # every model must see the same origins, so all read at least the bundle's history length
                  "model.input_length": max(bundle.input_length, 336)}
     cfg = load_config(model="linear", **overrides)
     split, _, _ = prepare_data(cfg, data)
-    frame = backtest(bundle, split.test, horizon=horizon)
+    frame = backtest(bundle, split.test, horizon=horizon, issue_times=issue_times)
     names = [bundle.name]
     if baselines:
         naive_cfg = load_config(model="seasonal_naive", **overrides)
@@ -326,7 +367,7 @@ def evaluate_bundle(
         with tempfile.TemporaryDirectory() as tmp:
             linear = train(cfg, data, Path(tmp) / "linear", progress=False, evaluate=False, log=lambda _: None)
         for other, name in ((naive, BASELINES[0]), (linear, BASELINES[1])):
-            extra = backtest(other, split.test, horizon=horizon, column=name)
+            extra = backtest(other, split.test, horizon=horizon, column=name, issue_times=issue_times)
             frame = frame.merge(extra.drop(columns="y"), on=["zone", "cutoff", "ds", "step"], how="left")
             names.append(name)
     return {"horizon": horizon, **score(frame, names, split.train)}

@@ -27,6 +27,12 @@ Each trial writes its bundle to `<out>/trials/<number>` before it is marked comp
 trial always has its model, even when the driver is killed right after), and the best trial's bundle
 is copied to `<out>/best` at the end. On a multi-node cluster `--out` must be a shared filesystem (the
 RayJob example in cluster/ uses the shared volume).
+
+With tracking on (training/tracking.py), every trial is an MLflow run `trial-<number>` in the experiment
+named after the study: its params (the training config's dotted keys, the trial's sampled ones among
+them), per-epoch losses and bundle; a pruned trial ends with the tag `optuna.state` PRUNED. The best
+trial's run gets its test-period scores and the tag `sweep.best` when it is exported. Trials on several
+nodes need a tracking server (or a database) every node reaches, as for the Optuna storage.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from pydantic import Field, model_validator
 
 from models.bundle import load_bundle, write_metrics
 from models.runtime import ensure_ray, torch_threads
+from training import tracking
 from training.config import ConfigError, TrainConfig, _Strict, load_config, model_config_path, read_yaml, validated
 from training.evaluate import score_test_period
 from training.module import ForecastModule
@@ -193,29 +200,46 @@ def _load_study(sweep: SweepConfig, storage: Any, study_name: str, seed: int) ->
                                            n_warmup_steps=sweep.pruner_warmup_epochs))
 
 
-def _fit_trial(sweep: SweepConfig, trial: optuna.Trial, prepared: Prepared, data: str | None, out: str) -> float:
+def _fit_trial(sweep: SweepConfig, trial: optuna.Trial, prepared: Prepared, data: str | None, out: str,
+               tracking_uri: str | None = None) -> float:
     """The objective: train the trial's settings through the pipeline, save the bundle (its test period is
-    scored only for the best trial, at the end), and return the best validation loss."""
+    scored only for the best trial, at the end), and return the best validation loss. With `tracking_uri`,
+    the trial is an MLflow run in the study's experiment."""
     params = {key: dim.suggest(trial, key) for key, dim in sweep.space.items()}
     cfg = sweep.base_config({**params, "name": sweep.name})  # the trial's settings, under the sweep's name
     tr = cfg.training
-    with torch_threads(max(1, int(sweep.cpus_per_trial))):
-        pl.seed_everything(tr.seed, verbose=False)
-        model = build_model(cfg)
-        dm = data_module(prepared[0], model.config, cfg.features.spec(), tr)
-        module = ForecastModule.for_model(model, tr)
-        epochs = EpochLog()
-        started = time.perf_counter()
-        best = fit_best(module, dm, tr, epochs, ReportToOptuna(trial),
-                        accelerator="gpu" if sweep.gpus_per_trial else "cpu")
-        finish_fit(cfg, module.model, dm, prepared, data, epochs, started, Path(out) / "trials" / str(trial.number),
-                   evaluate=False, log=lambda _: None,
-                   meta={"sweep": {"study": trial.study.study_name, "trial": trial.number, "params": params}})
+    study = trial.study.study_name
+    tracker = tracking.logger_for(study, f"trial-{trial.number}", tracking_uri, enabled=tracking_uri is not None,
+                                  params=tracking.config_params(cfg),
+                                  tags={"energyopt.command": "sweep", "optuna.study": study,
+                                        "optuna.trial": trial.number, "optuna.searched": ",".join(params)})
+    if tracker is not None:
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+    bundle_dir = Path(out) / "trials" / str(trial.number)
+    try:
+        with torch_threads(max(1, int(sweep.cpus_per_trial))):
+            pl.seed_everything(tr.seed, verbose=False)
+            model = build_model(cfg)
+            dm = data_module(prepared[0], model.config, cfg.features.spec(), tr)
+            module = ForecastModule.for_model(model, tr)
+            epochs = EpochLog()
+            started = time.perf_counter()
+            best = fit_best(module, dm, tr, epochs, ReportToOptuna(trial),
+                            accelerator="gpu" if sweep.gpus_per_trial else "cpu", logger=tracker)
+            finish_fit(cfg, module.model, dm, prepared, data, epochs, started, bundle_dir, evaluate=False,
+                       log=lambda _: None, meta={"sweep": {"study": study, "trial": trial.number, "params": params}})
+    except optuna.TrialPruned:
+        tracking.end(tracker, "FINISHED", tags={"optuna.state": "PRUNED"})
+        raise
+    except BaseException:
+        tracking.end(tracker, "FAILED", tags={"optuna.state": "FAIL"})
+        raise
+    tracking.log_bundle(tracker, bundle_dir, tags={"optuna.state": "COMPLETE"})
     return best.loss
 
 
 def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_ref: Any, heartbeat_s: int,
-               data: str | None, out: str) -> dict[str, Any]:
+               data: str | None, out: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Ray task: one `study.optimize(n_trials=1)`; returns the trial's number, state and value. A
     completed trial's bundle is written to `<out>/trials/<number>` before Optuna marks it COMPLETE, so
     a completed trial always has its model, whenever the driver stops."""
@@ -230,7 +254,7 @@ def _run_trial(sweep: SweepConfig, url: str, study_name: str, seed: int, split_r
     def objective(trial: optuna.Trial) -> float:
         result["trial_id"] = trial._trial_id
         try:
-            return _fit_trial(sweep, trial, prepared, data, out)
+            return _fit_trial(sweep, trial, prepared, data, out, tracking_uri)
         except (optuna.exceptions.UpdateFinishedTrialError, optuna.TrialPruned):
             raise  # a refused report (the trial was failed elsewhere), or pruning: not the objective's fault
         except BaseException:
@@ -273,9 +297,11 @@ class SweepResult:
 
 def run_sweep(config: str | Path, out: str | Path, *, trials: int, parallel: int = 2, storage: str | None = None,
               study_name: str | None = None, data: str | Path | None = None, heartbeat_s: int = 10,
-              log: Callable[[str], None] = print) -> SweepResult:
+              log: Callable[[str], None] = print, tracking_uri: str | None = None) -> SweepResult:
     """Run (or resume) the study until it has `trials` finished (completed or pruned) trials, at most
-    `parallel` at a time, then export the best trial's bundle to `<out>/best`."""
+    `parallel` at a time, then export the best trial's bundle to `<out>/best`. With `tracking_uri`
+    (`training.tracking.resolve_uri`; None: no tracking) every trial is an MLflow run in the experiment
+    named after the study."""
     if trials < 1 or parallel < 1:
         raise ConfigError("--trials and --parallel must be at least 1")
     sweep = load_sweep_config(config)
@@ -287,11 +313,16 @@ def run_sweep(config: str | Path, out: str | Path, *, trials: int, parallel: int
     done, running, failed = _counts(study)
     log(f"study {name!r} in {url}: {done} finished, {running} running elsewhere or interrupted, {failed} failed; "
         f"target {trials} trials, {parallel} at a time")
+    if tracking_uri is not None:  # made here once, before parallel trials write to it
+        tracking_uri = tracking_uri if tracking.prepare(tracking_uri, name) else None
+        if tracking_uri is not None:
+            log(f"MLflow: trials are runs in experiment {name!r} at {tracking_uri}")
     ensure_ray()
     prepared = prepare_data(sweep.base_config(), data)
-    done, failed = _run_trials(sweep, study, url, prepared, trials, parallel, heartbeat_s, data, out, log)
+    done, failed = _run_trials(sweep, study, url, prepared, trials, parallel, heartbeat_s, data, out, log,
+                               tracking_uri)
     best = _best(study)
-    best_dir = _export_best(best, out, prepared[0], log) if best is not None else None
+    best_dir = _export_best(best, out, prepared[0], log, tracking_uri) if best is not None else None
     return SweepResult(study=name, storage=url, finished=done, failed=failed,
                        best_trial=best.number if best else None, best_value=best.value if best else None,
                        best_params=dict(best.params) if best else {}, best_bundle=best_dir)
@@ -323,7 +354,8 @@ def _counts(study: Any) -> tuple[int, int, int]:
 
 
 def _run_trials(sweep: SweepConfig, study: Any, url: str, prepared: Prepared, trials: int, parallel: int,
-                heartbeat_s: int, data: str | Path | None, out: Path, log: Callable[[str], None]) -> tuple[int, int]:
+                heartbeat_s: int, data: str | Path | None, out: Path, log: Callable[[str], None],
+                tracking_uri: str | None = None) -> tuple[int, int]:
     """Keep up to `parallel` trial tasks on Ray until the study has `trials` finished trials; returns the
     finished and failed counts."""
     import ray
@@ -340,7 +372,7 @@ def _run_trials(sweep: SweepConfig, study: Any, url: str, prepared: Prepared, tr
         while done + len(in_flight) < trials and len(in_flight) < parallel:
             seed = sweep.sampler_seed + done + launched  # distinct per task: parallel TPE samples differ
             in_flight.append(task.remote(sweep, url, study.study_name, seed, split_ref, heartbeat_s,
-                                         None if data is None else str(data), str(out.resolve())))
+                                         None if data is None else str(data), str(out.resolve()), tracking_uri))
             launched += 1
         if not in_flight:  # others are running the remaining trials: wait for them, or for them to go stale
             time.sleep(heartbeat_s)
@@ -356,10 +388,11 @@ def _run_trials(sweep: SweepConfig, study: Any, url: str, prepared: Prepared, tr
         log(f"trial {done}/{trials}: #{outcome['trial']} {outcome['state']}{value}{best_text}")
 
 
-def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -> Path:
+def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None], tracking_uri: str | None = None) -> Path:
     """Copy the best trial's bundle to `<out>/best` (atomically) with its test-period scores. Only the chosen
     model is scored on the test period, once: trials are compared on validation only, so the test figures
-    stay unbiased, and the exported bundle carries them like any trained bundle does."""
+    stay unbiased, and the exported bundle carries them like any trained bundle does. With tracking, the
+    trial's run gets the scores, the exported bundle and the tag `sweep.best`."""
     source = out / "trials" / str(best.number)
     if not source.is_dir():
         raise ConfigError(f"the best trial #{best.number} has no saved model in {source}: was --out "
@@ -368,6 +401,7 @@ def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -
     tmp = out / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
+    metrics = None
     try:
         metrics = score_test_period(load_bundle(tmp), split)
     except ValueError as err:  # a test period too short for one forecast origin
@@ -380,6 +414,9 @@ def _export_best(best: Any, out: Path, split: Any, log: Callable[[str], None]) -
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp, best_dir)
     log(f"best trial #{best.number}: val_loss {best.value:.4f} {best.params} -> {best_dir}")
+    run_id = best.user_attrs.get("mlflow_run_id")
+    if tracking_uri is not None and run_id:
+        tracking.log_bundle(tracking.resume(tracking_uri, run_id), best_dir, metrics, tags={"sweep.best": "true"})
     return best_dir
 
 
