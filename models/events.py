@@ -173,9 +173,10 @@ def apply_scan(store: Store, scans: Sequence[ZoneScan], now: float | None = None
     """Write what a scan found, in one transaction (serialized with every other writer): per zone, each
     finding continues the event of its kind that it overlaps or follows within the kind's merge gap (its
     end, severity and detail updated; a closed one reopened) or opens a new event with a stable id; open
-    events of the kinds the scan judged that nothing continued are closed once the zone had enough normal
-    hours after them; scan_state moves to the zone's last hour scanned. A zone whose scan_state changed
-    since the scan read it (another scan took those hours) is left alone: two scans at once write once."""
+    events of the kinds the scan judged are closed once the zone had enough normal hours after their end
+    (`ZoneScan.close_after`; zero readings: a valid reading after them); scan_state moves to the zone's
+    last hour scanned. A zone whose scan_state changed since the scan read it (another scan took those
+    hours), or that was removed, is left alone: two scans at once write once."""
     now = time.time() if now is None else now
     counts = ScanCounts()
     if not scans:
@@ -186,20 +187,20 @@ def apply_scan(store: Store, scans: Sequence[ZoneScan], now: float | None = None
         store._serialize(conn)
         state = {r.zone: int(r.scanned_ts) for r in conn.execute(
             sa.select(s.c.zone, s.c.scanned_ts).where(s.c.zone.in_(zones)))}
+        present = set(conn.execute(sa.select(zones_table.c.zone).where(zones_table.c.zone.in_(zones))).scalars())
         lo = min(min([f.start_ts for f in z.findings], default=z.first) for z in scans) - 8 * 24 * HOUR_S
         held: dict[str, list[StoredEvent]] = {}
         for row in conn.execute(sa.select(e).where(e.c.zone.in_(zones), sa.or_(e.c.open, e.c.end_ts >= lo))):
             held.setdefault(row.zone, []).append(_event(row))
         inserts, updates, states = [], [], []
         for z in scans:
-            if state.get(z.zone) != z.based_on:
+            if state.get(z.zone) != z.based_on or z.zone not in present:  # scanned meanwhile, or removed
                 counts.skipped += 1
                 continue
             counts.zones += 1
             counts.hours += (z.last - z.first) // HOUR_S + 1
             mine = held.get(z.zone, [])
             touched: dict[str, StoredEvent] = {}  # id -> event changed by this scan
-            continued: set[str] = set()
             for f in sorted(z.findings, key=lambda f: (f.start_ts, f.kind)):
                 gap = z.merge_gap.get(f.kind, 1) * HOUR_S
                 near = [ev for ev in mine if ev.kind == f.kind and ev.start_ts <= f.end_ts + gap
@@ -216,19 +217,17 @@ def apply_scan(store: Store, scans: Sequence[ZoneScan], now: float | None = None
                         else:
                             ev.severity, ev.detail = float(ev.hours), f.detail
                         ev.updated_at = now
-                        if ev.id not in touched and ev.id not in {i["id"] for i in inserts}:
+                        if ev.id not in touched and all(ev is not i for i in inserts):
                             counts.updated += 1
                         touched[ev.id] = ev
-                    continued.add(ev.id)
                     continue
                 ev = StoredEvent(event_id(z.zone, f.kind, f.start_ts), z.zone, z.region, f.kind, f.start_ts,
                                  f.end_ts, True, float(f.severity), f.detail, now, now)
                 mine.append(ev)
-                continued.add(ev.id)
                 inserts.append(ev)
                 counts.opened += 1
             for ev in mine:
-                if not ev.open or ev.id in continued or ev.kind not in z.close_after:
+                if not ev.open or ev.kind not in z.close_after:
                     continue
                 if ev.kind == KIND_ZERO:
                     back = z.valid_until is not None and z.valid_until > ev.end_ts
@@ -241,7 +240,7 @@ def apply_scan(store: Store, scans: Sequence[ZoneScan], now: float | None = None
             inserted = {ev.id for ev in inserts}
             updates += [ev for ev in touched.values() if ev.id not in inserted]
             states.append({"zone": z.zone, "scanned_ts": z.last, "updated_at": now, "known": z.zone in state})
-        _write_events(conn, [ev for ev in inserts], updates)
+        _write_events(conn, inserts, updates)
         new_states = [{k: v for k, v in r.items() if k != "known"} for r in states if not r["known"]]
         old_states = [{"b_zone": r["zone"], "b_scanned": r["scanned_ts"], "b_at": r["updated_at"]}
                       for r in states if r["known"]]

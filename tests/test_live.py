@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from google.protobuf import json_format
 from servers import ServerProcess, server_process
 
+from models.events import forget_zones
 from models.store import Store, ZoneSpec, readings_table, state_table, zones_table
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
@@ -194,6 +195,7 @@ def _remove_our_zones(s: Session) -> None:
     on so that the replicas reload the zone list (and ModelInfo lists only SYN and PAIR again)."""
     ours = [z for z, spec in s.store.zones().items() if spec.region in OUR_REGIONS]
     with s.store.engine.begin() as conn:
+        forget_zones(conn, ours)  # their anomaly events and scan progress refer to them
         conn.execute(readings_table.delete().where(readings_table.c.zone.in_(ours)))
         conn.execute(zones_table.delete().where(zones_table.c.zone.in_(ours)))
         conn.execute(state_table.update().values(watermark=state_table.c.watermark + 1))
