@@ -1,5 +1,13 @@
 """Champion/challenger decisions in the store (`energyopt retrain`, training/retrain.py): both models'
-backtest figures and whether the challenger was promoted. Replicas follow the newest promotion.
+backtest figures and whether the challenger was promoted. Replicas follow the promotions (serving/app.py).
+
+    record_decision / record_promotion   a decision (one committed transaction), or an operator's promotion
+    list_decisions                       newest first (ListModelDecisions, `energyopt retrain --list`)
+    latest_promotion                     the single-row read every replica polls
+    promotions, follow                   the promotions since an id, and where they lead from a bundle
+
+A promotion replaces its champion: a replica follows it when it serves that bundle (the same directory, or
+a copy with the same name and version); one without a champion (an operator's) is for every replica.
 
 Built by migration 0003 (models/migrations), never by create_all.
 """
@@ -73,9 +81,11 @@ class Decision:
             return (f"manual promotion of {self.challenger_name} {self.challenger_version} "
                     f"({self.challenger_path}): replicas swap to it")
         outcome = "PROMOTED" if self.promoted else "not promoted"
+        change = self.improvement
         return (f"{self.metric}: champion {self.champion_name} {self.champion_version} {self.champion_score:.4f}, "
                 f"challenger {self.challenger_name} {self.challenger_version} {self.challenger_score:.4f} "
-                f"({self.improvement:+.1%} better; needs {self.margin:.1%}): {outcome}")
+                f"({abs(change):.1%} {'better' if change >= 0 else 'worse'}; promotion needs {self.margin:.1%} "
+                f"better): {outcome}")
 
 
 MANUAL = "manual"  # the metric of a promotion an operator made (record_promotion): no backtest figures
@@ -135,26 +145,60 @@ def list_decisions(store: Store, limit: int = 20) -> list[Decision]:
         return [_decision(row) for row in conn.execute(query).all()]
 
 
-def latest_promotion(store: Store) -> tuple[int, str] | None:
-    """(id, challenger_path) of the newest promotion, or None: the single-row read every replica polls
-    (on the thread's own connection, like the watermark read)."""
-    d = decisions_table
-    rows = store._read(sa.select(d.c.id, d.c.challenger_path).where(d.c.promoted.is_(True))
-                       .order_by(d.c.id.desc()).limit(1))
-    return (int(rows[0][0]), str(rows[0][1])) if rows else None
+@dataclass(frozen=True)
+class Promotion:
+    """What a replica needs of a promotion: which bundle it replaces, and the bundle to serve instead."""
+
+    id: int
+    champion_path: str
+    champion_name: str
+    champion_version: str
+    challenger_path: str
+    challenger_name: str
+    challenger_version: str
+
+    def replaces(self, path: str, name: str = "", version: str = "") -> bool:
+        """Whether a replica serving the bundle at `path` (named `name`, `version`) follows this promotion:
+        it replaces that bundle (the same directory, or a copy: the same name and version), or it is an
+        operator's promotion of a bundle for every replica (no champion)."""
+        if not self.champion_path:
+            return True
+        return self.champion_path == path or bool(
+            self.champion_version and (self.champion_name, self.champion_version) == (name, version))
 
 
-def promoted_from(store: Store, path: str) -> tuple[int, str]:
-    """Where the promotions lead from the bundle at `path`, and the newest promotion's id (0: none): a
-    replica starting on `path` serves what `path` was promoted to, then what that was promoted to, and so
-    on. A model configured after its promotions (not a champion of any) stays: the operator's choice."""
+_PROMOTION = [decisions_table.c[name] for name in Promotion.__dataclass_fields__]
+
+
+def latest_promotion(store: Store) -> Promotion | None:
+    """The newest promotion, or None: the single-row read every replica polls (on the calling thread's own
+    connection, as the watermark is read: call it from one thread)."""
+    rows = store._read(sa.select(*_PROMOTION).where(decisions_table.c.promoted.is_(True))
+                       .order_by(decisions_table.c.id.desc()).limit(1))
+    return Promotion(*rows[0]) if rows else None
+
+
+def promotions(store: Store, after: int = 0) -> list[Promotion]:
+    """The promotions with an id above `after`, oldest first."""
     d = decisions_table
-    current, newest = path, 0
-    query = (sa.select(d.c.id, d.c.champion_path, d.c.challenger_path).where(d.c.promoted.is_(True))
-             .order_by(d.c.id))
     with store.reader.connect() as conn:
-        for row in conn.execute(query):
-            newest = int(row.id)
-            if row.champion_path == current:
-                current = row.challenger_path
-    return newest, current
+        return [Promotion(*row) for row in conn.execute(
+            sa.select(*_PROMOTION).where(d.c.promoted.is_(True), d.c.id > int(after)).order_by(d.c.id))]
+
+
+def follow(chain: list[Promotion], path: str, name: str = "", version: str = "") -> str:
+    """The bundle a replica serving `path` (`name`, `version`) serves after the promotions `chain` (oldest
+    first): each one that replaces the bundle it serves by then moves it on to that promotion's challenger."""
+    for p in chain:
+        if p.replaces(path, name, version):
+            path, name, version = p.challenger_path, p.challenger_name, p.challenger_version
+    return path
+
+
+def bundle_identity(path: str | Path) -> tuple[str, str]:
+    """(name, version) from a bundle's config.json without loading its weights; ("", "") if unreadable."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+        return str(config.get("name", "")), str(config.get("version", ""))
+    except (OSError, ValueError):
+        return "", ""

@@ -66,7 +66,7 @@ def test_kinds_cover_the_deployment() -> None:
     for manifest in MANIFESTS:
         for doc in yaml.safe_load_all(manifest.read_text()):
             kinds.setdefault(doc["kind"], []).append(doc)
-    assert len(kinds["RayService"]) == 1 and len(kinds["RayCluster"]) == 1 and len(kinds["RayJob"]) == 2
+    assert len(kinds["RayService"]) == 1 and len(kinds["RayCluster"]) == 1 and len(kinds["RayJob"]) == 3
     for spec in [kinds["RayService"][0]["spec"]["rayClusterConfig"], kinds["RayCluster"][0]["spec"]]:
         assert spec["enableInTreeAutoscaling"] is True
         groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
@@ -75,7 +75,28 @@ def test_kinds_cover_the_deployment() -> None:
         assert gpu_limits["nvidia.com/gpu"] == "1" and groups["gpu"]["minReplicas"] == 0
     entrypoints = " ".join(job["spec"]["entrypoint"] for job in kinds["RayJob"])
     assert "energyopt sweep --config configs/sweep/lstm.yaml" in entrypoints and "energyopt score" in entrypoints
+    assert "energyopt retrain" in entrypoints
     assert (ROOT / "configs" / "sweep" / "lstm.yaml").is_file()
+
+
+def test_the_retraining_jobs_use_the_services_store_and_the_training_cluster() -> None:
+    """cluster/rayjob-retrain.yaml: the RayJob and the weekly CronJob run the same `energyopt retrain` on the
+    energyopt-train cluster, against the store the RayService's replicas read (they follow its promotions)."""
+    service = yaml.safe_load((CLUSTER / "rayservice.yaml").read_text())
+    store = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["store"]
+    job, cron = list(yaml.safe_load_all((CLUSTER / "rayjob-retrain.yaml").read_text()))
+    assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"] == {"ray.io/cluster": "energyopt-train"}
+    assert cron["apiVersion"] == "batch/v1" and cron["kind"] == "CronJob"
+    assert len(cron["spec"]["schedule"].split()) == 5 and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    submitted = " ".join(container["args"])
+    assert "ray job submit --address http://energyopt-train-head-svc:8265 --" in submitted
+    train = yaml.safe_load((CLUSTER / "raycluster.yaml").read_text())
+    assert train["metadata"]["name"] == "energyopt-train"
+    for command in (job["spec"]["entrypoint"], submitted.split(" -- ", 1)[1]):
+        assert command.startswith("energyopt retrain ") and f"--store {store} " in command
+        assert "--out /models/challengers/$(date" in command  # a new folder per run, on the shared volume
+    assert job["spec"]["entrypoint"] == submitted.split(" -- ", 1)[1]
 
 
 def test_rayservice_embeds_configs_serve_yaml() -> None:
