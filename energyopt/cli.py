@@ -15,7 +15,8 @@ from energyopt import cli_scale  # score, sweep, distributed train: imports Ray 
 from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
 from energyopt.cli_ingest import ingest, replay  # typer options only; store and client are imported when they run
 from energyopt.cli_optimize import optimize  # typer options only; the solver is imported when it runs
-from energyopt.cli_serving import accuracy, forecasts, serve  # typer options only; serving is imported lazily
+from energyopt.cli_retrain import retrain  # typer options only; training is imported when it runs
+from energyopt.cli_serving import accuracy, anomalies, forecasts, serve  # typer options; serving imported lazily
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
@@ -90,20 +91,25 @@ def train(
     num_workers: int | None = typer.Option(None, help="Train on Ray Train with this many DDP workers "
                                                          "(local Ray, or the cluster in RAY_ADDRESS)."),
     use_gpu: bool = typer.Option(False, help="With --num-workers: one GPU per worker (NCCL)."),
+    tracking_uri: str | None = cli_scale.TRACKING_URI,
+    tracking: bool | None = cli_scale.TRACKING,
 ) -> None:
     """Train a forecaster (or the anomaly autoencoder) and write a model bundle (config.json,
-    model.safetensors, metrics.json)."""
+    model.safetensors, metrics.json); the run is logged to MLflow (see --tracking-uri)."""
     from training.config import load_config
     from training.pipeline import train as fit
+    from training.tracking import resolve_uri
 
     cfg = load_config(config, model=model, **{"training.max_epochs": max_epochs, "training.seed": seed})
     if config is None:
         cfg.name = model
+    uri = resolve_uri(tracking_uri, tracking)
     console.print(f"training [bold]{cfg.model.type}[/] on {data or 'the bundled PJM data'} -> {out}")
     if num_workers:
-        bundle = cli_scale.train_distributed(cfg, data, out, num_workers=num_workers, use_gpu=use_gpu)
+        bundle = cli_scale.train_distributed(cfg, data, out, num_workers=num_workers, use_gpu=use_gpu,
+                                             tracking_uri=uri)
     else:
-        bundle = fit(cfg, data, out, progress=not quiet, log=console.print)
+        bundle = fit(cfg, data, out, progress=not quiet, log=console.print, tracking_uri=uri)
     console.print(f"wrote model bundle {out} (version {bundle.version})")
     if bundle.kind == "autoencoder":
         from energyopt.cli_detect import print_detection_metrics
@@ -121,13 +127,25 @@ def evaluate(
     json_path: Path | None = typer.Option(None, "--json", help="Write results as JSON to this file."),
     baselines: bool = typer.Option(True, help="Also score the seasonal naive (168 h) and linear baselines."),
     horizon: int = typer.Option(48, help="Hours ahead of each daily origin."),
+    issue_times: Path | None = typer.Option(None, help="Origins from this file instead of daily ones: a CSV "
+                                                        "with an issue_time column (first forecast hours, the "
+                                                        "data's wall clock), e.g. those a server issued."),
 ) -> None:
     """Backtest a bundle under the project's protocol (daily origins over the last 365 days)."""
+    import pandas as pd
+
     from models.bundle import load_bundle
     from training.pipeline import evaluate_bundle
 
     bundle = load_bundle(model)
-    results = evaluate_bundle(bundle, data, horizon=horizon, baselines=baselines, log=console.print)
+    times = None
+    if issue_times is not None:
+        try:
+            times = pd.DatetimeIndex(pd.to_datetime(pd.read_csv(issue_times)["issue_time"]))
+        except (OSError, KeyError, ValueError) as err:
+            _fail(f"--issue-times {issue_times}: needs a CSV with an issue_time column of ISO 8601 times ({err})")
+    results = evaluate_bundle(bundle, data, horizon=horizon, baselines=baselines, log=console.print,
+                              issue_times=times)
     _print_metrics(results)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +164,7 @@ def forecast(
     region: str = typer.Option("PJM", help="Region name for the total."),
     plot: Path | None = typer.Option(None, help="Draw history, forecast and bands to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the forecast as JSON records."),
+    archive: bool = typer.Option(False, "--archive", help="With --server: store the forecast in its archive."),
 ) -> None:
     """Forecast every zone of the data and the region total from the end of the history, in process with
     --model, or from a running server with --server."""
@@ -154,7 +173,8 @@ def forecast(
     if server:
         from energyopt.cli_serving import remote_forecast
 
-        remote_forecast(server=server, region=region, horizon=horizon, zones=zone, as_json=json_out, timeout=30.0)
+        remote_forecast(server=server, region=region, horizon=horizon, zones=zone, archive=archive, as_json=json_out,
+                        timeout=30.0)
         return
     if model is None:
         _fail("pass --model DIR (forecast in process) or --server HOST:PORT (ask a running server)")
@@ -180,8 +200,10 @@ app.command()(cli_scale.score)
 app.command()(cli_scale.sweep)
 app.command()(ingest)
 app.command()(replay)
+app.command()(retrain)
 app.command()(forecasts)
 app.command()(accuracy)
+app.command()(anomalies)
 
 
 @app.command()
@@ -190,11 +212,13 @@ def demo(
     workdir: Path = typer.Option(Path("runs/demo"), help="Where the demo keeps its model and plot."),
     retrain: bool = typer.Option(False, help="Train a new model even if one exists."),
 ) -> None:
-    """The main job end to end on the bundled PJM data: repair, train (once), forecast, plot."""
+    """The main job end to end on the bundled PJM data: repair, train (once; logged to MLflow's local store
+    unless ENERGYOPT_TRACKING=off or MLFLOW_TRACKING_URI says otherwise), forecast, plot."""
     from energyopt.plots import plot_region
     from models.bundle import BundleError, load_bundle
     from training.config import CONFIG_DIR, load_config
     from training.pipeline import train as fit
+    from training.tracking import resolve_uri
 
     bundle_dir = workdir / "model"
     bundle = None
@@ -207,7 +231,7 @@ def demo(
     if bundle is None:
         console.rule("1. Train a small LSTM on the bundled PJM data (5 zones, 2004-2018)")
         cfg = load_config(CONFIG_DIR / "models" / "demo.yaml")
-        bundle = fit(cfg, None, bundle_dir, log=console.print)
+        bundle = fit(cfg, None, bundle_dir, log=console.print, tracking_uri=resolve_uri())
         console.print(f"wrote model bundle {bundle_dir}")
     _print_metrics(bundle.metrics)
     console.rule("2. Forecast the PJM region and every zone, 48 hours ahead")

@@ -255,3 +255,29 @@ def print_region(response) -> None:  # noqa: ANN001  (a ForecastRegionResponse)
     latest = [z.last_reading for z in response.zones if z.last_reading]
     if latest:
         console.print(f"latest reading {max(latest)}, store watermark {response.watermark}", highlight=False)
+
+
+def anomalies(
+    server: str = typer.Option("localhost:9000", help="HOST:PORT of the gRPC API (`energyopt serve`)."),
+    region: str = typer.Option(..., help="Region whose anomaly events to list."),
+    zone: str = typer.Option("", help="Only this zone's events."),
+    since: str = typer.Option("", help="Only events still open or seen at or after this time (ISO 8601; "
+                                       "no offset: UTC)."),
+    open_only: bool = typer.Option(False, "--open-only", help="Only events still open."),
+    limit: int = typer.Option(100, min=1, max=1000, help="Most events, the most recently seen first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
+    timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
+) -> None:
+    """List the anomaly events the server's scans on arrival stored (stuck meters, zero readings, the
+    detector's events), the most recently seen first."""
+    response = _ask(server, timeout, lambda c: c.list_anomalies(region, zone=zone, since=since, open_only=open_only,
+                                                                limit=limit))
+    if _printed_json(response, as_json):
+        return
+    table = Table(title=f"{region}: {len(response.events)} anomaly event(s), the most recently seen first")
+    for column in ("zone", "kind", "start (UTC)", "end (UTC)", "state", "severity", "detail", "id"):
+        table.add_column(column, justify="right" if column == "severity" else "left")
+    for e in response.events:
+        table.add_row(e.zone, e.kind, e.start[:16].replace("T", " "), e.end[:16].replace("T", " "),
+                      "open" if e.open else "closed", f"{e.severity:.2f}", e.detail, e.id)
+    console.print(table)

@@ -54,7 +54,7 @@ from serving.api.energyopt.v1 import readings_pb2 as rpb
 from serving.archive import archive_response
 from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found
 from serving.live import LiveHistory
-from serving.scheduler import ScheduleConfig, Scheduler
+from serving.scheduler import Scheduler
 
 logger = logging.getLogger("ray.serve")
 
@@ -104,8 +104,6 @@ class AppArgs(BaseModel):
                                         description="ForecastSeries: most history values.")
     max_readings_per_batch: int = Field(Limits.max_readings_per_batch, ge=1,
                                         description="ReadingsService: most readings per batch.")
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig,
-                                     description="Scheduled issue and archive (serving/scheduler.py).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per replica "
                                                                  "(default: the replica's num_cpus).")
     # The deployment's user_config for `serve run serving.app:build_app model=...` (unset: ReplicaConfig's
@@ -234,6 +232,10 @@ def ingest_batch(store: Store, request: rpb.IngestReadingsRequest, batch: int = 
                               [r.value for r in readings], register=register)
     except StoreError as err:
         raise invalid(f"register: {err}") from None
+    if result.rejected:  # readings of zero or less: zero_readings anomaly events (serving/scans.py)
+        from serving.scans import record_rejected_zeros
+
+        record_rejected_zeros(store, result)
     ack = rpb.IngestAck(batch=batch, received=result.received, inserted=result.inserted, replaced=result.replaced,
                         unchanged=result.unchanged, watermark=result.watermark, registered=result.registered)
     for r in result.rejected:
@@ -261,10 +263,16 @@ class Forecaster:
                              self.args.max_readings_per_batch)
         self.engine: Engine | None = None  # loaded by reconfigure(), which Serve calls before traffic
         self.anomaly = AnomalyDetector(self.args.data, self.limits)  # DetectAnomalies (serving/anomaly.py)
+        from serving.scans import Scanner
+
+        self.scanner = Scanner(self.store)  # anomaly scans on arrival (serving/scans.py)
         self.config = ReplicaConfig()
         self.max_batch_series = self.config.max_batch_series
         self.swap_error = ""
         self._swap_lock = asyncio.Lock()
+        self._reconfigure_failed = False  # the last user_config's model did not load: the same one is retried
+        self._promotion_id: int | None = None  # newest promotion seen in the store (None: unknown); see below
+        self._promotions: asyncio.Task | None = None  # follows them; started with the first model
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside Serve (unit use) there is no replica context
@@ -280,25 +288,48 @@ class Forecaster:
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.max_batch_series = config.max_batch_series
         async with self._swap_lock:
-            if self.engine is not None and config.model == self.config.model and not self.swap_error:
+            if self.engine is not None and config.model == self.config.model and not self._reconfigure_failed:
                 self.config = config
                 return
             path = str(Path(config.model).expanduser().resolve())
-            try:  # off the event loop: requests keep being answered by the current model meanwhile
-                engine = await asyncio.to_thread(
-                    lambda: Engine(load_bundle(path), self.live, self.args.regions, self.limits, bundle_path=path))
-            except (BundleError, ValueError, OSError) as err:
-                if self.engine is None:  # nothing to keep serving: the replica cannot start
-                    raise RuntimeError(f"cannot serve model {config.model}: {err}") from None
-                self.swap_error = f"{datetime.now(UTC).isoformat(timespec='seconds')}: {err}"
-                logger.error("model swap to %s failed, still serving %s %s: %s", path,
-                             self.engine.bundle.name, self.engine.bundle.version, err)
-                return
-            old = self.engine
-            self.engine, self.config, self.swap_error = engine, config, ""
-            self._reset_stats()
-            logger.info("serving model %s version %s from %s%s", engine.bundle.name, engine.bundle.version, path,
-                        f" (was version {old.bundle.version})" if old else "")
+            # promotions in the store (energyopt retrain): a starting replica serves what they made of its
+            # model; a new user_config model on a running one wins over those made before it
+            newest, target = await self._promotion_baseline(path, starting=self.engine is None)
+            promoted_error = await self._swap(target, f"promotion {newest}: ") if target != path else ""
+            if target == path or promoted_error:
+                error = await self._swap(path)
+                if error:
+                    if self.engine is None:  # nothing to keep serving: the replica cannot start
+                        raise RuntimeError(f"cannot serve model {config.model}: {error}") from None
+                    self._reconfigure_failed = True
+                    return
+                if promoted_error:  # serving the configured model instead of the promoted one
+                    self.swap_error = (f"{datetime.now(UTC).isoformat(timespec='seconds')}: promotion {newest} "
+                                       f"({target}): {promoted_error}")
+            self.config, self._promotion_id, self._reconfigure_failed = config, newest, False
+            if self._promotions is None:
+                self._promotions = asyncio.create_task(self._follow_promotions())
+
+    async def _swap(self, path: str, what: str = "") -> str:
+        """Load the bundle at `path` off the event loop (requests keep being answered by the current model
+        meanwhile) and swap it in between batches; '' once it serves. A bundle that does not load leaves the
+        current model in service, reported in swap_error (`what` in front of the reason), and returns the
+        reason. Called with _swap_lock held."""
+        try:
+            engine = await asyncio.to_thread(
+                lambda: Engine(load_bundle(path), self.live, self.args.regions, self.limits, bundle_path=path))
+        except (BundleError, ValueError, OSError) as err:
+            if self.engine is not None:
+                self.swap_error = f"{datetime.now(UTC).isoformat(timespec='seconds')}: {what}{err}"
+                logger.error("model swap to %s failed, still serving %s %s: %s%s", path,
+                             self.engine.bundle.name, self.engine.bundle.version, what, err)
+            return str(err) or type(err).__name__
+        old = self.engine
+        self.engine, self.swap_error = engine, ""
+        self._reset_stats()
+        logger.info("serving model %s version %s from %s%s", engine.bundle.name, engine.bundle.version, path,
+                    f" (was version {old.bundle.version})" if old else "")
+        return ""
 
     # ------------------------------------------------------------------------------------------ batching
 
@@ -492,8 +523,110 @@ class Forecaster:
     # ------------------------------------------------------------------------------------------ anomaly scans
     # (scans on arrival and ListAnomalies: serving/scans.py)
 
+    async def scan_arrivals(self) -> dict:
+        """Scan the hours that arrived since the last scan (the Scheduler calls this every scan_every_s;
+        off the event loop) and store what was found; returns the counts (zones, hours, opened, updated,
+        closed, ...)."""
+        return await self.scanner.scan(self.anomaly.engine)
+
+    @_api(apb.ListAnomaliesResponse, "the anomaly store")
+    async def ListAnomalies(self, request: apb.ListAnomaliesRequest) -> apb.ListAnomaliesResponse:
+        from serving.scans import list_anomalies
+
+        return await asyncio.to_thread(list_anomalies, self.store, request)
+
     # ------------------------------------------------------------------------------------------ model decisions
     # (champion/challenger: training/retrain.py, models/decisions.py)
+    #
+    # Every replica follows the promotions stored by `energyopt retrain`: a background task reads the newest
+    # one every PROMOTION_POLL_S (one single-row query) and, when it is newer than the last one this replica
+    # saw and replaces the bundle the replica serves (or names no champion: an operator's), swaps to its
+    # bundle through `_swap`, as a user_config change does: no downtime. Whatever happened last wins: a
+    # user_config model change records the newest promotion, so that no older one undoes it. A promoted
+    # bundle that does not load leaves the model in service and is reported in swap_error.
+
+    PROMOTION_POLL_S = 3.0
+
+    async def _promotion_baseline(self, path: str, *, starting: bool) -> tuple[int | None, str]:
+        """(newest promotion id, bundle to serve) for a user_config naming `path`: a starting replica follows
+        the promotions from `path` on (a restarted or added replica serves what the others do), a running
+        one serves `path`. (None, path) when the store cannot be read: promotions from the next one read."""
+        from models.decisions import bundle_identity, follow, latest_promotion, promotions
+
+        def read() -> tuple[int, str]:
+            if not starting:
+                newest = latest_promotion(self.store)
+                return (newest.id if newest else 0), path
+            chain = promotions(self.store)
+            return (chain[-1].id if chain else 0), follow(chain, path, *bundle_identity(path))
+
+        try:
+            return await asyncio.to_thread(read)
+        except Exception as err:  # noqa: BLE001 - the model must load even with the store unreachable
+            logger.warning("cannot read the model decisions in the store (%s): following the promotions "
+                           "stored from now on", err)
+            return None, path
+
+    async def _follow_promotions(self) -> None:
+        """The replica's background task: `_apply_promotions` every PROMOTION_POLL_S; errors (a store that
+        cannot be reached) are logged once each and the task goes on. The polls read on a thread of their
+        own (so on one connection of the store's, kept between polls)."""
+        failing = ""
+        reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="promotions")
+        while True:
+            await asyncio.sleep(self.PROMOTION_POLL_S)
+            try:
+                await self._apply_promotions(reader)
+                failing = ""
+            except Exception as err:  # noqa: BLE001 - nothing may end the task
+                if str(err) != failing:
+                    logger.warning("following model promotions: %s (retrying every %g s)", err,
+                                   self.PROMOTION_POLL_S)
+                failing = str(err)
+
+    async def _apply_promotions(self, reader: concurrent.futures.Executor | None = None) -> None:
+        from models.decisions import follow, latest_promotion, promotions
+
+        newest = await asyncio.get_running_loop().run_in_executor(reader, latest_promotion, self.store)
+        if self._promotion_id is not None and (newest is None or newest.id <= self._promotion_id):
+            return
+        async with self._swap_lock:
+            if self._promotion_id is None:  # unknown (the store was unreadable): promotions from now on
+                self._promotion_id = newest.id if newest else 0
+                return
+            if newest is None or newest.id <= self._promotion_id or self.engine is None:
+                return
+            chain = await asyncio.to_thread(promotions, self.store, self._promotion_id)
+            engine = self.engine
+            target = follow(chain, engine.bundle_path, engine.bundle.name, engine.bundle.version)
+            self._promotion_id = max([newest.id, *(p.id for p in chain)])
+            if target == engine.bundle_path:
+                logger.info("promotion %d replaces another model than this replica's %s %s: not followed",
+                            self._promotion_id, engine.bundle.name, engine.bundle.version)
+            elif not await self._swap(target, f"promotion {self._promotion_id}: "):
+                logger.info("promotion %d followed", self._promotion_id)
+
+    @_api(pb.ListModelDecisionsResponse, "the model decisions")
+    async def ListModelDecisions(self, request: pb.ListModelDecisionsRequest) -> pb.ListModelDecisionsResponse:
+        from models.decisions import MANUAL, list_decisions
+
+        if request.limit > 1000:
+            raise invalid(f"limit: at most 1000, got {request.limit}")
+
+        def iso(seconds: float) -> str:
+            return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds") if seconds else ""
+
+        response = pb.ListModelDecisionsResponse()
+        for d in await asyncio.to_thread(list_decisions, self.store, request.limit or 20):
+            scored = d.metric != MANUAL
+            response.decisions.add(
+                decided_at=iso(d.decided_at), champion=pb.ModelRef(name=d.champion_name, version=d.champion_version),
+                challenger=pb.ModelRef(name=d.challenger_name, version=d.challenger_version), metric=d.metric,
+                champion_score=d.champion_score, challenger_score=d.challenger_score, margin=d.margin,
+                promoted=d.promoted, champion_path=d.champion_path, challenger_path=d.challenger_path,
+                backtest_start=iso(d.backtest_start) if scored else "",
+                backtest_end=iso(d.backtest_end) if scored else "")
+        return response
 
     # grpc.health.v1.Health, answered by a replica (so SERVING means a model is loaded and answering).
     @_api(health_pb2.HealthCheckResponse)
@@ -520,6 +653,14 @@ class Forecaster:
     async def http_list_zones(self, region: str = Query("", description="Only this region's zones.")
                               ) -> rpb.ListZonesResponse:
         return await self.ListZones(rpb.ListZonesRequest(region=region))
+
+    @http_app.get("/v1/anomalies/events", summary="ListAnomalies (events stored by the scans on arrival)")
+    @_api()
+    async def http_list_anomalies(self, region: str = "", zone: str = "", since: str = "", open_only: str = "",
+                                  limit: str = "") -> apb.ListAnomaliesResponse:
+        from serving.scans import list_request  # query parameters as text: a bad one is named like the RPC's
+
+        return await self.ListAnomalies(list_request(region, zone, since, open_only, limit))
 
     @http_app.post("/v1/forecast/region", summary="ForecastRegion (body: ForecastRegionRequest as JSON)")
     @_api()
@@ -579,6 +720,15 @@ class Forecaster:
     @_api()
     async def http_model_info(self, model: str = "") -> pb.ModelInfo:
         return await self.GetModelInfo(pb.GetModelInfoRequest(model=model))
+
+    @http_app.get("/v1/model/decisions", summary="ListModelDecisions (champion/challenger, newest first)")
+    @_api()
+    async def http_model_decisions(
+        self, limit: int = Query(20, description="At most this many decisions (at most 1000).")
+    ) -> pb.ListModelDecisionsResponse:
+        if not 0 <= limit < 2**32:
+            raise invalid(f"limit: must be positive, got {limit}")
+        return await self.ListModelDecisions(pb.ListModelDecisionsRequest(limit=limit))
 
     @http_app.get("/healthz", summary="200 once a model is loaded (for load balancers)")
     async def http_healthz(self) -> JSONResponse:

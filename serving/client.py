@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.api.energyopt.v1 import anomaly_pb2 as apb
+from serving.api.energyopt.v1 import anomaly_pb2_grpc as apb_grpc
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
 from serving.api.energyopt.v1 import readings_pb2 as rpb
@@ -128,6 +130,7 @@ class ForecastClient(_Client):
                          application=application, channel=channel)
         self._stub = pb_grpc.ForecastServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._anomaly = apb_grpc.AnomalyServiceStub(self._channel)
 
     # ------------------------------------------------------------------------------------------ calls
 
@@ -203,6 +206,21 @@ class ForecastClient(_Client):
 
     def model_info(self, model: str = "", *, timeout: float | None = None) -> pb.ModelInfo:
         return self._call("GetModelInfo", self._stub.GetModelInfo, pb.GetModelInfoRequest(model=model), timeout)
+
+    def list_model_decisions(self, limit: int = 20, *, timeout: float | None = None) -> pb.ListModelDecisionsResponse:
+        """The champion/challenger decisions of `energyopt retrain` (both scores, promoted or not), newest first."""
+        return self._call("ListModelDecisions", self._stub.ListModelDecisions,
+                          pb.ListModelDecisionsRequest(limit=limit), timeout)
+
+    def list_anomalies(self, region: str, *, zone: str = "", since: str | pd.Timestamp | None = None,
+                       open_only: bool = False, limit: int = 0,
+                       timeout: float | None = None) -> apb.ListAnomaliesResponse:
+        """The anomaly events the server's scans on arrival stored for `region` (or one `zone`), the most
+        recently seen first: open ones and those seen at or after `since` (empty: all), only open ones with
+        `open_only`, at most `limit` (0: 100)."""
+        request = apb.ListAnomaliesRequest(region=region, zone=zone, since=_iso(since), open_only=open_only,
+                                           limit=limit)
+        return self._call("ListAnomalies", self._anomaly.ListAnomalies, request, timeout)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """grpc.health.v1 status name ("SERVING" once a replica has a model loaded)."""

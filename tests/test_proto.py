@@ -31,7 +31,8 @@ def test_every_field_message_service_and_rpc_is_commented():
 def test_package_is_versioned_and_service_complete():
     assert pb.DESCRIPTOR.package == "energyopt.v1"
     service = pb.DESCRIPTOR.services_by_name["ForecastService"]
-    assert {m.name for m in service.methods} == {"ForecastRegion", "ForecastSeries", "GetModelInfo"}
+    assert {m.name for m in service.methods} == {"ForecastRegion", "ForecastSeries", "GetModelInfo", "ListForecasts",
+                                                 "GetForecastAccuracy", "ListModelDecisions"}
 
 
 def test_messages_pickle_by_an_importable_module():
