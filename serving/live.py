@@ -94,8 +94,13 @@ class LiveHistory:
             else:
                 rows = self.store.changes(self.seen, watermark)
             names = rows["zone"].to_numpy()
-            if self.seen >= 0 and not set(np.unique(names).tolist()) <= self.specs.keys():
-                self.specs = self.store.zones()  # new zones (a registered zone's spec never changes)
+            if self.seen >= 0 and (not len(names) or not set(np.unique(names).tolist()) <= self.specs.keys()):
+                # new zones (a registered zone's spec never changes), or a commit that wrote no readings: a
+                # registration alone, or zones removed
+                self.specs = self.store.zones()
+                for gone in set(self._tails) - self.specs.keys():
+                    del self._tails[gone]
+                    self._views.pop(gone, None)
             for zone, spec in self.specs.items():
                 if zone not in self._tails:
                     self._tails[zone] = ZoneTail(spec, self.tail_hours)

@@ -15,7 +15,8 @@ readings do not reach that far (a replayed feed behind the wall clock). A region
 issued on time and nothing before it is back-filled.
 
 The same loop triggers the anomaly scans on arrival every `scan_every_s` (on a Forecaster replica, which
-holds the detector) and, when configured, nothing else: retraining runs as its own job (`energyopt retrain`).
+holds the detector) and, with `retrain_every_s`, `energyopt retrain` against the served model (a Ray task
+running the command: its decision lands in the store, and the replicas follow a promotion).
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -56,6 +61,11 @@ class ScheduleConfig(BaseModel):
     regions: list[str] = Field(default_factory=list, description="Regions to issue (empty: every region).")
     max_late_slots: int = Field(48, ge=0, description="Most missed slots issued late after a restart.")
     scan_every_s: float = Field(60, gt=0, description="Anomaly scans of newly arrived readings, this often.")
+    retrain_every_s: int | None = Field(None, ge=1, description="Run `energyopt retrain` this often against the "
+                                                                   "served model (604800: weekly); none: never.")
+    retrain_dir: str = Field("runs/retrain", description="Where each retraining writes its challenger.")
+    retrain_args: list[str] = Field(default_factory=list, description="More `energyopt retrain` options, e.g. "
+                                                                        "['--backtest-days', '28'].")
 
 
 def slot_of(now: float, every_s: int, offset_s: int) -> int:
@@ -71,6 +81,13 @@ def due_slots(last: int | None, now: float, every_s: int, offset_s: int, max_lat
         return [(current, False)]
     first = max(last + every_s, current - max_late * every_s)  # the newest max_late + 1, never a huge list
     return [(s, now >= s + every_s + offset_s) for s in range(first, current + 1, every_s)]
+
+
+@ray.remote(num_cpus=1)
+def _run_command(command: list[str]) -> tuple[int, str]:
+    """A command's exit code and the end of its output (a scheduled `energyopt retrain`)."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    return done.returncode, (done.stdout + done.stderr)[-4000:]
 
 
 def local_hour(seconds: int, time_zone: str) -> str:
@@ -101,10 +118,12 @@ class Scheduler:
         self.config = ScheduleConfig()  # until Serve calls reconfigure with the deployment's user_config
         self.store = Store.open(args.get("store"))
         self.last: dict[str, int | None] = {}  # region -> newest archived slot (read once, then kept)
-        self.issued = self.late = self.skipped = 0
+        self.issued = self.late = self.skipped = self.retrained = 0
         self.errors: dict[str, str] = {}  # region -> the last error, logged once per change
         self.forecaster: Any = None
         self._last_scan = 0.0
+        self._started = time.time()
+        self._retraining: asyncio.Task | None = None
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -152,6 +171,8 @@ class Scheduler:
                     self._error(region, f"region {region!r} of the schedule is not served (served: {sorted(regions)})")
                     continue
                 await self._issue_due(region, regions[region], info, now)
+        if c.retrain_every_s and self._retraining is None:
+            await self._retrain_if_due(now)
         if now - self._last_scan >= c.scan_every_s:
             self._last_scan = now
             try:
@@ -199,6 +220,35 @@ class Scheduler:
             if late:
                 logger.warning("issued %s late (issue time %s)", forecast_id, response.issue_time)
 
+    async def _retrain_if_due(self, now: float) -> None:
+        """Start `energyopt retrain` when `retrain_every_s` has passed since the store's newest decision (or
+        since this scheduler started): in a Ray task of its own (one CPU), as a command, so that serving
+        never imports training; the decision lands in the store and the replicas follow a promotion."""
+        from models.decisions import list_decisions
+
+        newest = await asyncio.to_thread(list_decisions, self.store, 1)
+        since = max([self._started, *(d.decided_at for d in newest)])
+        if now - since < self.config.retrain_every_s:
+            return
+        info = await self._handle().GetModelInfo.remote(pb.GetModelInfoRequest())
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        out = Path(self.config.retrain_dir).expanduser().resolve() / f"challenger-{stamp}"
+        command = [sys.executable, "-m", "energyopt", "retrain", "--store", self.store.url,
+                   "--champion", info.bundle_path, "--out", str(out), "--quiet", *self.config.retrain_args]
+        self._started = now  # the next run counts from this one, even if it fails
+        self._retraining = asyncio.get_running_loop().create_task(self._retrain(command))
+
+    async def _retrain(self, command: list[str]) -> None:
+        try:
+            code, output = await _run_command.remote(command)
+            (logger.info if code == 0 else logger.error)("scheduled retraining (%s) ended %d: %s",
+                                                          " ".join(command), code, output)
+            self.retrained += code == 0
+        except Exception:  # noqa: BLE001 - the schedule goes on; the next run is retrain_every_s later
+            logger.exception("scheduled retraining failed to run")
+        finally:
+            self._retraining = None
+
     def _time_zone(self, zones: list[str]) -> str:
         specs = self.store.zones()
         return specs[zones[0]].time_zone if zones and zones[0] in specs else "UTC"
@@ -219,8 +269,8 @@ class Scheduler:
 
     async def status(self) -> dict:
         """Counters of this scheduler (tests and operators)."""
-        return {"issued": self.issued, "late": self.late, "skipped": self.skipped, "errors": dict(self.errors),
-                "last": dict(self.last)}
+        return {"issued": self.issued, "late": self.late, "skipped": self.skipped, "retrained": self.retrained,
+                "retraining": self._retraining is not None, "errors": dict(self.errors), "last": dict(self.last)}
 
     async def check_health(self) -> None:
         if self._task.done():

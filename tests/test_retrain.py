@@ -384,3 +384,33 @@ def test_cli_retrain_prints_the_decision_and_refuses_bad_input(tmp_path: Path, s
     assert again.exit_code == 0, again.output
     second = json.loads(again.output[again.output.index("{"):])
     assert second["champion_path"] == str((tmp_path / "challenger").resolve())
+
+
+def test_the_schedule_runs_retraining_and_stores_its_decision(serve_app: ServeApp, stub, tmp_path: Path):
+    """`retrain_every_s` in the Scheduler's user_config: `energyopt retrain` against the served model runs as a
+    Ray task, and its decision lands in the store (a margin no challenger can meet: the model stays)."""
+    from models.bundle import load_bundle
+    from models.decisions import list_decisions
+    from models.store import Store
+    from serving import server
+
+    original = load_bundle(serve_app.bundle_dir).version
+    store = Store.open(store_of(serve_app))
+    before = {d.id for d in list_decisions(store, 1000)}
+    server.deploy(server.with_schedule(serve_app.config, retrain_every_s=1, retrain_dir=str(tmp_path), retrain_args=[
+        "--margin", "0.99", "--backtest-days", "14", "--set", "training.max_epochs=1",
+        "--set", "training.samples_per_epoch=16", "--set", "training.batch_size=16", "--no-tracking"]))
+    try:
+        deadline = time.monotonic() + 240
+        while not (new := [d for d in list_decisions(store, 1000) if d.id not in before]):
+            assert time.monotonic() < deadline, "the scheduled retraining stored no decision"
+            time.sleep(1)
+    finally:
+        server.deploy(serve_app.config)  # retraining off again
+    decision = new[0]
+    assert not decision.promoted and decision.champion_version == original
+    assert Path(decision.challenger_path).parent == tmp_path.resolve()
+    assert Path(decision.challenger_path).name.startswith("challenger-")
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+    assert info.version == original and not info.swap_error
+    store.close()
