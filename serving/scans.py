@@ -62,6 +62,7 @@ from models.events import (
 )
 from models.store import IngestResult, Store, ZoneSpec
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
+from serving.archive import utc_seconds
 from serving.engine import invalid, not_found
 
 logger = logging.getLogger("ray.serve")
@@ -260,7 +261,7 @@ def list_anomalies(store: Store, request: apb.ListAnomaliesRequest) -> apb.ListA
             raise not_found(f"zone: zone {request.zone!r} is in region {spec.region!r}, not {request.region!r}")
     if request.limit > MAX_LIMIT:
         raise invalid(f"limit: {request.limit} is over the maximum of {MAX_LIMIT} events per request")
-    since = _since(request.since) if request.since else None
+    since = utc_seconds(request.since.strip(), "since")
     found = list_events(store, request.region, request.zone, since, request.open_only,
                         request.limit or DEFAULT_LIMIT)
     return apb.ListAnomaliesResponse(events=[stored_anomaly(ev) for ev in found])
@@ -288,18 +289,6 @@ def list_request(region: str = "", zone: str = "", since: str = "", open_only: s
         raise invalid(f"limit: {n} is over the maximum of {MAX_LIMIT} events per request")
     return apb.ListAnomaliesRequest(region=region, zone=zone, since=since, open_only=flag in ("true", "1", "yes"),
                                     limit=n)
-
-
-def _since(text: str) -> int:
-    try:
-        stamp = pd.Timestamp(text.strip())
-    except (ValueError, TypeError, OverflowError):
-        stamp = pd.NaT
-    if stamp is pd.NaT:
-        raise invalid(f"since: cannot read {text!r} as an ISO 8601 time, e.g. 2024-01-01T00:00:00Z")
-    if stamp.tz is None:
-        stamp = stamp.tz_localize("UTC")
-    return int(stamp.timestamp())
 
 
 def _iso(epoch: float) -> str:
