@@ -46,8 +46,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def retrain(
-    store: str | None = typer.Option(None, help="The store: a SQLite path or a database URL "
-                                               "(postgresql://user@host/db); default runs/store.db."),
+    store: str | None = typer.Option(None, envvar="ENERGYOPT_STORE", show_envvar=True,
+                                     help="The store: a SQLite path or a database URL "
+                                          "(postgresql://user@host/db); default runs/store.db."),
     champion: Path | None = typer.Option(None, help="The model in service (default: the bundle of the store's "
                                                     "newest promotion)."),
     out: Path | None = typer.Option(None, help="Directory to write the challenger bundle to (a new one)."),

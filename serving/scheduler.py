@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -84,9 +85,10 @@ def due_slots(last: int | None, now: float, every_s: int, offset_s: int, max_lat
 
 
 @ray.remote(num_cpus=1)
-def _run_command(command: list[str]) -> tuple[int, str]:
-    """A command's exit code and the end of its output (a scheduled `energyopt retrain`)."""
-    done = subprocess.run(command, capture_output=True, text=True)
+def _run_command(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """A command's exit code and the end of its output (a scheduled `energyopt retrain`), with `env` added
+    to the worker's environment."""
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | env)
     return done.returncode, (done.stdout + done.stderr)[-4000:]
 
 
@@ -233,14 +235,15 @@ class Scheduler:
         info = await self._handle().GetModelInfo.remote(pb.GetModelInfoRequest())
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         out = Path(self.config.retrain_dir).expanduser().resolve() / f"challenger-{stamp}"
-        command = [sys.executable, "-m", "energyopt", "retrain", "--store", self.store.url,
-                   "--champion", info.bundle_path, "--out", str(out), "--quiet", *self.config.retrain_args]
+        # the store's URL goes in the environment, not on the command line (where `ps` would show a password)
+        command = [sys.executable, "-m", "energyopt", "retrain", "--champion", info.bundle_path,
+                   "--out", str(out), "--quiet", *self.config.retrain_args]
         self._started = now  # the next run counts from this one, even if it fails
         self._retraining = asyncio.get_running_loop().create_task(self._retrain(command))
 
     async def _retrain(self, command: list[str]) -> None:
         try:
-            code, output = await _run_command.remote(command)
+            code, output = await _run_command.remote(command, {"ENERGYOPT_STORE": self.store.url})
             (logger.info if code == 0 else logger.error)("scheduled retraining (%s) ended %d: %s",
                                                           " ".join(command), code, output)
             self.retrained += code == 0
