@@ -275,7 +275,8 @@ def accuracy(store: Store, region: str, zones: Sequence[str], *, start: int, end
         chosen = chosen.where(f.c.model_version == model_version)
     chosen = chosen.cte("chosen")
     # forecasts of the whole region: only their TOTAL is the region total (an on-demand subset's is not)
-    whole = (sa.select(forecast_zones_table.c.forecast_id).group_by(forecast_zones_table.c.forecast_id)
+    fz = forecast_zones_table.c
+    whole = (sa.select(fz.forecast_id).join(chosen, chosen.c.id == fz.forecast_id).group_by(fz.forecast_id)
              .having(sa.func.count() == len(zones) + 1)).cte("whole")
     # each forecast hour with the readings of that hour (their mean: sub-hourly zones score too), found
     # through the readings' (zone, ts) key; the TOTAL where every zone's hour is complete

@@ -120,6 +120,7 @@ class Scheduler:
         self.config = ScheduleConfig()  # until Serve calls reconfigure with the deployment's user_config
         self.store = Store.open(args.get("store"))
         self.last: dict[str, int | None] = {}  # region -> newest archived slot (read once, then kept)
+        self._zone_tz: dict[str, str] = {}  # zone -> its time zone
         self.issued = self.late = self.skipped = self.retrained = 0
         self.errors: dict[str, str] = {}  # region -> the last error, logged once per change
         self.forecaster: Any = None
@@ -253,17 +254,19 @@ class Scheduler:
             self._retraining = None
 
     def _time_zone(self, zones: list[str]) -> str:
-        specs = self.store.zones()
-        return specs[zones[0]].time_zone if zones and zones[0] in specs else "UTC"
+        """The region's time zone, read once per zone (a registered zone's spec never changes)."""
+        if zones and zones[0] not in self._zone_tz:
+            self._zone_tz.update((z, spec.time_zone) for z, spec in self.store.zones().items())
+        return self._zone_tz.get(zones[0], "UTC") if zones else "UTC"
 
     @staticmethod
     def _late_issue(slot: int, history_end: str, time_zone: str) -> str:
         """The issue time of a late slot: the hour its readings were complete, on the region's wall clock,
         unless the readings held do not reach it (then from now: '')."""
-        hour = pd.Timestamp(slot, unit="s", tz="UTC").floor("h").tz_convert(time_zone).tz_localize(None)
-        if not history_end or hour > pd.Timestamp(history_end) + pd.Timedelta(hours=1):
+        hour = local_hour(slot // 3600 * 3600, time_zone)
+        if not history_end or pd.Timestamp(hour) > pd.Timestamp(history_end) + pd.Timedelta(hours=1):
             return ""
-        return hour.isoformat()
+        return hour
 
     def _error(self, region: str, message: str) -> None:
         if self.errors.get(region) != message:

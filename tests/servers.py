@@ -11,6 +11,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,16 @@ def server_process(root: Path, *, model: Path, args: dict[str, Any], replicas: i
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env |= {"RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
     return cls(command, env, ray_tmp, Path(args["store"]), root / "server.log", grpc_port, http_port, **fields)
+
+
+@contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    """`server` started, then killed and its Ray's temporary directory removed (a module fixture's body)."""
+    import shutil
+
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(server.ray_tmp, ignore_errors=True)

@@ -12,7 +12,6 @@ B. A server of its own (`python -m serving.server` in a subprocess: 2 Forecaster
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.error
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from servers import REPO, ServerProcess, server_process
+from servers import REPO, ServerProcess, running, server_process
 
 from models import archive
 from models.store import Store, ZoneSpec
@@ -236,12 +235,8 @@ def scheduled_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Pat
     server = server_process(root, model=tiny_bundle_dir, args=args, config=root / "serve.yaml")
     server.truth = frame.set_index(["zone", "timestamp"]).sort_index()
     server.fed = [pd.Timestamp(h) for h in hours[-FED:]]
-    try:
-        server.start()
+    with running(server):
         yield server
-    finally:
-        server.kill()
-        shutil.rmtree(server.ray_tmp, ignore_errors=True)
 
 
 def _slots(store: Store, region: str = "SYN") -> list[archive.ArchivedForecast]:

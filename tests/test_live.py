@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +34,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
-from servers import ServerProcess, server_process
+from servers import ServerProcess, running, server_process
 
 from models.events import forget_zones
 from models.store import Store, ZoneSpec, readings_table, state_table, zones_table
@@ -413,12 +412,8 @@ def live_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Path):
     truth = frame.set_index(["zone", "timestamp"]).sort_index()
     server = server_process(root, model=tiny_bundle_dir, args=args, cls=LiveServer, truth=truth,
                             dropped=[pd.Timestamp(h) for h in hours[-DROPPED:]])
-    try:
-        server.start()
+    with running(server):
         yield server
-    finally:
-        server.kill()
-        shutil.rmtree(server.ray_tmp, ignore_errors=True)
 
 
 def model_infos(stub: pb_grpc.ForecastServiceStub, replicas: int = 2, timeout_s: float = 60) -> dict[str, pb.ModelInfo]:

@@ -132,15 +132,10 @@ def train_distributed(
                                         **{f"distributed.{k}": v for k, v in run.items()}})
     if tracker is not None:
         log(f"MLflow: run {tracker.run_id} in experiment {config.name!r} at {tracking_uri}")
-    try:
-        bundle = _fit(config, data, out, num_workers=num_workers, use_gpu=use_gpu, storage=storage,
-                      max_failures=max_failures, evaluate=evaluate, log=log, run=run,
-                      tracking_run=(tracking_uri, tracker.run_id) if tracker is not None else None)
-    except BaseException as err:
-        tracking.end(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    tracking.log_bundle(tracker, out, bundle.metrics)
-    return bundle
+    return tracking.tracked(tracker, out, lambda: _fit(
+        config, data, out, num_workers=num_workers, use_gpu=use_gpu, storage=storage, max_failures=max_failures,
+        evaluate=evaluate, log=log, run=run, tracking_run=(tracking_uri, tracker.run_id) if tracker is not None
+        else None))
 
 
 def _fit(config: TrainConfig, data: str | Path | None, out: str | Path, *, num_workers: int, use_gpu: bool,

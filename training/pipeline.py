@@ -301,13 +301,8 @@ def train(
                                   tags={"energyopt.command": "train", "data": data_source(data)})
     if tracker is not None:
         log(f"MLflow: run {tracker.run_id} in experiment {config.name!r} at {tracking_uri}")
-    try:
-        bundle = _train(config, data, out, progress=progress, evaluate=evaluate, log=log, tracker=tracker)
-    except BaseException as err:
-        tracking.end(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    tracking.log_bundle(tracker, out, bundle.metrics)
-    return bundle
+    return tracking.tracked(tracker, out, lambda: _train(config, data, out, progress=progress, evaluate=evaluate,
+                                                         log=log, tracker=tracker))
 
 
 def _train(config: TrainConfig, data: str | Path | None, out: str | Path, *, progress: bool, evaluate: bool,

@@ -316,6 +316,18 @@ def log_bundle(logger: Tracker | None, bundle_dir: str | Path, metrics: Mapping[
         logger.end("FINISHED")
 
 
+def tracked(logger: Tracker | None, bundle_dir: str | Path, train: Callable[[], Any]) -> Any:
+    """`train()` (it returns the bundle) under `logger`'s run: the bundle and its metrics logged once it is
+    written, the run ended FAILED (KILLED on Ctrl-C) if it raises."""
+    try:
+        bundle = train()
+    except BaseException as err:
+        end(logger, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    log_bundle(logger, bundle_dir, bundle.metrics)
+    return bundle
+
+
 def end(logger: Tracker | None, status: str = "FINISHED", *, tags: Mapping[str, Any] | None = None) -> None:
     """End the run (FINISHED, FAILED or KILLED), setting `tags` first."""
     if logger is None:
