@@ -49,13 +49,16 @@ def trials_by_state(storage: str) -> dict[TrialState, list[optuna.trial.FrozenTr
 
 def state_counts(db: Path) -> dict[str, int]:
     """Trial states read straight from the SQLite file, read-only: polling must not race the driver's
-    creation of the schema. RUNNING_SAMPLED counts the running trials that have drawn their parameters."""
+    creation of the schema. RUNNING_SAMPLED counts the running trials that have drawn their parameters and
+    started after the first trial finished: one of the first pair may be a moment from its end when its
+    partner completes, and would finish before the kill reaches it."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
             counts["RUNNING_SAMPLED"] = conn.execute(
                 "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN trial_params p ON p.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING'").fetchone()[0]
+                "WHERE t.state = 'RUNNING' AND t.datetime_start > "
+                "(SELECT MIN(datetime_complete) FROM trials WHERE state = 'COMPLETE')").fetchone()[0]
             return counts
     except sqlite3.OperationalError:  # no file or no tables yet
         return {}
