@@ -254,14 +254,17 @@ class ReadingsClient(_Client):
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         window: int = 8,
+        max_stream_s: float = 30.0,
         application: str | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         """As ForecastClient; `window` is how many batches a stream sends ahead of their acknowledgements
-        (it bounds what waits in buffers and what a reopened stream sends again)."""
+        (it bounds what waits in buffers and what a reopened stream sends again); `max_stream_s` is how long
+        one StreamReadings stream takes new batches before `stream` closes it and goes on in a new one (the
+        server ends any call at its request timeout, 60 s in configs/serve.yaml)."""
         super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
                          application=application, channel=channel)
-        self.window = window
+        self.window, self.max_stream_s = window, max_stream_s
         self._stub = rpb_grpc.ReadingsServiceStub(self._channel)
 
     def ingest(
@@ -293,16 +296,19 @@ class ReadingsClient(_Client):
 
         `batches` is read lazily (on a gRPC thread), at most `window` batches ahead of the acknowledgements,
         so a generator that paces itself paces the stream. When the stream breaks with UNAVAILABLE (or a
-        replica dies) it is reopened, up to `retries` times without an acknowledgement in between, and the
-        batches sent but not acknowledged are sent again first (ingest is idempotent: whatever did land
-        counts as unchanged the second time). Other errors raise ReadingsError; an exception raised by
+        replica dies, or the server's request timeout ends it) it is reopened, up to `retries` times without an
+        acknowledgement in between, and the batches sent but not acknowledged are sent again first (ingest is
+        idempotent: whatever did land counts as unchanged the second time). A long feed goes on in a new
+        stream every `max_stream_s`, once the old one's batches are acknowledged, so that it outlives the
+        server's request timeout. Other errors raise ReadingsError; an exception raised by
         `batches` itself is raised here once the batches before it are acknowledged. Closing the iterator
         (or Ctrl-C while it waits) cancels the stream.
         """
-        feed = _Feed(iter(batches), window or self.window)
+        feed = _Feed(iter(batches), window or self.window, self.max_stream_s)
         attempt = 0
         while True:
             call = self._stub.StreamReadings(feed.open(), metadata=self._metadata)
+            rolled_over = False
             try:
                 for ack in call:
                     index = feed.acknowledged()
@@ -319,18 +325,24 @@ class ReadingsClient(_Client):
                 if feed.unacknowledged():
                     raise ReadingsError(grpc.StatusCode.INTERNAL, f"the server ended the stream with "
                                         f"{feed.unacknowledged()} batch(es) unacknowledged", "StreamReadings")
-                return
+                if feed.done:
+                    return
+                rolled_over = True  # closed at max_stream_s, everything acknowledged: on in a new stream
             except grpc.RpcError as err:
                 code, details, retryable = _status(err)
                 if feed.error is not None:  # the batches' own failure ended the stream: that is the news
                     raise feed.error from None
+                # a stream has no deadline of ours: DEADLINE_EXCEEDED is the server's request timeout, which
+                # a source slower than max_stream_s (waiting in its next batch) can still run into
+                retryable = retryable or code == grpc.StatusCode.DEADLINE_EXCEEDED
                 if not retryable or attempt == self.retries:
                     raise self.error(code, details, "StreamReadings") from None
             finally:
                 feed.close()
                 call.cancel()
-            self._pause(attempt)
-            attempt += 1
+            if not rolled_over:
+                self._pause(attempt)
+                attempt += 1
 
 
 class _Feed:
@@ -340,8 +352,8 @@ class _Feed:
     stops at its next step, handing back any batch it had taken. It holds `pulling` from taking a batch
     until it is pending or handed back, so the next stream's iterator never overtakes it."""
 
-    def __init__(self, source: Iterator[rpb.IngestReadingsRequest], window: int) -> None:
-        self.source, self.window = source, max(1, window)
+    def __init__(self, source: Iterator[rpb.IngestReadingsRequest], window: int, max_stream_s: float) -> None:
+        self.source, self.window, self.max_stream_s = source, max(1, window), max_stream_s
         self.lock = threading.Lock()  # pending, backlog, generation
         self.pulling = threading.Lock()  # one iterator at a time takes a batch
         self.pending: deque[tuple[int, rpb.IngestReadingsRequest]] = deque()  # sent, not yet acknowledged
@@ -380,6 +392,7 @@ class _Feed:
             return len(self.pending) + len(self.backlog)
 
     def _requests(self, generation: int, slots: threading.Semaphore) -> Iterator[rpb.IngestReadingsRequest]:
+        closes_at = time.monotonic() + self.max_stream_s
         while True:
             # the next batch first, so the stream half-closes as soon as the last one is sent; its slot after
             with self.pulling:
@@ -389,7 +402,7 @@ class _Feed:
                     item = self.backlog.popleft() if self.backlog else None
                 resent = item is not None
                 if item is None:
-                    if self.done:
+                    if self.done or time.monotonic() > closes_at:  # (max_stream_s: half-close, `stream` goes on)
                         return
                     try:
                         item = (self.taken, next(self.source))

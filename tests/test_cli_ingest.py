@@ -191,11 +191,13 @@ def test_ingest_input_errors_are_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------------- --server
 
 class StoreService(rpb_grpc.ReadingsServiceServicer):
-    """ReadingsService over a real Store, in process; `fail_at` breaks the first stream with UNAVAILABLE
-    when that batch arrives (after acknowledging the ones before it)."""
+    """ReadingsService over a real Store, in process; `fail_at` breaks the first stream with `fail_code`
+    (UNAVAILABLE: a replica restarting; DEADLINE_EXCEEDED: the server's request timeout) when that batch
+    arrives (after acknowledging the ones before it)."""
 
     def __init__(self, store: Store, fail_at: int | None = None) -> None:
         self.store, self.fail_at, self.streams, self.batches = store, fail_at, 0, 0
+        self.fail_code, self.batches_per_stream = grpc.StatusCode.UNAVAILABLE, []
 
     def _ack(self, request, batch, context):
         try:
@@ -217,9 +219,12 @@ class StoreService(rpb_grpc.ReadingsServiceServicer):
 
     def StreamReadings(self, request_iterator, context):  # noqa: N802
         self.streams += 1
+        self.batches_per_stream.append(0)
         for i, request in enumerate(request_iterator):
             if self.streams == 1 and i == self.fail_at:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "replica restarting")
+                context.abort(self.fail_code, "replica restarting"
+                              if self.fail_code == grpc.StatusCode.UNAVAILABLE else "request timed out")
+            self.batches_per_stream[-1] += 1
             yield self._ack(request, i, context)
 
     def ListZones(self, request, context):  # noqa: N802
@@ -268,6 +273,33 @@ def test_stream_reopens_a_broken_stream_and_resends_what_was_not_acknowledged(se
             for ack in client.stream(broken()):
                 seen.append(ack.batch)
         assert seen == [0, 1]  # the batches before the failure were all acknowledged
+
+
+def test_a_long_feed_goes_on_in_new_streams_before_the_servers_request_timeout(service):
+    """A feed longer than the server's request timeout (Serve's request_timeout_s ends any call): the client
+    closes each stream after max_stream_s once its batches are acknowledged and goes on in a new one, so
+    nothing is sent twice; a stream the server still times out (a source slower than max_stream_s) is
+    reopened and its unacknowledged batches resent."""
+    servicer, target = service
+    table = frame([("A", pd.Timestamp("2021-01-01") + pd.Timedelta(hours=h), 1000 + h) for h in range(40)])
+
+    def paced(batches):
+        for batch in batches:
+            time.sleep(0.1)
+            yield batch
+
+    with ReadingsClient(target, backoff=0.01, max_stream_s=0.35) as client:
+        acks = list(client.stream(paced(batches_from_frame(table, 4, register=[ZoneSpec("A", "R")]))))
+    assert [a.batch for a in acks] == list(range(10))
+    assert servicer.streams >= 3 and sum(servicer.batches_per_stream) == 10  # several streams, nothing resent
+    assert sum(a.inserted for a in acks) == 40 and not any(a.unchanged for a in acks)
+
+    servicer.streams, servicer.fail_at, servicer.fail_code = 0, 2, grpc.StatusCode.DEADLINE_EXCEEDED
+    later = frame([("A", pd.Timestamp("2021-01-03") + pd.Timedelta(hours=h), 2000 + h) for h in range(20)])
+    with ReadingsClient(target, backoff=0.01) as client:
+        acks = list(client.stream(batches_from_frame(later, 4)))
+    assert [a.batch for a in acks] == [0, 1, 2, 3, 4] and servicer.streams == 2
+    assert servicer.store.readings(["A"]).value.tolist()[-20:] == [2000.0 + h for h in range(20)]
 
 
 def test_stream_gives_up_on_refused_batches_and_unreachable_servers(service):
