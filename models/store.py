@@ -483,15 +483,24 @@ class Store:
             conn.invalidate()
             raise
 
-    def readings(self, zones: Sequence[str], start: int | None = None, end: int | None = None) -> pd.DataFrame:
-        """zone, ts (UTC seconds), value of `zones` with start <= ts < end (None: unbounded), by zone and time."""
-        query = sa.select(readings_table.c.zone, readings_table.c.ts, readings_table.c.value).where(
-            readings_table.c.zone.in_(list(zones)))
+    def readings(self, zones: Sequence[str], start: int | None = None, end: int | None = None, *,
+                 newest: int | None = None) -> pd.DataFrame:
+        """zone, ts (UTC seconds), value of `zones` with start <= ts < end (None: unbounded), by zone and time;
+        with `newest`, only each zone's `newest` latest readings of that window."""
+        r = readings_table
+        columns = [r.c.zone, r.c.ts, r.c.value]
+        if newest is not None:  # ranked in the database: a long window never travels whole
+            columns.append(sa.func.row_number().over(partition_by=r.c.zone, order_by=r.c.ts.desc()).label("rank"))
+        query = sa.select(*columns).where(r.c.zone.in_(list(zones)))
         if start is not None:
-            query = query.where(readings_table.c.ts >= int(start))
+            query = query.where(r.c.ts >= int(start))
         if end is not None:
-            query = query.where(readings_table.c.ts < int(end))
-        return self._frame(query.order_by(readings_table.c.zone, readings_table.c.ts))
+            query = query.where(r.c.ts < int(end))
+        if newest is not None:
+            ranked = query.subquery()
+            query = sa.select(ranked.c.zone, ranked.c.ts, ranked.c.value).where(ranked.c["rank"] <= int(newest))
+            return self._frame(query.order_by(ranked.c.zone, ranked.c.ts))
+        return self._frame(query.order_by(r.c.zone, r.c.ts))
 
     def latest(self, zones: Sequence[str], seconds: int) -> pd.DataFrame:
         """zone, ts, value of each zone's readings in the `seconds` before (and at) its latest one."""

@@ -499,6 +499,13 @@ class Forecaster:
             raise not_found(f"region: unknown region {request.region!r}")
         return resp
 
+    @_api(rpb.ListReadingsResponse, "the readings store")
+    async def ListReadings(self, request: rpb.ListReadingsRequest) -> rpb.ListReadingsResponse:
+        """serving/readings.py does the work (the window, the limits), off the event loop."""
+        from serving.readings import list_readings
+
+        return await asyncio.to_thread(list_readings, self.store, self.args.regions, request)
+
     @_api(pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
         info = self._serving().model_info(request, self.serving_stats())
@@ -653,6 +660,16 @@ class Forecaster:
     async def http_list_zones(self, region: str = Query("", description="Only this region's zones.")
                               ) -> rpb.ListZonesResponse:
         return await self.ListZones(rpb.ListZonesRequest(region=region))
+
+    @http_app.get("/v1/readings", summary="ListReadings (stored readings of a region's zones, oldest first)")
+    @_api()
+    async def http_list_readings(
+        self, region: str = DEFAULT_REGION, zones: list[str] = Query(default=[]), hours: str = "", since: str = "",
+        until: str = "", max_points: str = "",
+    ) -> rpb.ListReadingsResponse:
+        from serving.readings import list_request  # numbers as text: a bad one is named like the RPC's
+
+        return await self.ListReadings(list_request(region, zones, hours, since, until, max_points))
 
     @http_app.get("/v1/anomalies/events", summary="ListAnomalies (events stored by the scans on arrival)")
     @_api()

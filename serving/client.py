@@ -289,6 +289,16 @@ class ReadingsClient(_Client):
         """The zones the store knows (of `region`; empty: all), with their latest reading."""
         return self._call("ListZones", self._stub.ListZones, rpb.ListZonesRequest(region=region), timeout)
 
+    def list_readings(self, region: str, *, zones: Sequence[str] = (), hours: int = 0,
+                      since: str | pd.Timestamp | None = None, until: str | pd.Timestamp | None = None,
+                      max_points: int = 0, timeout: float | None = None) -> rpb.ListReadingsResponse:
+        """The stored readings of `region`'s zones (or of `zones`), oldest first: the last `hours` (0: 168)
+        before the newest reading, or from `since` to `until`; at most `max_points` per zone (0: the server's
+        limit). `to_frame` turns the answer into a long table."""
+        request = rpb.ListReadingsRequest(region=region, zones=list(zones), hours=hours, since=_iso(since),
+                                          until=_iso(until), max_points=max_points)
+        return self._call("ListReadings", self._stub.ListReadings, request, timeout)
+
     def stream(self, batches: Iterable[rpb.IngestReadingsRequest], *,
                window: int | None = None) -> Iterator[rpb.IngestAck]:
         """Send `batches` over one StreamReadings stream and yield each batch's acknowledgement, in order,
@@ -437,9 +447,14 @@ def series_input(history: Sequence[float] | np.ndarray, last_timestamp: str | pd
     return msg
 
 
-def to_frame(response: pb.ForecastRegionResponse | pb.ForecastSeriesResponse) -> pd.DataFrame:
+def to_frame(response: pb.ForecastRegionResponse | pb.ForecastSeriesResponse | rpb.ListReadingsResponse
+             ) -> pd.DataFrame:
     """A response as a long table: zone (or series name; TOTAL for a region total), timestamp, point and
-    one column q<level> per band."""
+    one column q<level> per band; ListReadings: zone, timestamp (UTC), value."""
+    if isinstance(response, rpb.ListReadingsResponse):
+        return pd.DataFrame({"zone": [s.zone for s in response.series for _ in s.values],
+                             "timestamp": pd.to_datetime([t for s in response.series for t in s.timestamps], utc=True),
+                             "value": np.array([v for s in response.series for v in s.values], np.float64)})
     region = isinstance(response, pb.ForecastRegionResponse)
     forecasts = [*response.zones, response.total] if region else list(response.forecasts)
     frames = [pd.DataFrame({"zone": f.name, "timestamp": pd.to_datetime(list(f.timestamps)),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from serving import gen_proto
 from serving.api.energyopt.v1 import forecast_pb2 as pb
+from serving.api.energyopt.v1 import readings_pb2 as rpb
 
-PROTO = Path(gen_proto.PROTO_ROOT) / "energyopt" / "v1" / "forecast.proto"
+PROTOS = sorted(Path(gen_proto.PROTO_ROOT).rglob("*.proto"))
 
 
 def test_committed_stubs_are_what_the_proto_generates():
@@ -18,13 +19,15 @@ def test_committed_stubs_are_what_the_proto_generates():
 
 
 def test_every_field_message_service_and_rpc_is_commented():
-    lines = PROTO.read_text().splitlines()
     field = re.compile(r"^\s*(repeated\s+|optional\s+)?(map<[^>]+>|[\w.]+)\s+\w+\s*=\s*\d+\s*;")
     undocumented = []
-    for i, line in enumerate(lines):
-        if field.match(line) or re.match(r"^\s*(service|rpc)\s", line):
-            if not lines[i - 1].strip().startswith("//"):
-                undocumented.append(f"{i + 1}: {line.strip()}")
+    assert len(PROTOS) >= 4, PROTOS
+    for proto in PROTOS:
+        lines = proto.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if field.match(line) or re.match(r"^\s*(service|rpc)\s", line):
+                if not lines[i - 1].strip().startswith("//"):
+                    undocumented.append(f"{proto.name}:{i + 1}: {line.strip()}")
     assert not undocumented, "fields without a comment line above them:\n" + "\n".join(undocumented)
 
 
@@ -33,6 +36,8 @@ def test_package_is_versioned_and_service_complete():
     service = pb.DESCRIPTOR.services_by_name["ForecastService"]
     assert {m.name for m in service.methods} == {"ForecastRegion", "ForecastSeries", "GetModelInfo", "ListForecasts",
                                                  "GetForecastAccuracy", "ListModelDecisions"}
+    readings = rpb.DESCRIPTOR.services_by_name["ReadingsService"]
+    assert {m.name for m in readings.methods} == {"IngestReadings", "StreamReadings", "ListZones", "ListReadings"}
 
 
 def test_messages_pickle_by_an_importable_module():

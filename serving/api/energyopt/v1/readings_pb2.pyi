@@ -85,9 +85,53 @@ class ZoneStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[ZoneSpec, _Mapping]] = ..., last_reading: _Optional[str] = ..., readings: _Optional[int] = ...) -> None: ...
 
 class ListZonesResponse(_message.Message):
-    __slots__ = ("zones", "watermark")
+    __slots__ = ("zones", "watermark", "default_region")
     ZONES_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REGION_FIELD_NUMBER: _ClassVar[int]
     zones: _containers.RepeatedCompositeFieldContainer[ZoneStatus]
     watermark: int
-    def __init__(self, zones: _Optional[_Iterable[_Union[ZoneStatus, _Mapping]]] = ..., watermark: _Optional[int] = ...) -> None: ...
+    default_region: str
+    def __init__(self, zones: _Optional[_Iterable[_Union[ZoneStatus, _Mapping]]] = ..., watermark: _Optional[int] = ..., default_region: _Optional[str] = ...) -> None: ...
+
+class ListReadingsRequest(_message.Message):
+    __slots__ = ("region", "zones", "hours", "since", "until", "max_points")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    HOURS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    zones: _containers.RepeatedScalarFieldContainer[str]
+    hours: int
+    since: str
+    until: str
+    max_points: int
+    def __init__(self, region: _Optional[str] = ..., zones: _Optional[_Iterable[str]] = ..., hours: _Optional[int] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., max_points: _Optional[int] = ...) -> None: ...
+
+class ZoneReadings(_message.Message):
+    __slots__ = ("zone", "timestamps", "values", "truncated", "resolution_s")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_S_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    timestamps: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    truncated: bool
+    resolution_s: int
+    def __init__(self, zone: _Optional[str] = ..., timestamps: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., truncated: _Optional[bool] = ..., resolution_s: _Optional[int] = ...) -> None: ...
+
+class ListReadingsResponse(_message.Message):
+    __slots__ = ("series", "watermark", "since", "until")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[ZoneReadings]
+    watermark: int
+    since: str
+    until: str
+    def __init__(self, series: _Optional[_Iterable[_Union[ZoneReadings, _Mapping]]] = ..., watermark: _Optional[int] = ..., since: _Optional[str] = ..., until: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ReadingsServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Readings in (batches, streams) and out (the zones, their stored readings).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -49,10 +50,16 @@ class ReadingsServiceStub:
                 request_serializer=energyopt_dot_v1_dot_readings__pb2.ListZonesRequest.SerializeToString,
                 response_deserializer=energyopt_dot_v1_dot_readings__pb2.ListZonesResponse.FromString,
                 _registered_method=True)
+        self.ListReadings = channel.unary_unary(
+                '/energyopt.v1.ReadingsService/ListReadings',
+                request_serializer=energyopt_dot_v1_dot_readings__pb2.ListReadingsRequest.SerializeToString,
+                response_deserializer=energyopt_dot_v1_dot_readings__pb2.ListReadingsResponse.FromString,
+                _registered_method=True)
 
 
 class ReadingsServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Readings in (batches, streams) and out (the zones, their stored readings).
+    """
 
     def IngestReadings(self, request, context):
         """One batch, committed in one transaction before the acknowledgement is sent.
@@ -77,6 +84,17 @@ class ReadingsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReadings(self, request, context):
+        """The stored readings of a region's zones over a window of time, oldest first, as held (UTC, at each
+        zone's resolution, not averaged to hours): what the operator dashboard charts. Errors: NOT_FOUND for
+        an unknown region or zone; INVALID_ARGUMENT for a time that cannot be read, an empty window or
+        max_points over the limit (10,000 per zone); RESOURCE_EXHAUSTED when the answer could hold more than
+        200,000 readings in all (the message names the limit: ask for fewer zones or a shorter window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReadingsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +113,11 @@ def add_ReadingsServiceServicer_to_server(servicer, server):
                     request_deserializer=energyopt_dot_v1_dot_readings__pb2.ListZonesRequest.FromString,
                     response_serializer=energyopt_dot_v1_dot_readings__pb2.ListZonesResponse.SerializeToString,
             ),
+            'ListReadings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReadings,
+                    request_deserializer=energyopt_dot_v1_dot_readings__pb2.ListReadingsRequest.FromString,
+                    response_serializer=energyopt_dot_v1_dot_readings__pb2.ListReadingsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'energyopt.v1.ReadingsService', rpc_method_handlers)
@@ -104,7 +127,8 @@ def add_ReadingsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ReadingsService:
-    """Missing associated documentation comment in .proto file."""
+    """Readings in (batches, streams) and out (the zones, their stored readings).
+    """
 
     @staticmethod
     def IngestReadings(request,
@@ -177,6 +201,33 @@ class ReadingsService:
             '/energyopt.v1.ReadingsService/ListZones',
             energyopt_dot_v1_dot_readings__pb2.ListZonesRequest.SerializeToString,
             energyopt_dot_v1_dot_readings__pb2.ListZonesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReadings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energyopt.v1.ReadingsService/ListReadings',
+            energyopt_dot_v1_dot_readings__pb2.ListReadingsRequest.SerializeToString,
+            energyopt_dot_v1_dot_readings__pb2.ListReadingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
