@@ -32,6 +32,8 @@ def serve(
                                                     "written by `energyopt demo`)."),
     grpc_port: int = typer.Option(9000, help="Port of the gRPC API (all interfaces)."),
     http_port: int = typer.Option(8000, help="Port of the HTTP/JSON API."),
+    metrics_port: int = typer.Option(8080, help="Ray's metrics export port: Ray's, Serve's and the "
+                                                "application's metrics for Prometheus (docs/monitoring.md)."),
     config: Path | None = typer.Option(None, help="Ray Serve config file (default: configs/serve.yaml)."),
     data: Path | None = typer.Option(None, help="Long-format CSV/Parquet seeded into the store once "
                                                    "(default: the bundled PJM zones)."),
@@ -69,7 +71,7 @@ def serve(
                   "written by `energyopt train --model autoencoder`")
     if data is not None and not data.exists():
         _fail(f"no data file {data}")
-    for name, port in (("--grpc-port", grpc_port), ("--http-port", http_port)):
+    for name, port in (("--grpc-port", grpc_port), ("--http-port", http_port), ("--metrics-port", metrics_port)):
         if _in_use(port):
             _fail(f"port {port} is in use (another `energyopt serve`?); pick a free one with {name}")
 
@@ -89,7 +91,8 @@ def serve(
     from models.store import StoreError
 
     try:
-        server.start(cfg, haproxy=haproxy, log=lambda line: console.print(line, highlight=False))
+        server.start(cfg, haproxy=haproxy, metrics_port=metrics_port,
+                     log=lambda line: console.print(line, highlight=False))
     except (StoreError, SeriesError) as err:
         _fail(f"the store: {err}")
     except (RuntimeError, TimeoutError) as err:
@@ -99,8 +102,11 @@ def serve(
         f"[bold green]serving[/] {bundle.name} {bundle.version}\n"
         f"  gRPC  0.0.0.0:{grpc_port}   energyopt.v1.ForecastService, ReadingsService, grpc.health.v1.Health "
         "(reflection on)\n"
+        f"  dashboard  http://{http_host}:{http_port}/\n"
         f"  HTTP  http://{http_host}:{http_port}   /v1/forecast/region  /v1/readings  /v1/zones  /v1/model  "
         "/healthz  /docs\n"
+        f"  metrics http://127.0.0.1:{server.metrics_export_port() or metrics_port}/metrics   Prometheus scrape "
+        "(Ray's node metrics export: ray_energyopt_*, ray_serve_*)\n"
         f"  store {cfg['applications'][0]['args']['store']}\n"
         f"try:  energyopt forecast --server localhost:{grpc_port} --region PJM --horizon 48\n"
         "Ctrl-C to stop", highlight=False)

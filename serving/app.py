@@ -26,6 +26,7 @@ import functools
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +55,7 @@ from serving.api.energyopt.v1 import readings_pb2 as rpb
 from serving.archive import archive_response
 from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found
 from serving.live import LiveHistory
+from serving.metrics import RequestRecorder, mirrored_rpc, record_batch, record_ingest, record_model
 from serving.scheduler import Scheduler
 
 logger = logging.getLogger("ray.serve")
@@ -165,6 +167,10 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
     the RPC, the ApiError propagates); a route with the matching HTTP status and {"code", "message"}, and
     a result as the message's proto3 JSON. Anything else is logged and answered INTERNAL, naming the `part`
     that failed, never with a stack trace.
+
+    Every answer to a client is counted and timed here (serving/metrics.py: per RPC, transport and status
+    code; a route as the RPC it mirrors); an RPC called without a grpc_context (by a route, another
+    method or another deployment) is not, so that nothing counts twice.
     """
 
     def decorate(method: Callable) -> Callable:
@@ -179,28 +185,42 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
                                                          "the replica log has the details") from None
 
         if empty is None:
+            http_requests = RequestRecorder(mirrored_rpc(method), "http")
+
             @functools.wraps(method)
             async def route(self: Any, **kwargs: Any) -> JSONResponse:
+                start = time.perf_counter()
                 try:
-                    return JSONResponse(json_format.MessageToDict(await answer(self, **kwargs),
-                                                                  preserving_proto_field_name=True))
+                    response = JSONResponse(json_format.MessageToDict(await answer(self, **kwargs),
+                                                                      preserving_proto_field_name=True))
+                    code = "OK"
                 except ApiError as err:
-                    return JSONResponse({"code": err.code.name, "message": err.message},
-                                        status_code=HTTP_STATUS.get(err.code, 500))
+                    response = JSONResponse({"code": err.code.name, "message": err.message},
+                                            status_code=HTTP_STATUS.get(err.code, 500))
+                    code = err.code.name
+                http_requests.record(code, time.perf_counter() - start)
+                return response
 
             # FastAPI reads the route's parameters from this signature; the body is JSON, not the message
             route.__signature__ = inspect.signature(method).replace(return_annotation=JSONResponse)
             return route
 
+        grpc_requests = RequestRecorder(method.__name__, "grpc")
+
         async def rpc(self: Any, request: Any, grpc_context: Any = None) -> Any:
+            start = time.perf_counter()
             try:
-                return await answer(self, request)
+                response = await answer(self, request)
             except ApiError as err:
                 if grpc_context is None:
                     raise
                 grpc_context.set_code(err.code)
                 grpc_context.set_details(err.message)
+                grpc_requests.record(err.code.name, time.perf_counter() - start)
                 return empty()
+            if grpc_context is not None:
+                grpc_requests.record("OK", time.perf_counter() - start)
+            return response
 
         # name and doc only: Serve passes grpc_context to methods whose own signature (this one) names it
         rpc.__name__, rpc.__qualname__, rpc.__doc__ = method.__name__, method.__qualname__, method.__doc__
@@ -211,6 +231,7 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
 
 # (above the deployments: Serve captures their globals when the class is defined)
 STREAM_WINDOW = 4  # StreamReadings: batches of one stream forwarded ahead of their acknowledgement
+STREAM_REQUESTS = RequestRecorder("StreamReadings", "grpc")  # not an _api method: one count per stream
 
 
 async def _acknowledged(window: deque) -> rpb.IngestAck:
@@ -236,6 +257,7 @@ def ingest_batch(store: Store, request: rpb.IngestReadingsRequest, batch: int = 
         from serving.scans import record_rejected_zeros
 
         record_rejected_zeros(store, result)
+    record_ingest(result.inserted, result.replaced, result.unchanged, result.rejected)
     ack = rpb.IngestAck(batch=batch, received=result.received, inserted=result.inserted, replaced=result.replaced,
                         unchanged=result.unchanged, watermark=result.watermark, registered=result.registered)
     for r in result.rejected:
@@ -327,6 +349,7 @@ class Forecaster:
         old = self.engine
         self.engine, self.swap_error = engine, ""
         self._reset_stats()
+        record_model(engine.bundle, old.bundle if old else None)
         logger.info("serving model %s version %s from %s%s", engine.bundle.name, engine.bundle.version, path,
                     f" (was version {old.bundle.version})" if old else "")
         return ""
@@ -365,6 +388,7 @@ class Forecaster:
         self.stats.update(requests=requests, batches=1, series=series, computed_series=computed)
         self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], requests)
         self.histogram[min(requests, HISTOGRAM_BINS) - 1] += 1
+        record_batch(requests, series)
 
     def serving_stats(self) -> pb.ServingStats:
         return pb.ServingStats(replica=self.replica, loaded_at=self.loaded_at, batch_histogram=self.histogram,
@@ -455,7 +479,7 @@ class Forecaster:
         stream = uuid.uuid4().hex
         window: deque[tuple[int, asyncio.Future]] = deque()
         ahead = STREAM_WINDOW if self.ingestor is not None else 1
-        batch = 0
+        batch, start, code = 0, time.perf_counter(), "OK"
         try:
             async for request in request_stream:
                 try:
@@ -471,11 +495,16 @@ class Forecaster:
             while window:
                 yield await _acknowledged(window)
         except ApiError as err:
+            code = err.code.name
             if grpc_context is None:
                 raise
             grpc_context.set_code(err.code)
             grpc_context.set_details(err.message)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            code = "CANCELLED"
+            raise
         except Exception:
+            code = "INTERNAL"
             logger.exception("StreamReadings failed")
             if grpc_context is not None:
                 grpc_context.set_code(grpc.StatusCode.INTERNAL)
@@ -483,11 +512,14 @@ class Forecaster:
         finally:
             for _, pending in window:
                 pending.cancel()
+            if grpc_context is not None:
+                STREAM_REQUESTS.record(code, time.perf_counter() - start)
 
     @_api(rpb.ListZonesResponse, "the readings store")
     async def ListZones(self, request: rpb.ListZonesRequest) -> rpb.ListZonesResponse:
         status = await asyncio.to_thread(self.store.zone_status)
-        resp = rpb.ListZonesResponse(watermark=await asyncio.to_thread(self.store.watermark))
+        resp = rpb.ListZonesResponse(watermark=await asyncio.to_thread(self.store.watermark),
+                                     default_region=self.args.region)
         for spec, last, count in status:
             if request.region and spec.region != request.region:
                 continue

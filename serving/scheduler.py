@@ -41,6 +41,7 @@ from models.store import Store
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.archive import archive_response
 from serving.engine import ApiError
+from serving.metrics import StoreGauges, record_issued
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,6 +63,10 @@ class ScheduleConfig(BaseModel):
     regions: list[str] = Field(default_factory=list, description="Regions to issue (empty: every region).")
     max_late_slots: int = Field(48, ge=0, description="Most missed slots issued late after a restart.")
     scan_every_s: float = Field(60, gt=0, description="Anomaly scans of newly arrived readings, this often.")
+    metrics_every_s: float = Field(15, gt=0, description="Data age and open anomaly gauges (serving/metrics.py) "
+                                                         "read from the store this often.")
+    accuracy_every_s: float = Field(60, gt=0, description="Live accuracy gauges (the last 7 days' MAE and "
+                                                          "MAPE per zone and horizon bucket), this often.")
     retrain_every_s: int | None = Field(None, ge=1, description="Run `energyopt retrain` this often against the "
                                                                    "served model (604800: weekly); none: never.")
     retrain_dir: str = Field("runs/retrain", description="Where each retraining writes its challenger.")
@@ -128,6 +133,7 @@ class Scheduler:
         self._started = time.time()
         self._retraining: asyncio.Task | None = None
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._gauges = asyncio.get_running_loop().create_task(self._gauge_loop())
 
     async def reconfigure(self, user_config: dict) -> None:
         """A new schedule, applied at the next tick (no restart)."""
@@ -152,6 +158,24 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - the schedule must outlive any one failure; the log has it
                 logger.exception("scheduler tick failed")
             await asyncio.sleep(self._pause(time.time()))
+
+    async def _gauge_loop(self) -> None:
+        """The store-level gauges on a loop of their own (a slow accuracy query never delays a slot): data
+        age and open anomalies every metrics_every_s, live accuracy every accuracy_every_s, each read on a
+        thread. Errors (a store that cannot be reached) are logged once each and the loop goes on."""
+        gauges, accuracy_at, failing = StoreGauges(self.store), -math.inf, ""
+        while True:
+            try:
+                await asyncio.to_thread(gauges.freshness, self.config.clock)
+                if time.monotonic() - accuracy_at >= self.config.accuracy_every_s:
+                    accuracy_at = time.monotonic()
+                    await asyncio.to_thread(gauges.accuracy)
+                failing = ""
+            except Exception as err:  # noqa: BLE001 - the gauges must outlive any one failure
+                if str(err) != failing:
+                    logger.warning("store gauges: %s (retrying every %g s)", err, self.config.metrics_every_s)
+                failing = str(err)
+            await asyncio.sleep(self.config.metrics_every_s)
 
     def _pause(self, now: float) -> float:
         """Seconds to the next slot's issue moment or scan, whichever comes first (0.05 .. 30)."""
@@ -219,6 +243,7 @@ class Scheduler:
                 continue
             self.issued += 1
             self.late += late
+            record_issued(region, late)
             self.errors.pop(region, None)
             if late:
                 logger.warning("issued %s late (issue time %s)", forecast_id, response.issue_time)
@@ -281,3 +306,5 @@ class Scheduler:
     async def check_health(self) -> None:
         if self._task.done():
             raise RuntimeError("the schedule loop stopped")
+        if self._gauges.done():
+            raise RuntimeError("the store gauges loop stopped")

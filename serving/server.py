@@ -110,11 +110,14 @@ def configure_local_ray(haproxy: bool = True) -> None:
 
 
 def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 180.0,
-          num_cpus: int | None = None, log: Callable[[str], None] | None = None) -> None:
+          num_cpus: int | None = None, metrics_port: int | None = None,
+          log: Callable[[str], None] | None = None) -> None:
     """Start Serve (and a local Ray, unless connected to one or RAY_ADDRESS names a cluster) with the
     config's proxies, deploy its application and wait until it is RUNNING. `haproxy` selects Serve's
-    high-throughput ingress for a local Ray started here (a running cluster keeps its own setting). `log`
-    hears what seeding the store did."""
+    high-throughput ingress for a local Ray started here (a running cluster keeps its own setting), and
+    `metrics_port` its metrics export port (Ray's and the application's metrics for Prometheus,
+    docs/monitoring.md; None: a free port Ray picks, see `metrics_export_port()`). `log` hears what seeding the
+    store did."""
     import ray
     from ray.serve._private.api import serve_start  # what `serve run` uses; no public equivalent yet
     from ray.serve.config import gRPCOptions
@@ -123,10 +126,13 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
 
     prepare_store(config, log)
     schema = _validate(config)
+    local = {}
     if not ray.is_initialized():
         configure_local_ray(haproxy)
+        if metrics_port is not None and not os.environ.get("RAY_ADDRESS"):  # a cluster keeps its own port
+            local["_metrics_export_port"] = metrics_port
     # Ray's own start-up lines stay in the terminal of `energyopt serve`
-    ensure_ray(namespace="serve", include_dashboard=False, num_cpus=num_cpus, configure_logging=True)
+    ensure_ray(namespace="serve", include_dashboard=False, num_cpus=num_cpus, configure_logging=True, **local)
     client = serve_start(
         http_options=schema.http_options.model_dump(),
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
@@ -134,6 +140,16 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     )
     client.deploy_apps(schema)
     wait_running(timeout_s=timeout_s)
+
+
+def metrics_export_port() -> int | None:
+    """The metrics export port of this process's Ray node (where Prometheus scrapes Ray's and the
+    application's metrics), None when the node has none."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    port = next((n.get("MetricsExportPort") for n in ray.nodes() if n.get("NodeID") == node), None)
+    return port if port and port > 0 else None
 
 
 def prepare_store(config: dict[str, Any], log: Callable[[str], None] | None = None) -> None:
@@ -264,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--http-port", type=int, default=None)
     parser.add_argument("--replicas", type=int, default=None, help="Fixed replica count (no autoscaling).")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance.")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="Metrics export port of the local Ray instance (default: a free one, printed).")
     parser.add_argument("--user-config", default=None, help="JSON merged into the deployment's user_config.")
     parser.add_argument("--args", default=None, help="JSON merged into the application's args.")
     parser.add_argument("--no-haproxy", action="store_true",
@@ -272,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(a.config, model=a.model, data=a.data, grpc_port=a.grpc_port, http_port=a.http_port,
                          replicas=a.replicas, args=json.loads(a.args) if a.args else None,
                          user_config=json.loads(a.user_config) if a.user_config else None)
-    start(config, haproxy=not a.no_haproxy, num_cpus=a.num_cpus)
-    print(f"READY grpc={config['grpc_options']['port']} http={config['http_options']['port']}", flush=True)
+    start(config, haproxy=not a.no_haproxy, num_cpus=a.num_cpus, metrics_port=a.metrics_port)
+    print(f"READY grpc={config['grpc_options']['port']} http={config['http_options']['port']} "
+          f"metrics={metrics_export_port()}", flush=True)
     stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(1))

@@ -55,6 +55,7 @@ class ServerProcess:
     log: Path
     grpc_port: int
     http_port: int
+    metrics_port: int | None = field(default=None, kw_only=True)  # its Ray's metrics export (Prometheus)
     proc: subprocess.Popen | None = field(default=None, kw_only=True)
     channel: grpc.Channel | None = field(default=None, kw_only=True)
 
@@ -118,15 +119,17 @@ def server_process(root: Path, *, model: Path, args: dict[str, Any], replicas: i
 
     # short: Ray's socket paths under it must stay within the Unix limit (107 bytes)
     ray_tmp = Path(tempfile.mkdtemp(prefix="eo-ray-", dir="/tmp"))
-    grpc_port, http_port = free_ports(2)
+    grpc_port, http_port, metrics_port = free_ports(3)
     command = [sys.executable, "-m", "serving.server", "--config", str(config or REPO / "configs" / "serve.yaml"),
                "--model", str(model), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-               "--replicas", str(replicas), "--num-cpus", "2", "--args", json.dumps(args)]
+               "--metrics-port", str(metrics_port), "--replicas", str(replicas), "--num-cpus", "2",
+               "--args", json.dumps(args)]
     # Nothing of this session's Ray (no RAY_ADDRESS, none of its Serve ports): the server's own
     # `configure_local_ray` picks ports of its own, so the two services never share one (SO_REUSEPORT).
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env |= {"RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
-    return cls(command, env, ray_tmp, Path(args["store"]), root / "server.log", grpc_port, http_port, **fields)
+    return cls(command, env, ray_tmp, Path(args["store"]), root / "server.log", grpc_port, http_port,
+               metrics_port=metrics_port, **fields)
 
 
 @contextmanager

@@ -280,8 +280,10 @@ def test_an_unknown_zone_registered_in_the_request_is_accepted(session: Session,
     mine = next(z for z in listed.zones if z.spec.zone == zone)
     assert (mine.spec.region, mine.spec.time_zone, mine.spec.resolution_s, mine.readings) == (LIVE, "UTC", 3600, 1)
     assert pd.Timestamp(mine.last_reading) == hour
+    assert listed.default_region == "SYN"  # the server's own region (the session app's `region`), not LIVE
     status, answer = http(session.url + f"/v1/zones?region={LIVE}")
     assert status == 200 and zone in [z["spec"]["zone"] for z in answer["zones"]], answer
+    assert answer["default_region"] == "SYN"
 
 
 def test_a_batch_of_only_rejected_readings_is_refused_naming_the_reasons(session: Session, transport: str):
