@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 import torch
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ConfigDict, Field
@@ -263,6 +263,32 @@ def ingest_batch(store: Store, request: rpb.IngestReadingsRequest, batch: int = 
     for r in result.rejected:
         ack.rejected.add(index=r.index, zone=r.zone, timestamp=r.timestamp, reason=r.reason)
     return ack
+
+
+# The operator dashboard (serving/dashboard/, docs/dashboard.md): static files, fed by the HTTP/JSON routes.
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+DASHBOARD_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".csv": "text/csv",
+                   "": "text/plain"}  # "": vendor/LICENSE-uPlot; any other file is not served
+
+
+def dashboard_file(name: str, if_none_match: str | None = None) -> Response:
+    """The dashboard's file `name` (relative to serving/dashboard/), or a 404 {"code", "message"} for anything
+    else: a path that resolves outside the folder (`../`, a link), a folder, a type not listed above. A 304
+    when `if_none_match` (the request's If-None-Match) names the file's current ETag."""
+    try:
+        path = (DASHBOARD_DIR / name).resolve()
+        found = path.is_relative_to(DASHBOARD_DIR) and path.is_file() and path.suffix in DASHBOARD_TYPES
+    except (OSError, ValueError):  # a name the file system refuses (a NUL byte, too long)
+        found = False
+    if not found:
+        return JSONResponse({"code": "NOT_FOUND", "message": f"no dashboard file {name!r}"}, status_code=404)
+    # the vendored library changes only with its version; the page's own files with every release of the service
+    cache = "public, max-age=86400" if path.parent.name == "vendor" else "no-cache"
+    response = FileResponse(path, media_type=DASHBOARD_TYPES[path.suffix], headers={"Cache-Control": cache},
+                            stat_result=path.stat())  # stat now: the ETag is set here, not when sending
+    if if_none_match and response.headers["etag"] in (tag.strip() for tag in if_none_match.split(",")):
+        return Response(status_code=304, headers={"ETag": response.headers["etag"], "Cache-Control": cache})
+    return response
 
 
 @serve.deployment(name="Forecaster", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1},
@@ -778,6 +804,14 @@ class Forecaster:
         if not 0 <= limit < 2**32:
             raise invalid(f"limit: must be positive, got {limit}")
         return await self.ListModelDecisions(pb.ListModelDecisionsRequest(limit=limit))
+
+    @http_app.get("/", include_in_schema=False)
+    async def http_dashboard(self, request: Request) -> Response:
+        return dashboard_file("index.html", request.headers.get("if-none-match"))
+
+    @http_app.get("/dashboard/{name:path}", include_in_schema=False)
+    async def http_dashboard_file(self, name: str, request: Request) -> Response:
+        return dashboard_file(name, request.headers.get("if-none-match"))
 
     @http_app.get("/healthz", summary="200 once a model is loaded (for load balancers)")
     async def http_healthz(self) -> JSONResponse:
