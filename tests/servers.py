@@ -110,6 +110,22 @@ class ServerProcess:
         self.proc = None
 
 
+def schedule_config(root: Path, *, scheduler_replicas: int | None = None, **schedule: Any) -> Path:
+    """configs/serve.yaml with the Scheduler's user_config changed by `schedule` (ScheduleConfig fields) and,
+    given, its replica count: written to root/serve.yaml, whose path is returned (server_process's `config`)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Scheduler":
+            deployment["user_config"] |= schedule
+            if scheduler_replicas is not None:
+                deployment["num_replicas"] = scheduler_replicas
+    path = root / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def server_process(root: Path, *, model: Path, args: dict[str, Any], replicas: int = 2, config: Path | None = None,
                    cls: type = ServerProcess, **fields: Any) -> Any:
     """A `cls` (ServerProcess or a subclass, given its own `fields`) serving `model` with app `args` on ports

@@ -23,8 +23,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from servers import REPO, ServerProcess, running, server_process
+from servers import ServerProcess, running, schedule_config, server_process
 
 from models import archive
 from models.store import Store, ZoneSpec
@@ -224,15 +223,11 @@ def scheduled_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Pat
     hours = sorted(frame["timestamp"].unique())
     seed = root / "seed.csv"
     frame[frame["timestamp"] < hours[-FED]].to_csv(seed, index=False)
-    config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Scheduler":
-            deployment["num_replicas"] = 2  # two schedulers race for every slot: the store keeps one
-            deployment["user_config"] |= {"every_s": 1, "offset_s": 0, "horizon": 24, "max_late_slots": 600,
-                                          "scan_every_s": 5}
-    (root / "serve.yaml").write_text(yaml.safe_dump(config))
+    # two schedulers race for every slot: the store keeps one
+    config = schedule_config(root, scheduler_replicas=2, every_s=1, offset_s=0, horizon=24, max_late_slots=600,
+                             scan_every_s=5)
     args = {"store": str(root / "store.db"), "data": str(seed), "region": "SYN"}
-    server = server_process(root, model=tiny_bundle_dir, args=args, config=root / "serve.yaml")
+    server = server_process(root, model=tiny_bundle_dir, args=args, config=config)
     server.truth = frame.set_index(["zone", "timestamp"]).sort_index()
     server.fed = [pd.Timestamp(h) for h in hours[-FED:]]
     with running(server):

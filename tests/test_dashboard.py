@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from servers import REPO, ServerProcess, running, server_process
+from servers import REPO, ServerProcess, running, schedule_config, server_process
 
 from serving.api.energyopt.v1 import readings_pb2 as rpb
 from serving.client import ReadingsClient
@@ -109,18 +108,6 @@ def eventually(check: Callable[[], Any], timeout_s: float, what: str, every_s: f
         time.sleep(every_s)
 
 
-def _serve_config(root: Path) -> Path:
-    """configs/serve.yaml with the Scheduler on the data clock (a forecast for every replayed hour) and
-    anomaly scans every 2 s."""
-    config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Scheduler":
-            deployment["user_config"] |= {"clock": "data", "poll_s": 0.5, "horizon": 48, "scan_every_s": 2}
-    path = root / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def _seasonal_naive(data: Path, out: Path) -> Path:
     """The seasonal-naive bundle (same hour last week; quantiles from week-on-week changes): built, not trained."""
     from training.config import load_config
@@ -143,7 +130,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     bundle = _seasonal_naive(seeded, root / "model")
     args = {"store": str(root / "store.db"), "data": str(data), "seed_until": FEED_FROM, "region": REGION,
             "time_zone": TIME_ZONE}
-    server = server_process(root, model=bundle, args=args, replicas=1, config=_serve_config(root))
+    server = server_process(root, model=bundle, args=args, replicas=1, config=schedule_config(
+        root, clock="data", poll_s=0.5, horizon=48, scan_every_s=2))  # a forecast per replayed hour; quick scans
     with running(server):
         readings = ReadingsClient(f"127.0.0.1:{server.grpc_port}", timeout=60)
         service = Service(server, f"http://127.0.0.1:{server.http_port}", readings, root)

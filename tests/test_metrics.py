@@ -31,7 +31,7 @@ import grpc
 import pandas as pd
 import pytest
 import yaml
-from servers import REPO, ServerProcess, running, server_process
+from servers import REPO, ServerProcess, running, schedule_config, server_process
 
 from models import archive
 from models.store import Store, ZoneSpec
@@ -62,14 +62,10 @@ def metrics_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Path)
     hours = sorted(frame["timestamp"].unique())
     seed = root / "seed.csv"
     frame[frame["timestamp"] < hours[-FED]].to_csv(seed, index=False)
-    config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Scheduler":
-            deployment["user_config"] |= {"clock": "data", "poll_s": 0.5, "horizon": 24, "metrics_every_s": 1,
-                                          "accuracy_every_s": 1, "scan_every_s": 3600}
-    (root / "serve.yaml").write_text(yaml.safe_dump(config))
+    config = schedule_config(root, clock="data", poll_s=0.5, horizon=24, metrics_every_s=1, accuracy_every_s=1,
+                             scan_every_s=3600)
     args = {"store": str(root / "store.db"), "data": str(seed), "region": "SYN"}
-    server = server_process(root, model=tiny_bundle_dir, args=args, replicas=1, config=root / "serve.yaml")
+    server = server_process(root, model=tiny_bundle_dir, args=args, replicas=1, config=config)
     server.env["RAY_metrics_report_interval_ms"] = "1000"
     server.truth = frame.set_index(["zone", "timestamp"]).sort_index()
     server.fed = [pd.Timestamp(h) for h in hours[-FED:]]
