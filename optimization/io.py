@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow
 
 from optimization.problem import DispatchProblems, ProblemError
 from optimization.solver import Solution
@@ -30,14 +31,19 @@ REQUIRED = ("site", "load_kw", "import_price")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """The site table of a CSV or Parquet file; ProblemError naming the file for one that cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no site table at {path}")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    raise ProblemError(f"{path}: expected a .csv or .parquet site table")
+    kind = {".parquet": "Parquet", ".pq": "Parquet", ".csv": "CSV"}.get(path.suffix.lower())
+    if kind is None:
+        raise ProblemError(f"{path}: expected a .csv or .parquet site table")
+    try:
+        return pd.read_parquet(path) if kind == "Parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ProblemError(f"{path}: the site table is empty") from None
+    except (ValueError, OSError, UnicodeDecodeError, pyarrow.ArrowException) as err:  # corrupt or not a table
+        raise ProblemError(f"{path}: not a readable {kind} site table ({str(err).splitlines()[0][:200]})") from None
 
 
 def problems_from_frame(frame: pd.DataFrame, *, step_minutes: float | None = None) -> DispatchProblems:
