@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from models.data import ABSURD_HIGH, ABSURD_LOW, read_table
-from models.series import BUNDLED_PJM, DEFAULT_REGION, LOAD, TIMESTAMP, ZONE
+from models.series import BUNDLED_PJM, DEFAULT_REGION, LOAD, TIMESTAMP, ZONE, shown
 
 DEFAULT_STORE = Path("runs/store.db")
 BUNDLED_TIME_ZONE = "America/New_York"  # the PJM files are published in Eastern prevailing time
@@ -109,13 +109,13 @@ class ZoneSpec:
         spec = ZoneSpec(self.zone, self.region, int(self.resolution_s or 3600), self.time_zone or "UTC")
         for name, value in (("zone", spec.zone), ("region", spec.region)):
             if not isinstance(value, str) or not _ZONE_NAME.fullmatch(value):  # fullmatch: "$" allows a "\n"
-                raise StoreError(f"{name} {value!r}: use 1 to {MAX_ZONE_NAME} letters, digits, '_', '-' or '.'")
+                raise StoreError(f"{name} {shown(value)}: use 1 to {MAX_ZONE_NAME} letters, digits, '_', '-' or '.'")
         if spec.resolution_s not in RESOLUTIONS:
             raise StoreError(f"zone {spec.zone}: resolution_s {spec.resolution_s} is not one of {list(RESOLUTIONS)}")
         try:
             ZoneInfo(spec.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise StoreError(f"zone {spec.zone}: unknown time zone {spec.time_zone!r} (use an IANA name such as "
+            raise StoreError(f"zone {spec.zone}: unknown time zone {shown(spec.time_zone)} (use an IANA name such as "
                              "'America/New_York' or 'UTC')") from None
         return spec
 
@@ -654,7 +654,7 @@ def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex
     specs = [known.get(z) for z in names]
     for k in [k for k, spec in enumerate(specs) if spec is None]:
         z = names[k]
-        reasons[codes == k] = (f"unknown zone {z!r}; register it in the request (region, resolution, time zone)"
+        reasons[codes == k] = (f"unknown zone {shown(z)}; register it in the request (region, resolution, time zone)"
                                if isinstance(z, str) and z else "zone: required")
     row_tz = np.array([s.time_zone if s else "" for s in specs], dtype=object)[codes]
     row_step = np.array([s.resolution_s if s else 0 for s in specs], dtype=np.int64)[codes]

@@ -447,21 +447,32 @@ def keep_freed_memory_in_heap() -> bool:
         (_M_MMAP_THRESHOLD, 64 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20)))
 
 
+class SolveDeadlineError(TimeoutError):
+    """The solve's deadline passed before every site finished (nothing partial is returned)."""
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise SolveDeadlineError("the dispatch solve ran past its deadline")
+
+
 def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol: float = 1e-8, max_iter: int = 100,
           kernel: bool | None = None, progress: Callable[[int, int, int], None] | None = None,
-          chunk: int | None = None) -> Solution:
+          chunk: int | None = None, deadline: float | None = None) -> Solution:
     """Solve every site's dispatch LP together.
 
     device: where the batch lives ("cpu", "cuda"). kernel: use the Triton kernel for the structured solve
     (None: on CUDA; see `choose_kkt_solve`). progress(done, total, iteration) is called after each
     iteration. Infeasible sites are reported with a reason and never stop the others. chunk: most sites
     per working batch (default: CPU_CHUNK on CPU, all on a GPU); larger batches are solved chunk by chunk.
+    deadline: a `time.monotonic()` time; past it, between iterations, the solve stops with SolveDeadlineError
+    (a server request's answer would be too late, so its work ends with it).
     """
     device = torch.device(device)
     chunk = chunk or (CPU_CHUNK if device.type == "cpu" else problems.n)
     if problems.n > chunk:
         return _solve_in_chunks(problems, chunk, device=device, tol=tol, max_iter=max_iter, kernel=kernel,
-                                progress=progress)
+                                progress=progress, deadline=deadline)
     started = time.perf_counter()
     sf = standard_form(problems)
     n, t = sf.n, sf.horizon
@@ -470,7 +481,7 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
     work = torch.as_tensor([i for i in range(n) if outcome.reasons[i] is None], dtype=torch.long)
     if len(work):
         _iterate_until_finished(_Batch(sf.take(work.numpy()), device), work.to(device), outcome, tol, max_iter,
-                                kkt, progress)
+                                kkt, progress, deadline)
     objective = np.where(np.array(outcome.status) == "infeasible", np.nan, outcome.measures["pobj"] * sf.cost_scale)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -482,7 +493,8 @@ def solve(problems: DispatchProblems, *, device: str | torch.device = "cpu", tol
 
 
 def _solve_in_chunks(problems: DispatchProblems, chunk: int, *, device: torch.device, tol: float, max_iter: int,
-                     kernel: bool | None, progress: Callable[[int, int, int], None] | None) -> Solution:
+                     kernel: bool | None, progress: Callable[[int, int, int], None] | None,
+                     deadline: float | None = None) -> Solution:
     """`solve` over consecutive chunks of `chunk` sites, concatenated into one Solution."""
     started = time.perf_counter()
     parts, offset = [], 0
@@ -490,7 +502,7 @@ def _solve_in_chunks(problems: DispatchProblems, chunk: int, *, device: torch.de
         idx = np.arange(lo, min(lo + chunk, problems.n))
         report = None if progress is None else (lambda d, _n, it, o=offset: progress(o + d, problems.n, it))
         parts.append(solve(problems.subset(idx), device=device, tol=tol, max_iter=max_iter, kernel=kernel,
-                           progress=report, chunk=chunk))
+                           progress=report, chunk=chunk, deadline=deadline))
         offset += len(idx)
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
     return Solution(site=list(problems.site), status=sum((p.status for p in parts), []),
@@ -530,7 +542,8 @@ class _Outcome:
 
 
 def _iterate_until_finished(b: _Batch, work: torch.Tensor, outcome: _Outcome, tol: float, max_iter: int,
-                            kkt: Callable, progress: Callable[[int, int, int], None] | None) -> None:
+                            kkt: Callable, progress: Callable[[int, int, int], None] | None,
+                            deadline: float | None = None) -> None:
     """Iterate the working sites `work` (indices into the whole batch) until each has converged, diverged,
     broken down or reached max_iter, recording each in `outcome` as it finishes."""
     n = len(outcome.status)
@@ -555,6 +568,7 @@ def _iterate_until_finished(b: _Batch, work: torch.Tensor, outcome: _Outcome, to
             progress(n - len(work) + int(finished.sum()), n, it)
         if bool(finished.all()) or it == max_iter:
             return
+        _check_deadline(deadline)
         # drop finished sites from the working batch once they are a quarter of it
         if finished.float().mean() >= 0.25:
             keep = torch.nonzero(~finished)[:, 0]

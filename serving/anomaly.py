@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from models.data import read_table
 from models.series import BUNDLED_PJM
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import HOUR, ApiError, Limits, ZoneHistory, invalid, not_found, zone_grids
+from serving.engine import HOUR, ApiError, Limits, ZoneHistory, float32_values, invalid, not_found, shown, zone_grids
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,11 +47,11 @@ def _time(text: str, name: str) -> pd.Timestamp:
     except (ValueError, TypeError, OverflowError):
         stamp = pd.NaT
     if stamp is pd.NaT:
-        raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-06-01T00:00:00")
+        raise invalid(f"{name}: cannot read {shown(text)} as an ISO 8601 time, e.g. 2018-06-01T00:00:00")
     if stamp != stamp.floor("h"):
-        raise invalid(f"{name}: {text!r} is not on the hour; detection is hourly")
+        raise invalid(f"{name}: {shown(text)} is not on the hour; detection is hourly")
     if stamp.tz is not None:
-        raise invalid(f"{name}: {text!r} has a UTC offset; pass naive local time, as the data holds it")
+        raise invalid(f"{name}: {shown(text)} has a UTC offset; pass naive local time, as the data holds it")
     return stamp
 
 
@@ -70,7 +71,7 @@ class AnomalyEngine:
 
     def detect(self, req: apb.DetectAnomaliesRequest) -> apb.DetectAnomaliesResponse:
         if req.model and req.model != self.bundle.name:
-            raise not_found(f"model: {req.model!r} is not served here; this server detects with "
+            raise not_found(f"model: {shown(req.model)} is not served here; this server detects with "
                             f"{self.bundle.name!r} (version {self.bundle.version})")
         if req.series and (req.zones or req.start or req.end):
             raise invalid("series: send either client series or zones/start/end of the server's history, not both")
@@ -92,16 +93,36 @@ class AnomalyEngine:
                             expected=e.expected, observed=e.observed, component=e.component, hours=e.hours)
         return resp
 
-    def _run(self, zone: str, values: np.ndarray, start: pd.Timestamp) -> Reconstruction:
-        stamps = pd.date_range(start, periods=len(values), freq="h")
-        return detect_series(self.model, self.bundle.features, self.calibration, values, stamps, zone)
+    def _scan(self, series: list[tuple[str, np.ndarray, pd.Timestamp]]) -> list[Reconstruction]:
+        """Each (name, values, start) scanned; DEADLINE_EXCEEDED once the request's time is up (checked between
+        series: each is bounded by max_anomaly_points)."""
+        deadline = time.monotonic() + self.limits.deadline_s
+        out = []
+        for zone, values, start in series:
+            if time.monotonic() > deadline:
+                raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"series: scanning {len(series)} series ran past this server's "
+                               f"{self.limits.deadline_s:g} s limit (deadline_s) after {len(out)}; "
+                               "send fewer per request")
+            stamps = pd.date_range(start, periods=len(values), freq="h")
+            out.append(detect_series(self.model, self.bundle.features, self.calibration, values, stamps, zone))
+        return out
+
+    def _check_points(self, points: int, field: str, what: str) -> None:
+        if points > self.limits.max_anomaly_points:  # the scan's cost grows with its values (56 s for 2M)
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{field}: {points:,} values exceed this server's limit of "
+                           f"{self.limits.max_anomaly_points:,} values scanned per request (max_anomaly_points); "
+                           f"{what}")
 
     def _series(self, req: apb.DetectAnomaliesRequest) -> list[Reconstruction]:
-        self.limits.check(len(req.series), sum(len(s.values) for s in req.series), "values", "series")
+        points = sum(len(s.values) for s in req.series)
+        self.limits.check(len(req.series), points, "values", "series")
+        self._check_points(points, "series", "send fewer or shorter series per request")
         checked = []
         for i, s in enumerate(req.series):
             where = f"series[{i}]"
-            values = np.asarray(s.values, dtype=np.float64)
+            values = float32_values(s.values, f"{where}.values")
             if len(values) < self.min_hours:
                 raise invalid(f"{where}.values: {len(values)} values; the detector reads {self.reference_hours} "
                               f"hours of reference before a {self.model.config.input_length} h window, so send "
@@ -112,14 +133,14 @@ class AnomalyEngine:
                               "send one finite value per hour (fill gaps first)")
             if not s.start:
                 raise invalid(f"{where}.start: required (the hour of the first value)")
-            checked.append((s.name or where, values.astype(np.float32), _time(s.start, f"{where}.start")))
-        return [self._run(name, values, start) for name, values, start in checked]
+            checked.append((s.name or where, values, _time(s.start, f"{where}.start")))
+        return self._scan(checked)
 
     def _zones(self, req: apb.DetectAnomaliesRequest) -> list[Reconstruction]:
         zones = list(req.zones) or sorted(self.histories)
         for i, z in enumerate(zones):
             if z not in self.histories:
-                raise not_found(f"zones[{i}]: unknown zone {z!r}; this server holds {sorted(self.histories)}")
+                raise not_found(f"zones[{i}]: unknown zone {shown(z)}; this server holds {sorted(self.histories)}")
             if z in zones[:i]:
                 raise invalid(f"zones[{i}]: zone {z!r} is listed twice")
         end = _time(req.end, "end") if req.end else min(self.histories[z].end for z in zones)
@@ -136,10 +157,8 @@ class AnomalyEngine:
                 raise invalid(f"start: the detector reads the {self.reference_hours} hours before start, and zone "
                               f"{z}'s history begins {h.start.isoformat()}, so start can be "
                               f"{(h.start + self.reference_hours * HOUR).isoformat()} or later")
-        if hours * len(zones) > self.limits.max_points_per_request:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"end: {len(zones)} zone(s) x {hours:,} hours exceed this server's limit of "
-                           f"{self.limits.max_points_per_request:,} values per request; scan a shorter range")
+        self._check_points(hours * len(zones), "end", f"{len(zones)} zone(s) x {hours:,} hours: scan a shorter "
+                           "range or fewer zones")
         out = []
         for z in zones:
             h = self.histories[z]
@@ -150,8 +169,8 @@ class AnomalyEngine:
                 raise invalid(f"start: zone {z}'s history has a gap at {(first + int(gap[0]) * HOUR).isoformat()}, "
                               f"inside the range scanned or the {self.reference_hours} hours of reference before "
                               "it; scan a range after the gap")
-            out.append(self._run(z, values, first))
-        return out
+            out.append((z, values, first))
+        return self._scan(out)
 
 
 class AnomalyDetector:

@@ -15,7 +15,7 @@ import pandas as pd
 from models import archive
 from models.store import Store
 from serving.api.energyopt.v1 import forecast_pb2 as pb
-from serving.engine import invalid, not_found
+from serving.engine import invalid, not_found, shown
 
 MAX_LIST = 1000
 MAX_WINDOW_DAYS = 366
@@ -50,7 +50,7 @@ def utc_seconds(text: str, name: str) -> int | None:
     except (ValueError, TypeError, OverflowError):
         stamp = pd.NaT
     if stamp is pd.NaT:
-        raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-08-01T00:00:00+00:00")
+        raise invalid(f"{name}: cannot read {shown(text)} as an ISO 8601 time, e.g. 2018-08-01T00:00:00+00:00")
     if stamp.tz is None:
         stamp = stamp.tz_localize("UTC")
     return int(stamp.timestamp())
@@ -64,10 +64,10 @@ def _region_zones(regions: dict[str, list[str]], region: str, zone: str) -> list
     if not region:
         raise invalid(f"region: required; this server has {sorted(regions)}")
     if region not in regions:
-        raise not_found(f"region: unknown region {region!r}; this server has {sorted(regions)}")
+        raise not_found(f"region: unknown region {shown(region)}; this server has {sorted(regions)}")
     zones = regions[region]
     if zone and zone not in (*zones, archive.TOTAL):
-        raise not_found(f"zone: unknown zone {zone!r} in region {region} (it has {zones} and {archive.TOTAL})")
+        raise not_found(f"zone: unknown zone {shown(zone)} in region {region} (it has {zones} and {archive.TOTAL})")
     return zones
 
 
@@ -91,7 +91,7 @@ def list_forecasts(store: Store, regions: dict[str, list[str]], request: pb.List
     _region_zones(regions, request.region, request.zone)
     start, end = (utc_seconds(request.issued_from, "issued_from"), utc_seconds(request.issued_to, "issued_to"))
     if start is not None and end is not None and end <= start:
-        raise invalid(f"issued_to: {request.issued_to!r} is not after issued_from {request.issued_from!r}")
+        raise invalid(f"issued_to: {shown(request.issued_to)} is not after issued_from {shown(request.issued_from)}")
     found = archive.list_forecasts(store, request.region, zone=request.zone or None, issued_from=start,
                                    issued_to=end, scheduled_only=request.scheduled_only,
                                    limit=_limit(request.limit, 100), headers_only=request.headers_only)

@@ -8,6 +8,7 @@ Validation follows the forecasting API: INVALID_ARGUMENT with the field's path
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,9 +17,9 @@ import numpy as np
 
 from models.kernels import kernels_enabled
 from optimization.problem import DispatchProblems, ProblemError
-from optimization.solver import solve
+from optimization.solver import SolveDeadlineError, solve
 from serving.api.energyopt.v1 import dispatch_pb2 as pb
-from serving.engine import ApiError, invalid, not_found
+from serving.engine import ApiError, Limits, invalid, not_found, shown
 
 HOUR_STEPS = 60
 
@@ -37,7 +38,7 @@ def zones_needed(request: pb.OptimizeDispatchRequest, known_zones: Sequence[str]
         if len(site.load_kw) or not site.zone:
             continue
         if site.zone not in known_zones:
-            raise not_found(f"sites[{i}].zone: unknown zone {site.zone!r}; this server has {sorted(known_zones)}")
+            raise not_found(f"sites[{i}].zone: unknown zone {shown(site.zone)}; this server has {sorted(known_zones)}")
         if (request.step_minutes or HOUR_STEPS) != HOUR_STEPS:
             raise invalid(f"sites[{i}].zone: zone forecasts are hourly; step_minutes must be 60 "
                           f"(got {request.step_minutes})")
@@ -73,7 +74,7 @@ def problems_from_request(request: pb.OptimizeDispatchRequest, zone_load_mw: Map
         if not s.name:
             raise invalid(f"{where}.name: required")
         if s.name in names:
-            raise invalid(f"{where}.name: {s.name!r} is used by another site")
+            raise invalid(f"{where}.name: {shown(s.name)} is used by another site")
         names.append(s.name)
         if len(s.import_price) != horizon:
             raise invalid(f"{where}.import_price: {len(s.import_price)} steps; every site needs the same horizon "
@@ -111,12 +112,20 @@ def problems_from_request(request: pb.OptimizeDispatchRequest, zone_load_mw: Map
 
 
 def optimize(request: pb.OptimizeDispatchRequest, zone_load_mw: Mapping[str, np.ndarray] | None = None,
-             limits: DispatchLimits = DispatchLimits(), device: str = "cpu") -> pb.OptimizeDispatchResponse:
-    """Solve the request's sites with and without their batteries and build the response."""
+             limits: DispatchLimits = DispatchLimits(), device: str = "cpu",
+             deadline_s: float = Limits.deadline_s) -> pb.OptimizeDispatchResponse:
+    """Solve the request's sites with and without their batteries and build the response; DEADLINE_EXCEEDED
+    once both solves together run past `deadline_s` (the caller has stopped waiting by then)."""
+    deadline = time.monotonic() + deadline_s
     problems = problems_from_request(request, zone_load_mw or {}, limits)
     kernel = kernels_enabled(device)  # ENERGYOPT_KERNELS decides, as for the forecasters' kernels
-    solution = solve(problems, device=device, kernel=kernel)
-    baseline = solve(problems.without_battery(), device=device, kernel=kernel)
+    try:
+        solution = solve(problems, device=device, kernel=kernel, deadline=deadline)
+        baseline = solve(problems.without_battery(), device=device, kernel=kernel, deadline=deadline)
+    except SolveDeadlineError:
+        raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                       f"sites: the solve of {problems.n:,} sites ran past this server's {deadline_s:g} s limit "
+                       "(deadline_s); send fewer sites or a shorter horizon per request") from None
     with_b, without = solution.schedule(), baseline.schedule()
     response = pb.OptimizeDispatchResponse(solve_seconds=solution.seconds + baseline.seconds)
     for i, name in enumerate(problems.site):

@@ -11,6 +11,7 @@ field; nothing else is shown to callers.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from models.bundle import Bundle
 from models.data import MAX_INTERPOLATE_HOURS, Series, load_series
 from models.features import region_channels
 from models.inputs import CalendarGrid
-from models.series import DEFAULT_REGION
+from models.series import DEFAULT_REGION, shown
 from models.store import Store
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.live import HourlyView, LiveHistory
+
+logger = logging.getLogger("ray.serve")
 
 HOUR = pd.Timedelta(hours=1)
 TOTAL = "TOTAL"
@@ -40,6 +43,7 @@ LIVE_LAG = pd.Timedelta(hours=MAX_INTERPOLATE_HOURS)  # a zone further behind th
 # HTTP status for each gRPC status the API uses (the HTTP/JSON mirror answers with these).
 HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
                grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+               grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
                grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
 
@@ -66,6 +70,13 @@ class Limits:
     max_series_per_request: int = 1024
     max_points_per_request: int = 2_000_000  # history values, all series together
     max_readings_per_batch: int = 10_000  # ReadingsService: readings in one batch
+    max_quantiles: int = 99  # quantile levels in one forecast request (before any is looked at)
+    # values in one forecast response: series (zones and the total) x horizon x (point + quantiles);
+    # 2M doubles are ~16 MB on the wire, well under the gRPC message limit (serving/server.py)
+    max_points_per_response: int = 2_000_000
+    max_anomaly_points: int = 200_000  # DetectAnomalies: values scanned (a 2M-point scan took 56 s of 60)
+    max_body_bytes: int = 64 << 20  # HTTP/JSON body; JSON numbers take ~2-3x their protobuf size
+    deadline_s: float = 55.0  # work a request may start: under the proxies' request_timeout_s (60 s)
 
     def check(self, n: int, points: int, values: str, send: str) -> None:
         """RESOURCE_EXHAUSTED unless `n` series of `points` values in all fit (`values`, `send`: words for them)."""
@@ -75,6 +86,17 @@ class Limits:
         if points > self.max_points_per_request:
             raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"series: {points:,} {values} exceed this server's "
                            f"limit of {self.max_points_per_request:,} per request; send fewer or shorter {send}")
+
+    def check_response(self, series: int, horizon: int, quantiles: int, what: str) -> None:
+        """RESOURCE_EXHAUSTED unless `series` forecasts of `horizon` hours with a point and `quantiles` bands fit
+        the response limit (`what`: how to split, e.g. "fewer zones")."""
+        points = series * horizon * (1 + quantiles)
+        if points > self.max_points_per_response:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"horizon: {series:,} forecasts x {horizon} hours x (1 + {quantiles} quantiles) = "
+                           f"{points:,} values exceed this server's limit of {self.max_points_per_response:,} per "
+                           f"response (max_points_per_response); ask for {what}, a shorter horizon or fewer "
+                           "quantiles, or split the request")
 
 
 # ---------------------------------------------------------------------------------------------- history
@@ -130,6 +152,9 @@ class Job:
     keys: Sequence[Hashable] | None = None
     # Names the whole answer (region requests): jobs of one batch with equal keys share one response.
     answer_key: Hashable | None = None
+    # The request field holding each series' client-supplied inputs (ForecastSeries: "series"): a forward
+    # pass that is not finite for them is that client's INVALID_ARGUMENT; None (server history): INTERNAL.
+    inputs_field: str | None = None
 
     @property
     def n(self) -> int:
@@ -219,12 +244,15 @@ class Engine:
                                  for k in ("history", "past", "future")))
         else:  # every zone of every job fell back: nothing for the model
             out = np.empty((0, self.bundle.max_horizon, len(self.levels)), np.float32)
+        finite = np.isfinite(out).all(axis=(1, 2))  # per output row
         answers: dict[Hashable, Any] = {}
         responses = []
         for job, index in zip(jobs, where):
             key = (id(job),) if job.answer_key is None else job.answer_key
             if key not in answers:
-                answers[key] = job.respond(out[index])
+                bad = [r for r, row in enumerate(index) if not finite[row]]
+                # never a NaN forecast as a success; only the affected request fails, not its batch
+                answers[key] = _non_finite(job, bad) if bad else job.respond(out[index])
             responses.append(answers[key])
         return responses, len(seen)
 
@@ -232,7 +260,7 @@ class Engine:
 
     def check_model(self, name: str) -> None:
         if name and name != self.bundle.name:
-            raise not_found(f"model: {name!r} is not served here; this server serves {self.bundle.name!r} "
+            raise not_found(f"model: {shown(name)} is not served here; this server serves {self.bundle.name!r} "
                             f"(version {self.bundle.version})")
 
     def check_horizon(self, horizon: int) -> int:
@@ -249,7 +277,12 @@ class Engine:
         """
         if not requested:
             return [float(q) for q in self.levels], list(range(len(self.levels)))
-        columns = []
+        if len(requested) > self.limits.max_quantiles:  # before looking at each: 100k levels cost nothing here
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"quantiles: {len(requested):,} levels exceed this server's limit of "
+                           f"{self.limits.max_quantiles} per request (max_quantiles); model {self.bundle.name} "
+                           f"offers {len(self.levels)}")
+        columns: list[int] = []
         offered = ", ".join(f"{q:g}" for q in self.levels)
         for i, q in enumerate(requested):
             if not (math.isfinite(q) and 0.0 < q < 1.0):
@@ -258,6 +291,8 @@ class Engine:
             if not len(hit):
                 raise invalid(f"quantiles[{i}]: {q:g} is not offered by model {self.bundle.name} (it offers "
                               f"{offered}); interpolated levels would be uncalibrated, so they are refused")
+            if int(hit[0]) in columns:
+                raise invalid(f"quantiles[{i}]: {q:g} is listed twice (also quantiles[{columns.index(int(hit[0]))}])")
             columns.append(int(hit[0]))
         return [float(q) for q in requested], columns
 
@@ -268,12 +303,12 @@ class Engine:
         except (ValueError, TypeError, OverflowError):
             stamp = pd.NaT
         if stamp is pd.NaT:
-            raise invalid(f"{name}: cannot read {text!r} as an ISO 8601 time, e.g. 2018-08-01T00:00:00")
+            raise invalid(f"{name}: cannot read {shown(text)} as an ISO 8601 time, e.g. 2018-08-01T00:00:00")
         if stamp != stamp.floor("h"):
-            raise invalid(f"{name}: {text!r} is not on the hour; forecasts are hourly")
+            raise invalid(f"{name}: {shown(text)} is not on the hour; forecasts are hourly")
         if like is not None:
             if like.tz is None and stamp.tz is not None:
-                raise invalid(f"{name}: {text!r} has a UTC offset but the server's history is in naive local "
+                raise invalid(f"{name}: {shown(text)} has a UTC offset but the server's history is in naive local "
                               "time; pass the time without an offset")
             if like.tz is not None:
                 stamp = stamp.tz_localize(like.tz) if stamp.tz is None else stamp.tz_convert(like.tz)
@@ -302,16 +337,17 @@ class Engine:
         if not req.region:
             raise invalid(f"region: required; this server has {sorted(regions)}")
         if req.region not in regions:
-            raise not_found(f"region: unknown region {req.region!r}; this server has {sorted(regions)}")
+            raise not_found(f"region: unknown region {shown(req.region)}; this server has {sorted(regions)}")
         region_zones = regions[req.region]
         horizon = self.check_horizon(req.horizon)
         levels, columns = self.quantile_columns(req.quantiles)
         zones = list(req.zones) or region_zones
         for i, z in enumerate(zones):
             if z not in region_zones:
-                raise not_found(f"zones[{i}]: unknown zone {z!r} in region {req.region} (it has {region_zones})")
+                raise not_found(f"zones[{i}]: unknown zone {shown(z)} in region {req.region} (it has {region_zones})")
             if z in zones[:i]:
-                raise invalid(f"zones[{i}]: zone {z!r} is listed twice")
+                raise invalid(f"zones[{i}]: zone {shown(z)} is listed twice")
+        self.limits.check_response(len(zones) + 1, horizon, len(levels), "fewer zones")  # +1: the total
         length = self.bundle.input_length
         if req.issue_time:  # the region's wall clock; a time with an offset is converted to it
             issue = self.parse_time(req.issue_time, "issue_time")
@@ -402,6 +438,7 @@ class Engine:
                            "does not carry; use ForecastRegion, or serve a model trained without region_zones")
         horizon = self.check_horizon(req.horizon)
         levels, columns = self.quantile_columns(req.quantiles)
+        self.limits.check_response(n, horizon, len(levels), "fewer series")
         length, full_h = self.bundle.input_length, self.bundle.max_horizon
         extra = self.bundle.features.covariates
         n_cal = self.bundle.features.size - len(extra)
@@ -412,7 +449,7 @@ class Engine:
         stamps = []
         for i, s in enumerate(req.series):
             where = f"series[{i}]"
-            values = np.asarray(s.history, dtype=np.float32)
+            values = float32_values(s.history, f"{where}.history")
             if len(values) < length:
                 raise invalid(f"{where}.history: {len(values)} values; model {self.bundle.name} reads the last "
                               f"{length} hours, so send at least {length}")
@@ -435,7 +472,7 @@ class Engine:
                 _fill(resp.forecasts.add(), s.name, ts, q[:, self.median], q, levels, columns)
             return resp
 
-        return Job(self, history, past, future, respond)
+        return Job(self, history, past, future, respond, inputs_field="series")
 
     def _covariates(self, s: pb.SeriesInput, where: str, n_history: int) -> tuple[np.ndarray, np.ndarray]:
         """Past [L, K] and future [H_max, K] values of the model's extra covariates for one series."""
@@ -446,10 +483,11 @@ class Engine:
         for j, c in enumerate(s.covariates):
             at = f"{where}.covariates[{j}]"
             if c.name not in extra:
-                raise invalid(f"{at}.name: model {self.bundle.name} takes covariates {list(extra)}, not {c.name!r}")
+                raise invalid(f"{at}.name: model {self.bundle.name} takes covariates {list(extra)}, "
+                              f"not {shown(c.name)}")
             if c.name in given:
-                raise invalid(f"{at}.name: covariate {c.name!r} is given twice")
-            past, future = np.asarray(c.past, np.float32), np.asarray(c.future, np.float32)
+                raise invalid(f"{at}.name: covariate {shown(c.name)} is given twice")
+            past, future = float32_values(c.past, f"{at}.past"), float32_values(c.future, f"{at}.future")
             if len(past) != n_history:
                 raise invalid(f"{at}.past: {len(past)} values for {n_history} history values; they must match")
             if len(future) != full_h:
@@ -484,6 +522,28 @@ class Engine:
         if stats is not None:
             info.stats.CopyFrom(stats)
         return info
+
+
+def float32_values(values: Sequence[float], name: str) -> np.ndarray:
+    """`values` as float32; INVALID_ARGUMENT naming `name` for one beyond float32's range (it would be inf)."""
+    wide = np.asarray(values, dtype=np.float64)
+    over = np.flatnonzero(np.isfinite(wide) & (np.abs(wide) > np.finfo(np.float32).max))
+    if len(over):
+        raise invalid(f"{name}: values beyond float32's range (|x| > 3.4e38) at positions {over[:5].tolist()}, "
+                      f"e.g. {wide[over[0]]:g}")
+    return wide.astype(np.float32)
+
+
+def _non_finite(job: Job, rows: Sequence[int]) -> ApiError:
+    """The error for a job whose forward pass gave NaN or infinite values for its series `rows`."""
+    if job.inputs_field is not None:  # the client's own values: too extreme for the model's scaling
+        return invalid(f"{job.inputs_field}[{rows[0]}]: the model's forecast for these values is not finite "
+                       f"(series {list(rows[:5])}); their magnitude overflows the model's scaling, so send "
+                       "values in MW of a realistic size")
+    logger.error("non-finite model output for %d series of a server-history request (rows %s)", len(rows),
+                 list(rows[:5]))
+    return ApiError(grpc.StatusCode.INTERNAL, "internal error in the forecaster: the model's output for "
+                    f"{len(rows)} series is not finite; the replica log has the details")
 
 
 def _fill(msg: pb.Forecast, name: str, timestamps: Sequence[str], point: np.ndarray, q: np.ndarray,

@@ -21,7 +21,7 @@ import numpy as np
 from models.store import Store, ZoneSpec
 from serving.api.energyopt.v1 import readings_pb2 as rpb
 from serving.archive import utc_seconds
-from serving.engine import ApiError, invalid, not_found
+from serving.engine import ApiError, invalid, not_found, shown
 
 DEFAULT_HOURS = 168  # a week: what the dashboard's overview shows
 MAX_POINTS_PER_ZONE = 10_000  # more than a year of hourly readings
@@ -42,7 +42,7 @@ def list_request(region: str = "", zones: Sequence[str] = (), hours: str = "", s
         try:
             n = int(text) if text.strip() else 0
         except ValueError:
-            raise invalid(f"{name}: {text!r} is not a whole number") from None
+            raise invalid(f"{name}: {shown(text)} is not a whole number") from None
         if not 0 <= n < 2**32:
             raise invalid(f"{name}: must be 0 or more (and below 2^32), got {n}")
         return n
@@ -56,14 +56,15 @@ def _selected(regions: Mapping[str, Sequence[str]], request: rpb.ListReadingsReq
     if not request.region:
         raise invalid(f"region: required; this server has {sorted(regions)}")
     if request.region not in regions:
-        raise not_found(f"region: unknown region {request.region!r}; this server has {sorted(regions)}")
+        raise not_found(f"region: unknown region {shown(request.region)}; this server has {sorted(regions)}")
     region_zones = sorted(regions[request.region])
     seen: set[str] = set()
     for i, zone in enumerate(request.zones):
         if zone not in region_zones:
-            raise not_found(f"zones[{i}]: unknown zone {zone!r} in region {request.region} (it has {region_zones})")
+            raise not_found(f"zones[{i}]: unknown zone {shown(zone)} in region {request.region} "
+                            f"(it has {region_zones})")
         if zone in seen:
-            raise invalid(f"zones[{i}]: {zone!r} is listed twice")
+            raise invalid(f"zones[{i}]: {shown(zone)} is listed twice")
         seen.add(zone)
     return list(request.zones) or region_zones
 
@@ -87,7 +88,7 @@ def list_readings(store: Store, named_regions: Mapping[str, Sequence[str]], requ
         if request.hours:
             raise invalid("hours: give hours or both since and until, not all three")
         if since >= until:
-            raise invalid(f"since: {request.since!r} is not before until {request.until!r}")
+            raise invalid(f"since: {shown(request.since)} is not before until {shown(request.until)}")
     # the end of each zone's newest reading (its time plus its resolution): the default `until`
     ends = [held[z][1] + held[z][0].resolution_s for z in zones if z in held and held[z][1] is not None]
     if until is None and ends and (since is None or max(ends) > since):

@@ -63,7 +63,7 @@ from models.events import (
 from models.store import IngestResult, Store, ZoneSpec
 from serving.api.energyopt.v1 import anomaly_pb2 as apb
 from serving.archive import utc_seconds
-from serving.engine import invalid, not_found
+from serving.engine import invalid, not_found, shown
 
 logger = logging.getLogger("ray.serve")
 
@@ -252,13 +252,14 @@ def list_anomalies(store: Store, request: apb.ListAnomaliesRequest) -> apb.ListA
     specs = store.zones()
     regions = sorted({s.region for s in specs.values()})
     if request.region not in regions:
-        raise not_found(f"region: unknown region {request.region!r}; this server has {regions}")
+        raise not_found(f"region: unknown region {shown(request.region)}; this server has {regions}")
     if request.zone:
         spec = specs.get(request.zone)
         if spec is None:
-            raise not_found(f"zone: unknown zone {request.zone!r}")
+            raise not_found(f"zone: unknown zone {shown(request.zone)}")
         if spec.region != request.region:
-            raise not_found(f"zone: zone {request.zone!r} is in region {spec.region!r}, not {request.region!r}")
+            raise not_found(f"zone: zone {shown(request.zone)} is in region {spec.region!r}, "
+                            f"not {shown(request.region)}")
     if request.limit > MAX_LIMIT:
         raise invalid(f"limit: {request.limit} is over the maximum of {MAX_LIMIT} events per request")
     since = utc_seconds(request.since.strip(), "since")
@@ -278,11 +279,11 @@ def list_request(region: str = "", zone: str = "", since: str = "", open_only: s
     """A ListAnomaliesRequest from HTTP query parameters (as text, so a bad one is named like the RPC's)."""
     flag = open_only.strip().lower()
     if flag not in ("", "true", "false", "1", "0", "yes", "no"):
-        raise invalid(f"open_only: {open_only!r} is not true or false")
+        raise invalid(f"open_only: {shown(open_only)} is not true or false")
     try:
         n = int(limit) if limit.strip() else 0
     except ValueError:
-        raise invalid(f"limit: {limit!r} is not a whole number") from None
+        raise invalid(f"limit: {shown(limit)} is not a whole number") from None
     if n < 0:
         raise invalid(f"limit: {n} is negative")
     if n > MAX_LIMIT:
