@@ -14,14 +14,23 @@ from rich.table import Table
 from energyopt import cli_scale  # score, sweep, distributed train: imports Ray lazily
 from energyopt.cli_detect import detect  # typer options only; models are imported when it runs
 from energyopt.cli_ingest import ingest, replay  # typer options only; store and client are imported when they run
+from energyopt.cli_keys import keys_app  # create / list / revoke API keys
 from energyopt.cli_optimize import optimize  # typer options only; the solver is imported when it runs
 from energyopt.cli_retrain import retrain  # typer options only; training is imported when it runs
-from energyopt.cli_serving import accuracy, anomalies, forecasts, serve  # typer options; serving imported lazily
+from energyopt.cli_serving import (  # typer options; serving imported lazily
+    accuracy,
+    anomalies,
+    api_key_option,
+    ca_option,
+    forecasts,
+    serve,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
 data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect load data.")
 app.add_typer(data_app, name="data")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -165,6 +174,8 @@ def forecast(
     plot: Path | None = typer.Option(None, help="Draw history, forecast and bands to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the forecast as JSON records."),
     archive: bool = typer.Option(False, "--archive", help="With --server: store the forecast in its archive."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """Forecast every zone of the data and the region total from the end of the history, in process with
     --model, or from a running server with --server."""
@@ -174,7 +185,7 @@ def forecast(
         from energyopt.cli_serving import remote_forecast
 
         remote_forecast(server=server, region=region, horizon=horizon, zones=zone, archive=archive, as_json=json_out,
-                        timeout=30.0)
+                        timeout=30.0, api_key=api_key, ca=ca)
         return
     if model is None:
         _fail("pass --model DIR (forecast in process) or --server HOST:PORT (ask a running server)")

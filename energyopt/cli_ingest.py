@@ -24,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from energyopt.cli_serving import api_key_option, auth_hint, ca_option  # typer options; serving imported lazily
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -170,7 +172,7 @@ def _server_error(err: Any, target: str) -> None:
     if err.code.name in UNREACHABLE:
         _fail(f"cannot reach the server at {target} ({err.code.name}: {err.message}). Is it running "
               f"(`energyopt serve`) and listening there?")
-    hint = " Send smaller batches (--batch)." if err.code.name == "RESOURCE_EXHAUSTED" else ""
+    hint = " Send smaller batches (--batch)." if err.code.name == "RESOURCE_EXHAUSTED" else auth_hint(err.code.name)
     _fail(f"the server refused the readings ({err.code.name}: {err.message}).{hint}")
 
 
@@ -199,6 +201,8 @@ def ingest(
                                                      "the region's, if known; else America/New_York for the "
                                                      "bundled data, UTC otherwise)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """Ingest readings from a file, over a running server's StreamReadings (acknowledged per batch once
     committed) or straight into a store; prints what was inserted, replaced, unchanged and rejected (by
@@ -222,7 +226,8 @@ def ingest(
         if store:
             _ingest_store(store, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet)
         else:
-            _ingest_server(target, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet)
+            _ingest_server(target, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet,
+                           client_options={"token": api_key, "ca": ca})
     except KeyboardInterrupt:
         tally.print(f"interrupted; acknowledged so far from {source}")
         raise typer.Exit(130) from None
@@ -274,11 +279,12 @@ def _ingest_store(store: str, ordered: pd.DataFrame, bounds: Sequence[tuple[int,
 
 
 def _ingest_server(target: str, ordered: pd.DataFrame, bounds: Sequence[tuple[int, int]], tally: Tally,
-                   register: bool, region: str, time_zone: str | None, bundled: bool, quiet: bool) -> None:
+                   register: bool, region: str, time_zone: str | None, bundled: bool, quiet: bool,
+                   client_options: dict | None = None) -> None:
     from models.store import StoreError
     from serving.client import ReadingsClient, ReadingsError, batch_requests
 
-    with ReadingsClient(target) as client:
+    with ReadingsClient(target, **(client_options or {})) as client:
         specs = []
         if register:
             known, region_zones = _server_zones(client, target)
@@ -373,6 +379,8 @@ def replay(
     time_zone: str | None = typer.Option(None, help="With --register: the new zones' IANA time zone (default: "
                                                      "the region's, if known; else America/New_York for the "
                                                      "bundled data, UTC otherwise)."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """Stream a stored history into a running server as if it were live: from --from on, each simulated
     hour's readings of every zone as one batch over one StreamReadings stream, --speed hours per second;
@@ -407,7 +415,7 @@ def replay(
     tally = Tally()
     stop = threading.Event()
     done = 0
-    with ReadingsClient(server) as client:
+    with ReadingsClient(server, token=api_key, ca=ca) as client:
         specs = []
         if register:
             known, region_zones = _server_zones(client, server)

@@ -22,6 +22,19 @@ err_console = Console(stderr=True)
 DEFAULT_MODEL = Path("runs/demo/model")
 
 
+def api_key_option() -> str | None:
+    """`--api-key` of the commands that call the service (default $ENERGYOPT_API_KEY)."""
+    return typer.Option(None, "--api-key", envvar="ENERGYOPT_API_KEY", show_envvar=False,
+                        help="API key for the service (default: $ENERGYOPT_API_KEY).")
+
+
+def ca_option() -> Path | None:
+    """`--ca` of the commands that call the service (default $ENERGYOPT_CA)."""
+    return typer.Option(None, "--ca", envvar="ENERGYOPT_CA", show_envvar=False,
+                        help="CA certificate (PEM) of a TLS server: connect with TLS verified against it "
+                             "(default: $ENERGYOPT_CA; none: plaintext).")
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
@@ -30,7 +43,10 @@ def _fail(message: str) -> None:
 def serve(
     model: Path | None = typer.Option(None, help="Model bundle directory (default: runs/demo/model, "
                                                     "written by `energyopt demo`)."),
-    grpc_port: int = typer.Option(9000, help="Port of the gRPC API (all interfaces)."),
+    host: str | None = typer.Option(None, help="Address the gRPC and HTTP APIs and the local Ray bind to "
+                                               "(default: the config's http_options.host, 127.0.0.1 as shipped; "
+                                               "0.0.0.0: every interface, needs --api-keys; docs/resilience.md)."),
+    grpc_port: int = typer.Option(9000, help="Port of the gRPC API."),
     http_port: int = typer.Option(8000, help="Port of the HTTP/JSON API."),
     metrics_port: int = typer.Option(8080, help="Ray's metrics export port: Ray's, Serve's and the "
                                                 "application's metrics for Prometheus (docs/monitoring.md)."),
@@ -50,6 +66,9 @@ def serve(
     anomaly_model: Path | None = typer.Option(None, help="Anomaly detector bundle for DetectAnomalies "
                                                             "(`energyopt train --model autoencoder`; default: "
                                                             "the config's, if any)."),
+    api_keys: Path | None = typer.Option(None, "--api-keys", help="API key file (`energyopt keys create`): "
+                                                                  "calls need a key (default: the config's "
+                                                                  "args.api_keys; none: only on loopback)."),
 ) -> None:
     """Serve forecasts over gRPC and HTTP (Ray Serve, local Ray) in the foreground; Ctrl-C stops it."""
     from models.bundle import BundleError, load_bundle
@@ -81,9 +100,14 @@ def serve(
     from serving import server
 
     try:
-        extra = {k: v for k, v in (("seed_until", seed_until), ("time_zone", time_zone)) if v is not None}
+        extra = {k: v for k, v in (("seed_until", seed_until), ("time_zone", time_zone),
+                                   ("api_keys", api_keys and str(api_keys))) if v is not None}
         cfg = server.load_config(config, model=model_dir, anomaly_model=anomaly_model, data=data, store=store,
-                                 grpc_port=grpc_port, http_port=http_port, replicas=replicas, args=extra)
+                                 grpc_port=grpc_port, http_port=http_port, replicas=replicas, args=extra,
+                                 host=host)
+        from serving.auth import startup_check
+
+        auth_line = startup_check(cfg)  # AuthError (a ValueError): no keys beyond loopback, an unreadable file
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(f"starting Ray Serve with model [bold]{bundle.name}[/] {bundle.version} ({model_dir}) ...")
@@ -95,20 +119,23 @@ def serve(
                      log=lambda line: console.print(line, highlight=False))
     except (StoreError, SeriesError) as err:
         _fail(f"the store: {err}")
-    except (RuntimeError, TimeoutError) as err:
+    except (RuntimeError, TimeoutError, ValueError) as err:  # ValueError: a config Serve cannot run (TLS)
         _fail(f"the service did not start: {err}")
     http_host = cfg.get("http_options", {}).get("host", "127.0.0.1")
+    scheme = "https" if cfg.get("http_options", {}).get("ssl_certfile") else "http"  # docs/security.md
     console.print(
         f"[bold green]serving[/] {bundle.name} {bundle.version}\n"
-        f"  gRPC  0.0.0.0:{grpc_port}   energyopt.v1.ForecastService, ReadingsService, grpc.health.v1.Health "
+        f"  gRPC  {http_host}:{grpc_port}   energyopt.v1.ForecastService, ReadingsService, grpc.health.v1.Health "
         "(reflection on)\n"
-        f"  dashboard  http://{http_host}:{http_port}/\n"
-        f"  HTTP  http://{http_host}:{http_port}   /v1/forecast/region  /v1/readings  /v1/zones  /v1/model  "
+        f"  dashboard  {scheme}://{http_host}:{http_port}/\n"
+        f"  HTTP  {scheme}://{http_host}:{http_port}   /v1/forecast/region  /v1/readings  /v1/zones  /v1/model  "
         "/healthz  /docs\n"
         f"  metrics http://127.0.0.1:{server.metrics_export_port() or metrics_port}/metrics   Prometheus scrape "
         "(Ray's node metrics export: ray_energyopt_*, ray_serve_*)\n"
         f"  store {cfg['applications'][0]['args']['store']}\n"
-        f"try:  energyopt forecast --server localhost:{grpc_port} --region PJM --horizon 48\n"
+        f"  {auth_line}\n"
+        f"try:  energyopt forecast --server localhost:{grpc_port} --region PJM --horizon 48"
+        f"{' --api-key KEY' if auth_line.startswith('authentication: on') else ''}\n"
         "Ctrl-C to stop", highlight=False)
     stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,9 +168,12 @@ def remote_forecast(
     archive: bool = typer.Option(False, "--archive", help="Store the forecast in the server's archive."),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """Ask a running server for a region forecast and print it (a table, or JSON)."""
-    response = _ask(server, timeout, lambda c: c.forecast_region(region, horizon, zones=zones or (), archive=archive))
+    response = _ask(server, timeout, api_key, ca,
+                    lambda c: c.forecast_region(region, horizon, zones=zones or (), archive=archive))
     if _printed_json(response, as_json):
         return
     print_region(response)
@@ -151,17 +181,26 @@ def remote_forecast(
         console.print(f"archived as {response.forecast_id}", highlight=False)
 
 
-def _ask(server: str, timeout: float, call: Any) -> Any:
+def _ask(server: str, timeout: float, api_key: str | None, ca: Path | None, call: Any) -> Any:
     """`call(client)` on a ForecastClient of `server`; a failure ends the command naming the status."""
     from serving.client import ForecastClient, ForecastError
 
     try:
-        with ForecastClient(server, timeout=timeout) as client:
+        with ForecastClient(server, timeout=timeout, token=api_key, ca=ca) as client:
             return call(client)
+    except OSError as err:  # the --ca file
+        _fail(f"--ca: {err}")
     except ForecastError as err:
         hint = (f" Is the server running (`energyopt serve`) and listening on {server}?"
-                if err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else "")
+                if err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else auth_hint(err.code.name))
         _fail(f"{err.code.name}: {err.message}.{hint}")
+
+
+def auth_hint(code: str) -> str:
+    """What to do about a refused key (a status code's name), '' for other codes."""
+    return {"UNAUTHENTICATED": " Pass a key with --api-key (or set ENERGYOPT_API_KEY); `energyopt keys create` "
+                               "makes one.",
+            "PERMISSION_DENIED": " Use a key with that role (`energyopt keys create --role ...`)."}.get(code, "")
 
 
 def _printed_json(message: Any, as_json: bool) -> bool:
@@ -182,9 +221,11 @@ def forecasts(
     limit: int = typer.Option(20, min=1, max=1000, help="Most forecasts, the newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the response (with every value) as JSON."),
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """List the forecasts the server issued (its archive): issue time, slot, model, late or not."""
-    response = _ask(server, timeout, lambda c: c.list_forecasts(
+    response = _ask(server, timeout, api_key, ca, lambda c: c.list_forecasts(
         region, zone=zone, issued_from=issued_from, issued_to=issued_to, scheduled_only=scheduled_only,
         limit=limit, headers_only=not as_json))
     if _printed_json(response, as_json):
@@ -209,13 +250,15 @@ def accuracy(
     on_demand: bool = typer.Option(False, "--on-demand", help="Score on-demand forecasts too."),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for the answer (retries included)."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """Live accuracy of the forecasts the server issued, against the readings that arrived since."""
     try:
         ends = [int(b) for b in buckets.split(",") if b.strip()]
     except ValueError:
         _fail(f"--buckets: {buckets!r} is not a comma-separated list of steps, e.g. 6,24,48")
-    response = _ask(server, timeout, lambda c: c.forecast_accuracy(
+    response = _ask(server, timeout, api_key, ca, lambda c: c.forecast_accuracy(
         region, zone=zone, window_days=days, bucket_ends=ends, until=until, include_on_demand=on_demand))
     if _printed_json(response, as_json):
         return
@@ -273,11 +316,13 @@ def anomalies(
     limit: int = typer.Option(100, min=1, max=1000, help="Most events, the most recently seen first."),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
+    api_key: str | None = api_key_option(),
+    ca: Path | None = ca_option(),
 ) -> None:
     """List the anomaly events the server's scans on arrival stored (stuck meters, zero readings, the
     detector's events), the most recently seen first."""
-    response = _ask(server, timeout, lambda c: c.list_anomalies(region, zone=zone, since=since, open_only=open_only,
-                                                                limit=limit))
+    response = _ask(server, timeout, api_key, ca, lambda c: c.list_anomalies(
+        region, zone=zone, since=since, open_only=open_only, limit=limit))
     if _printed_json(response, as_json):
         return
     table = Table(title=f"{region}: {len(response.events)} anomaly event(s), the most recently seen first")

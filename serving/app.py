@@ -24,7 +24,9 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
+import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -37,6 +39,7 @@ from typing import Any
 import grpc
 import torch
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
@@ -53,7 +56,8 @@ from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import readings_pb2 as rpb
 from serving.archive import archive_response
-from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found
+from serving.auth import AUTH_HTTP_STATUS, Gate, RateLimitError, grpc_authorization
+from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found, shown
 from serving.live import LiveHistory
 from serving.metrics import RequestRecorder, mirrored_rpc, record_batch, record_ingest, record_model
 from serving.scheduler import Scheduler
@@ -106,8 +110,25 @@ class AppArgs(BaseModel):
                                         description="ForecastSeries: most history values.")
     max_readings_per_batch: int = Field(Limits.max_readings_per_batch, ge=1,
                                         description="ReadingsService: most readings per batch.")
+    max_quantiles: int = Field(Limits.max_quantiles, ge=1, description="Forecasts: most quantile levels.")
+    max_points_per_response: int = Field(Limits.max_points_per_response, ge=1,
+                                         description="Forecasts: most values per response (series x horizon x "
+                                                     "(1 + quantiles)).")
+    max_anomaly_points: int = Field(Limits.max_anomaly_points, ge=1,
+                                    description="DetectAnomalies: most values scanned per request.")
+    max_body_bytes: int = Field(Limits.max_body_bytes, ge=1, description="HTTP/JSON: largest request body.")
+    deadline_s: float = Field(Limits.deadline_s, gt=0, description="Longest a request's own work (a solve, a "
+                                                                   "scan) may run: under request_timeout_s.")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads per replica "
                                                                  "(default: the replica's num_cpus).")
+    # authentication and per-key limits (serving/auth.py, docs/security.md)
+    api_keys: str | None = Field(None, description="Key file (`energyopt keys create`); none: no "
+                                                      "authentication (refused unless bound to loopback).")
+    rate_per_key_s: float | None = Field(None, gt=0, description="Requests a second per key and replica "
+                                                                    "(token bucket); none: no limit.")
+    burst_per_key: int | None = Field(None, ge=1, description="Token bucket size (default: one second's).")
+    max_concurrent_per_key: int | None = Field(None, ge=1, description="Requests in flight per key and "
+                                                                          "replica; none: no limit.")
     # The deployment's user_config for `serve run serving.app:build_app model=...` (unset: ReplicaConfig's
     # defaults); serve.yaml sets them under deployments[].user_config, which can change without a restart.
     model: str | None = None
@@ -147,16 +168,63 @@ http_app = FastAPI(
 )
 
 
-async def _body(request: Request, message: Any) -> Any:
-    """The HTTP request's JSON body parsed into the proto `message`."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise invalid("request body: not valid JSON") from None
+@http_app.exception_handler(RequestValidationError)
+async def _bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
+    """A query parameter FastAPI cannot convert (`limit=abc`): 400 INVALID_ARGUMENT naming it, in the API's own
+    {"code", "message"} form (FastAPI's default is a 422 that quotes the whole input)."""
+    first = err.errors()[0] if err.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+    return JSONResponse({"code": "INVALID_ARGUMENT", "message": f"{where}: {first.get('msg', 'invalid value')}, "
+                         f"got {shown(first.get('input'))}"}, status_code=400)
+
+
+async def _body(request: Request, message: Any, limits: Limits = Limits()) -> Any:
+    """The HTTP request's JSON body parsed into the proto `message`; INVALID_ARGUMENT for anything that is not
+    a JSON object of its fields, RESOURCE_EXHAUSTED (413) past `limits.max_body_bytes`, counted while reading
+    (a 500 MB body is never held: the declared length is checked first, then each chunk as it arrives)."""
+    limit = limits.max_body_bytes
+
+    def too_big(size: str) -> ApiError:
+        return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body: {size} exceed this server's limit "
+                        f"of {limit:,} bytes (max_body_bytes); split the request")
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big(f"{int(declared):,} bytes (Content-Length)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big(f"more than {limit:,} bytes")
+        chunks.append(chunk)
+    try:  # json.loads: deep nesting is a RecursionError, a 5,000-digit int a ValueError, bad UTF-8 one too
+        body = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        raise invalid("request body: not valid JSON (UTF-8, nested at most a few hundred levels)") from None
+    if not isinstance(body, dict):
+        raise invalid(f"request body: a JSON object of {message.DESCRIPTOR.name}'s fields is required, got "
+                      f"a JSON {type(body).__name__}")
     try:
         return json_format.ParseDict(body, message)
-    except json_format.ParseError as err:
-        raise invalid(f"request body: {err}") from None
+    except (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError) as err:
+        raise invalid(f"request body: {shown(str(err), 200)}") from None
+
+
+INTERNAL = object()  # `authorization` of a call from inside the application (a route, a handle): not checked
+HTTP_REQUEST_PARAM = "eo_http_request"  # the FastAPI Request that _api adds to every route's parameters
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    """An ApiError as an HTTP answer: {"code", "message"} with the status matching its code; a key over its
+    limits gets 429 with Retry-After, a missing or unknown key 401 with WWW-Authenticate."""
+    headers = {}
+    if isinstance(err, RateLimitError):
+        status, headers["Retry-After"] = err.http_status, str(max(1, math.ceil(err.retry_after_s)))
+    else:
+        status = HTTP_STATUS.get(err.code) or AUTH_HTTP_STATUS.get(err.code, 500)
+        if err.code == grpc.StatusCode.UNAUTHENTICATED:
+            headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"code": err.code.name, "message": err.message}, status_code=status, headers=headers)
 
 
 def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster replica") -> Callable:
@@ -168,14 +236,24 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
     a result as the message's proto3 JSON. Anything else is logged and answered INTERNAL, naming the `part`
     that failed, never with a stack trace.
 
+    Every call from a client (an RPC with a grpc_context, every route) is admitted here first (serving/auth.py:
+    its API key and role, the key's rate and concurrency limits; calls from inside the application are not
+    checked): UNAUTHENTICATED (401), PERMISSION_DENIED (403), RESOURCE_EXHAUSTED (429 with Retry-After).
+
     Every answer to a client is counted and timed here (serving/metrics.py: per RPC, transport and status
     code; a route as the RPC it mirrors); an RPC called without a grpc_context (by a route, another
     method or another deployment) is not, so that nothing counts twice.
     """
 
     def decorate(method: Callable) -> Callable:
-        async def answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        name = mirrored_rpc(method) if empty is None else method.__name__  # the RPC whose role it needs
+
+        async def answer(self: Any, authorization: Any, *args: Any, **kwargs: Any) -> Any:
+            release = None
             try:
+                gate = getattr(self, "gate", None)
+                if gate is not None and authorization is not INTERNAL:  # a client's call: its key checked
+                    release = gate.admit(name, authorization)
                 return await method(self, *args, **kwargs)
             except ApiError:
                 raise
@@ -183,26 +261,38 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
                 logger.exception("%s failed", method.__name__)
                 raise ApiError(grpc.StatusCode.INTERNAL, f"internal error in {part}; "
                                                          "the replica log has the details") from None
+            finally:
+                if release is not None:
+                    release()
 
         if empty is None:
-            http_requests = RequestRecorder(mirrored_rpc(method), "http")
+            http_requests = RequestRecorder(name, "http")
 
             @functools.wraps(method)
             async def route(self: Any, **kwargs: Any) -> JSONResponse:
                 start = time.perf_counter()
+                http_request = kwargs[own_request] if own_request else kwargs.pop(HTTP_REQUEST_PARAM)
+                authorization = http_request.headers.get("authorization")
                 try:
-                    response = JSONResponse(json_format.MessageToDict(await answer(self, **kwargs),
+                    response = JSONResponse(json_format.MessageToDict(await answer(self, authorization, **kwargs),
                                                                       preserving_proto_field_name=True))
                     code = "OK"
                 except ApiError as err:
-                    response = JSONResponse({"code": err.code.name, "message": err.message},
-                                            status_code=HTTP_STATUS.get(err.code, 500))
+                    response = error_response(err)
                     code = err.code.name
                 http_requests.record(code, time.perf_counter() - start)
                 return response
 
-            # FastAPI reads the route's parameters from this signature; the body is JSON, not the message
-            route.__signature__ = inspect.signature(method).replace(return_annotation=JSONResponse)
+            # FastAPI reads the route's parameters from this signature (the body is JSON, not the message),
+            # plus the request itself, for its Authorization header: the method's own Request parameter if it
+            # has one (FastAPI hands the request to one parameter only), else one added here
+            signature = inspect.signature(method)
+            own_request = next((p.name for p in signature.parameters.values() if p.annotation in (Request, "Request")),
+                               None)
+            route.__signature__ = signature.replace(return_annotation=JSONResponse, parameters=[
+                *signature.parameters.values(),
+                *([] if own_request else [inspect.Parameter(HTTP_REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY,
+                                                            annotation=Request)])])
             return route
 
         grpc_requests = RequestRecorder(method.__name__, "grpc")
@@ -210,7 +300,8 @@ def _api(empty: Callable[[], Any] | None = None, part: str = "the forecaster rep
         async def rpc(self: Any, request: Any, grpc_context: Any = None) -> Any:
             start = time.perf_counter()
             try:
-                response = await answer(self, request)
+                response = await answer(self, INTERNAL if grpc_context is None else grpc_authorization(grpc_context),
+                                        request)
             except ApiError as err:
                 if grpc_context is None:
                     raise
@@ -281,7 +372,7 @@ def dashboard_file(name: str, if_none_match: str | None = None) -> Response:
     except (OSError, ValueError):  # a name the file system refuses (a NUL byte, too long)
         found = False
     if not found:
-        return JSONResponse({"code": "NOT_FOUND", "message": f"no dashboard file {name!r}"}, status_code=404)
+        return JSONResponse({"code": "NOT_FOUND", "message": f"no dashboard file {shown(name)}"}, status_code=404)
     # the vendored library changes only with its version; the page's own files with every release of the service
     cache = "public, max-age=86400" if path.parent.name == "vendor" else "no-cache"
     response = FileResponse(path, media_type=DASHBOARD_TYPES[path.suffix], headers={"Cache-Control": cache},
@@ -302,13 +393,14 @@ class Forecaster:
         """`ingestor`: the Ingestor deployment's handle (None: ingest in this process); `scheduler`: the
         Scheduler's (bound here so that it is part of the application; it calls this deployment)."""
         self.args = AppArgs.model_validate(args)
+        self.gate = Gate.from_args(self.args.api_keys, self.args.rate_per_key_s, self.args.burst_per_key,
+                                   self.args.max_concurrent_per_key)  # serving/auth.py
         self.ingestor = ingestor
         if self.args.torch_threads:
             torch.set_num_threads(self.args.torch_threads)
         self.store = open_store(self.args)
         self.live = LiveHistory(self.store, self.args.tail_hours)
-        self.limits = Limits(self.args.max_series_per_request, self.args.max_points_per_request,
-                             self.args.max_readings_per_batch)
+        self.limits = Limits(**self.args.model_dump(include=set(Limits.__dataclass_fields__)))
         self.engine: Engine | None = None  # loaded by reconfigure(), which Serve calls before traffic
         self.anomaly = AnomalyDetector(self.args.data, self.limits)  # DetectAnomalies (serving/anomaly.py)
         from serving.scans import Scanner
@@ -432,8 +524,12 @@ class Forecaster:
     async def _answer(self, job: Job) -> Any:
         """Answer one forecast job in the next batch (or alone, if it is larger than a batch)."""
         if job.n == 0 or job.n > self.max_batch_series:  # nothing for the model, or more than a whole batch
-            return self._compute([job])[0]
-        return await self._run_batch(job)
+            answer = self._compute([job])[0]
+        else:
+            answer = await self._run_batch(job)
+        if isinstance(answer, ApiError):  # this request's own failure (Engine.run), not its whole batch's
+            raise answer
+        return answer
 
     @_api(pb.ForecastRegionResponse)
     async def ForecastRegion(self, request: pb.ForecastRegionRequest) -> pb.ForecastRegionResponse:
@@ -466,7 +562,7 @@ class Forecaster:
             forecast = await self.ForecastRegion(pb.ForecastRegionRequest(region=region, horizon=horizon, zones=[zone]))
             zone_load[zone] = list(forecast.zones[0].point)
         # off the event loop: forecasts keep being answered during a solve
-        return await asyncio.to_thread(dispatch.optimize, request, zone_load)
+        return await asyncio.to_thread(dispatch.optimize, request, zone_load, deadline_s=self.limits.deadline_s)
 
     # energyopt.v1.ReadingsService: every replica writes to the one store (serialized there), off the loop
 
@@ -506,7 +602,10 @@ class Forecaster:
         window: deque[tuple[int, asyncio.Future]] = deque()
         ahead = STREAM_WINDOW if self.ingestor is not None else 1
         batch, start, code = 0, time.perf_counter(), "OK"
+        release = None
         try:
+            if grpc_context is not None:  # a client's stream: its key admitted once, for the whole stream
+                release = self.gate.admit("StreamReadings", grpc_authorization(grpc_context))
             async for request in request_stream:
                 try:
                     self._check_batch(request)
@@ -538,6 +637,8 @@ class Forecaster:
         finally:
             for _, pending in window:
                 pending.cancel()
+            if release is not None:
+                release()
             if grpc_context is not None:
                 STREAM_REQUESTS.record(code, time.perf_counter() - start)
 
@@ -554,7 +655,7 @@ class Forecaster:
             z.spec.zone, z.spec.region, z.spec.resolution_s, z.spec.time_zone = (
                 spec.zone, spec.region, spec.resolution_s, spec.time_zone)
         if request.region and not resp.zones:
-            raise not_found(f"region: unknown region {request.region!r}")
+            raise not_found(f"region: unknown region {shown(request.region)}")
         return resp
 
     @_api(rpb.ListReadingsResponse, "the readings store")
@@ -567,8 +668,13 @@ class Forecaster:
     @_api(pb.ModelInfo)
     async def GetModelInfo(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
         info = self._serving().model_info(request, self.serving_stats())
-        info.bundle_path, info.swap_error = self.engine.bundle_path, self.swap_error
+        # the bundle directory's name, not its path: a client learns nothing of the server's filesystem
+        info.bundle_path, info.swap_error = Path(self.engine.bundle_path).name, self.swap_error
         return info
+
+    async def served_bundle_path(self) -> str:
+        """The absolute directory of the bundle this replica serves (the Scheduler's retraining champion)."""
+        return self.engine.bundle_path
 
     # ------------------------------------------------------------------------------------------ archive
     # (forecast archive and live accuracy: models/archive.py; the schedule: serving/scheduler.py)
@@ -697,7 +803,7 @@ class Forecaster:
     @_api(health_pb2.HealthCheckResponse)
     async def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
         if request.service not in ("", SERVICE):
-            raise not_found(f"unknown service {request.service!r}; this server has {SERVICE!r}")
+            raise not_found(f"unknown service {shown(request.service)}; this server has {SERVICE!r}")
         status = health_pb2.HealthCheckResponse.SERVING if self.engine else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
@@ -711,7 +817,7 @@ class Forecaster:
     @http_app.post("/v1/readings", summary="IngestReadings (body: IngestReadingsRequest as JSON)")
     @_api()
     async def http_ingest_readings(self, request: Request) -> rpb.IngestAck:
-        return await self.IngestReadings(await _body(request, rpb.IngestReadingsRequest()))
+        return await self.IngestReadings(await _body(request, rpb.IngestReadingsRequest(), self.limits))
 
     @http_app.get("/v1/zones", summary="ListZones")
     @_api()
@@ -740,7 +846,7 @@ class Forecaster:
     @http_app.post("/v1/forecast/region", summary="ForecastRegion (body: ForecastRegionRequest as JSON)")
     @_api()
     async def http_forecast_region(self, request: Request) -> pb.ForecastRegionResponse:
-        return await self.ForecastRegion(await _body(request, pb.ForecastRegionRequest()))
+        return await self.ForecastRegion(await _body(request, pb.ForecastRegionRequest(), self.limits))
 
     @http_app.get("/v1/forecast/region", summary="ForecastRegion with query parameters (for browsers)")
     @_api()
@@ -756,17 +862,17 @@ class Forecaster:
     @http_app.post("/v1/forecast/series", summary="ForecastSeries (body: ForecastSeriesRequest as JSON)")
     @_api()
     async def http_forecast_series(self, request: Request) -> pb.ForecastSeriesResponse:
-        return await self.ForecastSeries(await _body(request, pb.ForecastSeriesRequest()))
+        return await self.ForecastSeries(await _body(request, pb.ForecastSeriesRequest(), self.limits))
 
     @http_app.post("/v1/anomalies", summary="DetectAnomalies (body: DetectAnomaliesRequest as JSON)")
     @_api()
     async def http_detect_anomalies(self, request: Request) -> apb.DetectAnomaliesResponse:
-        return await self.DetectAnomalies(await _body(request, apb.DetectAnomaliesRequest()))
+        return await self.DetectAnomalies(await _body(request, apb.DetectAnomaliesRequest(), self.limits))
 
     @http_app.post("/v1/dispatch", summary="OptimizeDispatch (body: OptimizeDispatchRequest as JSON)")
     @_api()
     async def http_optimize_dispatch(self, request: Request) -> dpb.OptimizeDispatchResponse:
-        return await self.OptimizeDispatch(await _body(request, dpb.OptimizeDispatchRequest()))
+        return await self.OptimizeDispatch(await _body(request, dpb.OptimizeDispatchRequest(), self.limits))
 
     @http_app.get("/v1/forecasts", summary="ListForecasts (the archive)")
     @_api()

@@ -6,6 +6,10 @@
         response = client.forecast_region("PJM", horizon=48)
         frame = to_frame(response)          # long table: zone, timestamp, point, q0.1, ...
 
+A service with API keys (docs/security.md) wants `token="eo_..."` (default: $ENERGYOPT_API_KEY), sent as
+`authorization: Bearer <token>` on every call; `ca="ca.pem"` (default: $ENERGYOPT_CA) or `tls=True` opens a
+TLS channel (to a TLS-terminating ingress: Serve's own gRPC ports are plaintext).
+
 Every call has a deadline (`timeout`, seconds, per attempt). Calls that fail with UNAVAILABLE (server
 starting, replica restarting, connection refused), or with what comes back when a replica dies mid-call
 (INTERNAL from Serve's Python proxy, UNKNOWN "HTTP status 500" from its HAProxy ingress), are retried
@@ -28,11 +32,13 @@ stream that breaks on UNAVAILABLE is reopened and resends the batches not yet ac
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import grpc
@@ -55,7 +61,24 @@ REPLICA_DIED = ("The actor died unexpectedly", "The actor is dead")
 # Serve's HAProxy ingress rewrites its 502 (the replica's connection closed before it answered) to an HTTP
 # 500, which gRPC reports as UNKNOWN with this message: the same dead replica, seen through HAProxy.
 INGRESS_LOST_REPLICA = "Received http2 header with status: 500"
+# Serve's HAProxy answers NOT_FOUND with this message while no application is deployed yet (a service still
+# starting; `energyopt serve` answers UNAVAILABLE instead, docs/resilience.md): retried like UNAVAILABLE.
+INGRESS_STARTING = "Application metadata not set"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+API_KEY_ENV = "ENERGYOPT_API_KEY"  # the default `token` of every client (docs/security.md)
+CA_ENV = "ENERGYOPT_CA"  # the default `ca`: a PEM file of the CA that signed the server's certificate
+
+
+def open_channel(target: str, *, ca: str | Path | None = None, tls: bool | None = None) -> grpc.Channel:
+    """A channel to `target`: TLS when `ca` (a PEM file; default $ENERGYOPT_CA) is given, verified against it,
+    or with `tls=True`, verified against the system's roots; plaintext otherwise (or with `tls=False`)."""
+    ca = ca if ca is not None else os.environ.get(CA_ENV) or None
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    if tls is False or (tls is None and ca is None):
+        return grpc.insecure_channel(target, options=options)
+    roots = Path(ca).expanduser().read_bytes() if ca is not None else None
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options=options)
 
 
 class ForecastError(Exception):
@@ -76,14 +99,16 @@ class _Client:
     error: type[ForecastError] = ForecastError
 
     def __init__(self, target: str, *, timeout: float, retries: int, backoff: float, max_backoff: float,
-                 application: str | None, channel: grpc.Channel | None) -> None:
+                 application: str | None, channel: grpc.Channel | None, token: str | None = None,
+                 ca: str | Path | None = None, tls: bool | None = None) -> None:
         self.target, self.timeout, self.retries = target, timeout, retries
         self.backoff, self.max_backoff = backoff, max_backoff
-        self._metadata = (("application", application),) if application else None
-        self._channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        token = token if token is not None else os.environ.get(API_KEY_ENV) or None
+        metadata = [("application", application)] if application else []
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        self._metadata = tuple(metadata) or None
+        self._channel = channel or open_channel(target, ca=ca, tls=tls)
 
     def close(self) -> None:
         self._channel.close()
@@ -123,11 +148,16 @@ class ForecastClient(_Client):
         max_backoff: float = 5.0,
         application: str | None = None,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        ca: str | Path | None = None,
+        tls: bool | None = None,
     ) -> None:
         """`target` is HOST:PORT of Serve's gRPC proxy; `application` names the Serve application when
-        the cluster runs several (sent as the `application` metadata Serve routes on)."""
+        the cluster runs several (sent as the `application` metadata Serve routes on). `token`: the API key
+        sent with every call (default $ENERGYOPT_API_KEY; none: none sent); `ca`, `tls`: see `open_channel`
+        (ignored with a `channel` of the caller's)."""
         super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
-                         application=application, channel=channel)
+                         application=application, channel=channel, token=token, ca=ca, tls=tls)
         self._stub = pb_grpc.ForecastServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._anomaly = apb_grpc.AnomalyServiceStub(self._channel)
@@ -257,13 +287,16 @@ class ReadingsClient(_Client):
         max_stream_s: float = 30.0,
         application: str | None = None,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        ca: str | Path | None = None,
+        tls: bool | None = None,
     ) -> None:
         """As ForecastClient; `window` is how many batches a stream sends ahead of their acknowledgements
         (it bounds what waits in buffers and what a reopened stream sends again); `max_stream_s` is how long
         one StreamReadings stream takes new batches before `stream` closes it and goes on in a new one (the
         server ends any call at its request timeout, 60 s in configs/serve.yaml)."""
         super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
-                         application=application, channel=channel)
+                         application=application, channel=channel, token=token, ca=ca, tls=tls)
         self.window, self.max_stream_s = window, max_stream_s
         self._stub = rpb_grpc.ReadingsServiceStub(self._channel)
 
@@ -476,7 +509,8 @@ def _status(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, bool]:
     details = (err.details() if hasattr(err, "details") else str(err)) or code.name
     retryable = (code in RETRYABLE
                  or (code == grpc.StatusCode.INTERNAL and details.startswith(REPLICA_DIED))
-                 or (code == grpc.StatusCode.UNKNOWN and details.startswith(INGRESS_LOST_REPLICA)))
+                 or (code == grpc.StatusCode.UNKNOWN and details.startswith(INGRESS_LOST_REPLICA))
+                 or (code == grpc.StatusCode.NOT_FOUND and details.startswith(INGRESS_STARTING)))
     return code, details, retryable
 
 

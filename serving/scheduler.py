@@ -258,11 +258,11 @@ class Scheduler:
         since = max([self._started, *(d.decided_at for d in newest)])
         if now - since < self.config.retrain_every_s:
             return
-        info = await self._handle().GetModelInfo.remote(pb.GetModelInfoRequest())
+        champion = await self._handle().served_bundle_path.remote()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         out = Path(self.config.retrain_dir).expanduser().resolve() / f"challenger-{stamp}"
         # the store's URL goes in the environment, not on the command line (where `ps` would show a password)
-        command = [sys.executable, "-m", "energyopt", "retrain", "--champion", info.bundle_path,
+        command = [sys.executable, "-m", "energyopt", "retrain", "--champion", champion,
                    "--out", str(out), "--quiet", *self.config.retrain_args]
         self._started = now  # the next run counts from this one, even if it fails
         self._retraining = asyncio.get_running_loop().create_task(self._retrain(command))

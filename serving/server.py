@@ -33,6 +33,7 @@ def load_config(
     replicas: int | None = None,
     args: dict[str, Any] | None = None,
     user_config: dict[str, Any] | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """The Serve config (a dict in ServeDeploySchema form) from `path` (default configs/serve.yaml)
     with overrides. Paths given here are made absolute, so replicas find them wherever they run.
@@ -52,6 +53,8 @@ def load_config(
         app_args["data"] = str(Path(data).expanduser().resolve())
     if store is not None:  # a URL as given, a SQLite path made absolute
         app_args["store"] = str(store) if "://" in str(store) else str(Path(store).expanduser().resolve())
+    if host is not None:  # HTTP, gRPC (HAProxy binds both there) and, for a local Ray, every other socket
+        config.setdefault("http_options", {})["host"] = host
     for options, port in (("grpc_options", grpc_port), ("http_options", http_port)):
         if port is not None:
             config.setdefault(options, {})["port"] = port
@@ -59,6 +62,8 @@ def load_config(
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = replicas
     app_args.update(args or {})
+    if app_args.get("api_keys"):  # the key file, found by replicas wherever they run
+        app_args["api_keys"] = str(Path(app_args["api_keys"]).expanduser().resolve())
     replica_config.update(user_config or {})
     _validate(config)
     return config
@@ -77,12 +82,106 @@ def with_model(config: dict[str, Any], model: str | Path) -> dict[str, Any]:
 HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
-def configure_local_ray(haproxy: bool = True) -> None:
+# Loopback (docs/resilience.md): where a local Ray and the service bind, unless `--host` says otherwise.
+DEFAULT_HOST = "127.0.0.1"
+BIND_HOST_ENV = "ENERGYOPT_BIND_HOST"
+# Ray runs `module.function` in every worker process it starts, before the worker runs anything (the env var
+# behind ray.init's runtime_env `worker_process_setup_hook`; set here it reaches every worker, Serve's
+# controller, HAProxy manager, proxies and replicas included, with no runtime-env agent round trip).
+SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+SETUP_HOOK = "serving.server.worker_setup"
+_WILDCARDS = ("", "*", "0.0.0.0", "::", "[::]")
+
+
+def is_loopback(host: str | None) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]") or bool(host and host.startswith("127."))
+
+
+def worker_setup() -> None:
+    """Ray worker setup hook (SETUP_HOOK): Serve (Ray 2.60) binds some sockets to every interface whatever
+    http_options.host says, with no setting to change it: the replicas' direct-ingress and inter-deployment
+    gRPC servers and the fallback gRPC proxy (`[::]:port`), HAProxy's stats page (`*:port`) and metrics
+    (`:port`), and HAProxy's admin socket is created mode 666 at level admin. With a loopback
+    ENERGYOPT_BIND_HOST, gRPC's wildcard binds go to that host and HAProxy's config template binds its stats
+    and metrics there, its admin socket mode 600 (its owner only)."""
+    host = os.environ.get(BIND_HOST_ENV)
+    if not is_loopback(host):
+        return
+    import ray
+
+    try:
+        node = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - a hook that raises ends the worker
+        return
+    if not is_loopback(node):  # a node on the network: peers reach this worker at its address
+        return
+    import grpc._server
+    import grpc.aio._server
+
+    bind = f"[{host.strip('[]')}]" if ":" in host else host
+
+    def rebound(address: str) -> str:
+        where, _, port = address.rpartition(":")
+        return f"{bind}:{port}" if where in _WILDCARDS else address
+
+    for cls in (grpc.aio._server.Server, grpc._server._Server):  # the implementations (grpc.aio.Server: an ABC)
+        for name in ("add_insecure_port", "add_secure_port"):
+            original = getattr(cls, name, None)
+            if original is None or getattr(original, "_energyopt", False):
+                continue
+
+            def patched(self, address, *rest, _original=original, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+                return _original(self, rebound(address), *rest, **kw)
+
+            patched._energyopt = True
+            setattr(cls, name, patched)
+    import sys
+
+    from ray.serve._private import haproxy_templates
+
+    template = (haproxy_templates.HAPROXY_CONFIG_TEMPLATE
+                .replace("bind *:{{ config.stats_port }}", f"bind {bind}:{{{{ config.stats_port }}}}")
+                .replace("bind :{{ config.metrics_port }}", f"bind {bind}:{{{{ config.metrics_port }}}}")
+                .replace(" mode 666 level admin", " mode 600 level admin")
+                .replace(_NO_APP_ANSWER, _STARTING_ANSWER))
+    haproxy_templates.HAPROXY_CONFIG_TEMPLATE = template
+    if "ray.serve._private.haproxy" in sys.modules:
+        sys.modules["ray.serve._private.haproxy"].HAPROXY_CONFIG_TEMPLATE = template
+
+
+# HAProxy's gRPC answer while no application is deployed (and to a call naming none when several are): a
+# Ray-internal NOT_FOUND. While none is deployed yet (start-up) the service is not there yet: UNAVAILABLE,
+# which clients retry (serving/client.py); with several applications deployed it stays NOT_FOUND.
+_NO_APP_ANSWER = ('http-request return status 200 content-type application/grpc hdr grpc-status 5 hdr grpc-message '
+                  '"Application metadata not set.')
+_STARTING_ANSWER = ("{% if grpc_backends|length == 0 %}http-request return status 200 content-type application/grpc "
+                    'hdr grpc-status 14 hdr grpc-message "the service is starting"\n    {% endif %}' + _NO_APP_ANSWER)
+
+
+def configure_local_ray(haproxy: bool = True, host: str = DEFAULT_HOST) -> None:
     """Environment for a Ray instance this process starts (call before `ray.init`; Serve reads it in
-    every Ray process). Values already set in the environment win."""
+    every Ray process). Values already set in the environment win. `host`: where every socket of Ray and
+    of the service binds (a loopback address keeps them all off the network; docs/resilience.md)."""
+    os.environ.setdefault(BIND_HOST_ENV, host)
+    if is_loopback(os.environ[BIND_HOST_ENV]):
+        # Ray's single-machine mode (its default on macOS and Windows): the node's address is 127.0.0.1, so
+        # the GCS, the raylet, the object manager, the dashboard agent and every worker's own gRPC server bind
+        # loopback instead of every interface (nothing else changes: `ray start` would refuse to add nodes).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+            # read when Ray is imported, which this process may have done already (its daemons and workers
+            # read the environment)
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        # what Serve binds to every interface regardless: see worker_setup
+        os.environ.setdefault(SETUP_HOOK_ENV, SETUP_HOOK)
     # Ray runs its workers at nice 15 so that its own daemons stay responsive; a replica answering
     # latency-bound requests should not yield to every other process on the machine.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Serve's gRPC servers (proxy and direct ingress) take messages up to 2 GiB by default, read in full before
+    # a replica sees them; 64 MiB holds the largest request the limits admit (2M values ~ 16 MB)
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(64 << 20))
     if haproxy:
         for key, value in HIGH_THROUGHPUT_ENV.items():
             os.environ.setdefault(key, value)
@@ -107,6 +206,16 @@ def configure_local_ray(haproxy: bool = True) -> None:
         # it (Serve's default: 30 s, so Ctrl-C took over 30 s). Here the only balancer is this instance's
         # own HAProxy, which is reconfigured at once and retries a refused connection on another replica.
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
+        # A killed HAProxy is noticed by the controller's health check of its manager (every 10 s by default,
+        # unhealthy after 3 failed checks, then the manager is restarted: ~30-45 s without an ingress).
+        # Checked every 0.5 s, a dead HAProxy is noticed in ~1.5 s; restarting the manager (a new worker process)
+        # and its HAProxy takes the rest (docs/resilience.md: ~10 s in all on 2 busy cores).
+        os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S", "0.5")
+    # Ray's memory monitor kills workers when the machine's memory use passes 95 %, whoever uses it: another
+    # process's growth took every Serve actor down. Off for the local service: the kernel's OOM killer then
+    # picks the process with the largest footprint (typically the one growing), and Serve restarts a replica
+    # it took. On a cluster, set memory in ray_actor_options instead (docs/resilience.md).
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
 
 
 def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 180.0,
@@ -123,14 +232,24 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     from ray.serve.config import gRPCOptions
 
     from models.runtime import ensure_ray
+    from serving.auth import startup_check
 
+    startup_check(config)  # no unauthenticated service beyond loopback; a key file that does not read
     prepare_store(config, log)
     schema = _validate(config)
     local = {}
     if not ray.is_initialized():
-        configure_local_ray(haproxy)
-        if metrics_port is not None and not os.environ.get("RAY_ADDRESS"):  # a cluster keeps its own port
-            local["_metrics_export_port"] = metrics_port
+        host = schema.http_options.host or DEFAULT_HOST
+        configure_local_ray(haproxy, host)
+        if not os.environ.get("RAY_ADDRESS"):  # a cluster keeps its own port and addresses
+            if metrics_port is not None:
+                local["_metrics_export_port"] = metrics_port
+            if haproxy:
+                stop_stale_haproxy(config, log)
+    if schema.http_options.ssl_certfile and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        raise ValueError("http_options.ssl_certfile: Ray Serve's HAProxy ingress (Ray 2.60) has no TLS; serve "
+                         "HTTPS with Serve's Python proxy (`energyopt serve --no-haproxy`) or terminate TLS in "
+                         "front of the service (docs/security.md)")
     # Ray's own start-up lines stay in the terminal of `energyopt serve`
     ensure_ray(namespace="serve", include_dashboard=False, num_cpus=num_cpus, configure_logging=True, **local)
     client = serve_start(
@@ -140,6 +259,81 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     )
     client.deploy_apps(schema)
     wait_running(timeout_s=timeout_s)
+
+
+def listeners(pids: set[int] | None = None) -> list[tuple[int, str, int]]:
+    """Listening TCP sockets on this machine (Linux /proc): (pid, address, port) of each, for the processes
+    in `pids` (None: every process whose file descriptors this user can read)."""
+    import ipaddress
+
+    sockets: dict[str, tuple[str, int]] = {}
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))  # little-endian 32-bit words
+            sockets[fields[9]] = (str(ipaddress.ip_address(raw)), int(port, 16))
+    found = []
+    for pid in pids if pids is not None else [int(e) for e in os.listdir("/proc") if e.isdigit()]:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        found += [(pid, *sockets[link[8:-1]]) for link in set(links)
+                  if link.startswith("socket:[") and link[8:-1] in sockets]
+    return found
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def stop_stale_haproxy(config: dict[str, Any], log: Callable[[str], None] | None = None) -> list[int]:
+    """Stop an HAProxy left listening on this service's HTTP or gRPC port by a service that was killed
+    (kill -9 of its process group leaves Serve's HAProxy, another session's child, running and holding the
+    ports): SIGTERM, then SIGKILL after 2 s. Returns the pids stopped."""
+    import signal
+
+    ports = {config.get(o, {}).get("port") for o in ("http_options", "grpc_options")} - {None}
+    stale = set()
+    for pid, _, port in listeners():
+        if port not in ports:
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # Serve's: its config lives under RAY_SERVE_HAPROXY_CONFIG_FILE_LOC's folder (/tmp/haproxy-serve)
+        config_dir = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/x"))
+        if b"haproxy" in args[0] and any(a.startswith(config_dir.encode()) for a in args[1:]):
+            stale.add(pid)
+    for pid in stale:
+        (log or _stderr)(f"stopping a stale HAProxy (pid {pid}) of a killed service still listening on "
+                       f"port(s) {sorted(ports)}")
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 2
+    while stale and time.monotonic() < deadline:
+        stale = {pid for pid in stale if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"}
+        time.sleep(0.1)
+    for pid in stale:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(stale)
 
 
 def metrics_export_port() -> int | None:
@@ -276,6 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None, help="Ray Serve config file (default: configs/serve.yaml).")
     parser.add_argument("--model", default=None, help="Model bundle directory (default: the config's).")
     parser.add_argument("--data", default=None, help="Long-format history file (default: the config's).")
+    parser.add_argument("--host", default=None, help="Address the service and its local Ray bind to (default: "
+                        "the config's http_options.host, 127.0.0.1; 0.0.0.0: every interface).")
     parser.add_argument("--grpc-port", type=int, default=None)
     parser.add_argument("--http-port", type=int, default=None)
     parser.add_argument("--replicas", type=int, default=None, help="Fixed replica count (no autoscaling).")
@@ -289,8 +485,11 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     config = load_config(a.config, model=a.model, data=a.data, grpc_port=a.grpc_port, http_port=a.http_port,
                          replicas=a.replicas, args=json.loads(a.args) if a.args else None,
-                         user_config=json.loads(a.user_config) if a.user_config else None)
+                         user_config=json.loads(a.user_config) if a.user_config else None, host=a.host)
+    from serving.auth import startup_check
+
     start(config, haproxy=not a.no_haproxy, num_cpus=a.num_cpus, metrics_port=a.metrics_port)
+    print(startup_check(config), flush=True)
     print(f"READY grpc={config['grpc_options']['port']} http={config['http_options']['port']} "
           f"metrics={metrics_export_port()}", flush=True)
     stop: list[int] = []

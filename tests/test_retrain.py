@@ -54,6 +54,8 @@ def copy_bundle(src: Path, dst: Path, suffix: str) -> str:
     config = json.loads((dst / "config.json").read_text())
     config["version"] += suffix
     (dst / "config.json").write_text(json.dumps(config))
+    from models.bundle import write_checksums
+    write_checksums(dst)  # the edited config.json is the copy's own
     return config["version"]
 
 
@@ -197,7 +199,7 @@ def test_a_replica_follows_promotions_and_an_operator_change_wins(tmp_path: Path
         await settle(lambda: replica.engine.bundle.version == version_b)
         assert replica.engine.bundle.version == version_b
         info = await replica.GetModelInfo(pb.GetModelInfoRequest())
-        assert (info.version, info.bundle_path, info.swap_error) == (version_b, str(b), "")
+        assert (info.version, info.bundle_path, info.swap_error) == (version_b, Path(b).name, "")
 
         record_decision(store, decision("/another/model", str(a)))  # replaces a model this replica does not serve
         record_decision(store, decision(str(b), str(a), promoted=False))  # not promoted
@@ -300,7 +302,7 @@ def test_a_wrong_year_champion_loses_and_the_service_swaps_without_a_failed_requ
             for t in threads:
                 t.join(60)
         assert not failed, failed[:5]
-        assert info.bundle_path == str((tmp_path / "challenger").resolve()) and not info.swap_error
+        assert info.bundle_path == "challenger" and not info.swap_error
         for mine in seen:  # each thread: the wrong-year model, then the challenger, never back
             switch = mine.index(d.challenger_version)
             assert switch > 0 and set(mine[:switch]) == {wrong} and set(mine[switch:]) == {d.challenger_version}

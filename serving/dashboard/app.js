@@ -62,13 +62,22 @@
     get unreachable() { return this.status === 0 || this.status >= 500; }
   }
 
+  // The service's API key (docs/security.md), if it asks for one: kept for this tab only (sessionStorage),
+  // sent as the Authorization header of every API call.
+  const KEY_STORAGE = "energyopt.apiKey";
+  function apiKey() {
+    try { return sessionStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
+  }
+
   async function api(path, init = {}) {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    const key = apiKey();
     let response;
     try {
       response = await fetch(path, { ...init, signal: abort.signal,
-                                     headers: { accept: "application/json", ...(init.headers || {}) } });
+                                     headers: { accept: "application/json", ...(init.headers || {}),
+                                                ...(key ? { authorization: `Bearer ${key}` } : {}) } });
     } catch (err) {
       throw new ApiFailure(path, 0, "", err.name === "AbortError"
         ? `no answer within ${REQUEST_TIMEOUT_MS / 1000} s` : `network error: ${err.message}`);
@@ -101,6 +110,12 @@
     if (err instanceof Problem) return err.message;
     if (err instanceof ApiFailure && err.unreachable) {
       return `Cannot reach the energyopt API (${err.message}); retrying every ${POLL_TEXT}`;
+    }
+    if (err instanceof ApiFailure && err.status === 401) {
+      return `The energyopt API needs an API key: enter one in the "API key" field at the top (${err.message})`;
+    }
+    if (err instanceof ApiFailure && err.status === 403) {
+      return `This API key may not use ${err.path.split("?")[0]}: enter one with that role (${err.message})`;
     }
     if (err instanceof ApiFailure) return `The energyopt API refused ${err.path.split("?")[0]} (${err.message})`;
     return `The dashboard failed: ${err && err.message ? err.message : err}`;
@@ -1190,6 +1205,11 @@
     $("#region-select").addEventListener("change", (event) => {
       params.set("region", event.target.value);
       history.replaceState(null, "", `${location.pathname}?${params}${location.hash}`);
+      poll();
+    });
+    $("#api-key").value = apiKey();
+    $("#api-key").addEventListener("change", (event) => {
+      try { sessionStorage.setItem(KEY_STORAGE, event.target.value.trim()); } catch { /* storage off: no key */ }
       poll();
     });
     $("#accuracy-zone").addEventListener("change", () => showPage());

@@ -1,0 +1,108 @@
+"""The service on loopback: every listening socket of `python -m serving.server` (its own local Ray, HAProxy
+ingress) and of all its Ray processes is bound to 127.0.0.1 or ::1 (docs/resilience.md); its answers name no
+path of the server's filesystem."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import _processes, running, server_process  # noqa: E402
+
+from serving.api.energyopt.v1 import forecast_pb2 as pb  # noqa: E402
+from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc  # noqa: E402
+from serving.server import listeners  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+
+
+@pytest.fixture(scope="module")
+def loopback_server(tmp_path_factory, tiny_bundle_dir: Path, synthetic_csv: Path):
+    root = tmp_path_factory.mktemp("ports")
+    args = {"store": str(root / "store.db"), "data": str(synthetic_csv), "region": "SYN"}
+    server = server_process(root, model=tiny_bundle_dir, args=args, replicas=1)
+    with running(server):
+        yield server
+
+
+def loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 too
+
+
+def test_every_socket_of_the_service_and_its_ray_listens_on_loopback_only(loopback_server):
+    procs = dict(_processes(loopback_server.proc.pid, str(loopback_server.ray_tmp)))
+    found = listeners(set(procs))
+    ports = {port for _, _, port in found}
+    assert {loopback_server.grpc_port, loopback_server.http_port} <= ports, found  # the listing works
+    offenders = sorted({(f"pid {pid} " + " ".join(procs[pid].split()[:2])[-90:], f"{address}:{port}")
+                        for pid, address, port in found if not loopback(address)})
+    assert not offenders, "listening beyond loopback:\n" + "\n".join(f"  {p}  {a}" for p, a in offenders)
+
+
+def test_haproxys_admin_socket_is_its_owners_only(loopback_server):
+    procs = _processes(loopback_server.proc.pid, str(loopback_server.ray_tmp))
+    haproxy = [pid for pid, cmd in procs if "haproxy" in cmd.split()[0]]
+    assert haproxy, procs
+    configs = [Path(a) for pid in haproxy for a in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+               if a.endswith(".cfg")]
+    config = configs[0].read_text()
+    admin = next(line.split()[2] for line in config.splitlines() if line.strip().startswith("stats socket"))
+    assert stat.S_IMODE(os.stat(admin).st_mode) & 0o077 == 0, oct(os.stat(admin).st_mode)
+
+
+def test_get_model_info_names_no_path_of_the_server(loopback_server, tiny_bundle_dir: Path):
+    with grpc.insecure_channel(f"127.0.0.1:{loopback_server.grpc_port}") as channel:
+        info = pb_grpc.ForecastServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
+    assert info.bundle_path == tiny_bundle_dir.name
+    text = str(info)
+    assert str(tiny_bundle_dir.parent) not in text and str(Path.cwd()) not in text, text
+
+
+def test_a_restart_after_a_kill_9_stops_the_stale_haproxy_holding_the_ports(tmp_path, tiny_bundle_dir: Path,
+                                                                              synthetic_csv: Path):
+    """kill -9 of the server's process group and of its Ray's processes (as `ray stop --force` would) leaves
+    Serve's HAProxy, a child of a worker in another session, listening on the service's ports: the next start on
+    those ports stops it (and says so) instead of sharing the ports with it."""
+    import shutil
+    import signal
+    import time
+
+    args = {"store": str(tmp_path / "store.db"), "data": str(synthetic_csv), "region": "SYN"}
+    first = server_process(tmp_path, model=tiny_bundle_dir, args=args, replicas=1)
+    first.start()
+    stale: list[int] = []
+    try:
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(30)
+        left = _processes(first.proc.pid, str(first.ray_tmp))
+        stale += [pid for pid, cmd in left if "haproxy" in cmd.split()[0]]
+        assert stale, left
+        for pid, _ in left:
+            if pid not in stale:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        assert {port for pid, _, port in listeners(set(stale))} & {first.grpc_port, first.http_port}
+        second = server_process(tmp_path, model=tiny_bundle_dir, args=args, replicas=1)
+        second.command, second.grpc_port, second.http_port = first.command, first.grpc_port, first.http_port
+        with running(second):
+            assert not any(Path(f"/proc/{pid}").exists() for pid in stale)
+            with grpc.insecure_channel(f"127.0.0.1:{second.grpc_port}") as channel:
+                info = pb_grpc.ForecastServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
+            assert info.name == "tiny-lstm"
+        assert "stopping a stale HAProxy" in second.log.read_text(errors="replace")
+    finally:
+        for pid, _ in _processes(first.proc.pid, str(first.ray_tmp)):
+            os.kill(pid, signal.SIGKILL)
+        for pid in stale:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(first.ray_tmp, ignore_errors=True)
