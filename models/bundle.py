@@ -4,15 +4,27 @@
                       data fingerprint, training summary, library versions
     model.safetensors weights and buffers (tensors only: loading never unpickles anything)
     metrics.json      evaluation results (optional)
+    checksums.json    {"algorithm": "sha256", "files": {name: hex digest}} of each file above
 
 A bundle trained on a GPU loads on a CPU and vice versa: tensors are stored on the CPU in float32.
+
+Integrity: `load_bundle` hashes every file that checksums.json lists before reading it, so a bundle
+changed after it was written (a flipped byte, a truncated copy, a missing file) is one BundleError naming
+the file, never a model that loads and forecasts garbage. Every writer of bundle files re-hashes:
+`save_bundle`, `write_metrics` (metrics.json is rewritten after training by evaluation) and
+`write_checksums` for anything else that edits a finished bundle (e.g. retraining noting its data source).
+A bundle without checksums.json (written before they existed) is refused, with the command that adds them
+for a bundle one trusts: `python -m models.bundle checksum DIR`. Refusing costs one command per old bundle;
+loading it unverified would make every corruption check skippable by deleting one file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 import models  # noqa: F401  (registers every backbone)
@@ -34,6 +47,7 @@ from models.inputs import InputError, ModelInputs
 
 BUNDLE_FORMAT = 1
 CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE = "config.json", "model.safetensors", "metrics.json"
+CHECKSUMS_FILE = "checksums.json"
 
 
 class BundleError(ValueError):
@@ -167,6 +181,7 @@ def save_bundle(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
         if metrics is not None:
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+        write_checksums(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -177,11 +192,67 @@ def save_bundle(
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
-    """Replace a bundle's metrics.json (e.g. after a new evaluation)."""
+    """Replace a bundle's metrics.json (e.g. after a new evaluation) and its checksum."""
     target = Path(path) / METRICS_FILE
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, default=str))
     os.replace(tmp, target)
+    write_checksums(path)
+
+
+def write_checksums(path: str | Path) -> Path:
+    """(Re)write checksums.json for the bundle files present in `path`: call it after any change to a
+    finished bundle, and only on files one trusts (it makes whatever is there the reference)."""
+    path = Path(path)
+    files = {name: _sha256((path / name).read_bytes()) for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE)
+             if (path / name).is_file()}
+    target = path / CHECKSUMS_FILE
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=2))
+    os.replace(tmp, target)
+    return target
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verified_files(path: Path) -> dict[str, bytes]:
+    """The bundle's files as bytes, each checked against checksums.json (read once: what is hashed is what
+    is loaded). Raises BundleError naming the first file that is missing or does not match."""
+    checksums_path = path / CHECKSUMS_FILE
+    if not checksums_path.is_file():
+        raise BundleError(f"bundle {path} has no {CHECKSUMS_FILE}, so its files cannot be checked (it was "
+                          f"written before bundles carried checksums); if you trust it, add them with "
+                          f"`python -m models.bundle checksum {path}`, or retrain")
+    try:
+        listed = json.loads(checksums_path.read_text())["files"]
+        if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+            raise TypeError("files must map names to hex digests")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise BundleError(f"corrupt {CHECKSUMS_FILE} in bundle {path}: {err}; retrain or copy the bundle "
+                          "again") from None
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in listed:
+            raise BundleError(f"bundle {path}: {CHECKSUMS_FILE} lists no checksum for {required}; retrain or "
+                              "copy the bundle again")
+    if unlisted := [n for n in (METRICS_FILE,) if (path / n).is_file() and n not in listed]:
+        raise BundleError(f"bundle {path} holds {unlisted[0]}, which its {CHECKSUMS_FILE} does not list (it was "
+                          "added after the bundle was written); write it with models.bundle.write_metrics, or "
+                          "retrain")
+    contents = {}
+    for name, digest in listed.items():
+        if name not in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE):
+            raise BundleError(f"bundle {path}: {CHECKSUMS_FILE} lists an unknown file {name!r}")
+        if not (path / name).is_file():
+            raise BundleError(f"incomplete model bundle {path}: {name} is missing; retrain or copy the "
+                              "bundle again")
+        data = (path / name).read_bytes()
+        if _sha256(data) != digest:
+            raise BundleError(f"the bundle's {name} does not match its checksum ({path / name}): the file is "
+                              "corrupt or was changed after training; retrain or copy it again")
+        contents[name] = data
+    return contents
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -192,8 +263,9 @@ def load_bundle(path: str | Path) -> Bundle:
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / required).is_file():
             raise BundleError(f"incomplete model bundle {path}: {required} is missing")
+    files = _verified_files(path)
     try:
-        config = json.loads((path / CONFIG_FILE).read_text())
+        config = json.loads(files[CONFIG_FILE])
         if config.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"bundle {path} has format {config.get('format')!r}; this version reads {BUNDLE_FORMAT}")
         kind = config.get("kind", ForecasterBundle.kind)
@@ -207,7 +279,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise BundleError(f"corrupt {CONFIG_FILE} in bundle {path}: {err}") from None
     try:
-        state = load_file(path / WEIGHTS_FILE, device="cpu")
+        state = load_safetensors(files[WEIGHTS_FILE])
     except (SafetensorError, OSError, ValueError) as err:
         raise BundleError(f"corrupt weights in bundle {path} ({WEIGHTS_FILE}): {err}") from None
     try:
@@ -217,10 +289,10 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"weights in bundle {path} do not match its config.json: {'; '.join(detail)}") from None
     model.eval()
     metrics = {}
-    if (path / METRICS_FILE).is_file():
+    if METRICS_FILE in files:
         try:
-            metrics = json.loads((path / METRICS_FILE).read_text())
-        except json.JSONDecodeError as err:
+            metrics = json.loads(files[METRICS_FILE])
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise BundleError(f"corrupt {METRICS_FILE} in bundle {path}: {err}") from None
     meta = {k: v for k, v in config.items() if k not in ("format", "kind", "name", "version", "model", "features")}
     return cls(model=model, features=features, name=config["name"], version=str(config["version"]),
@@ -237,3 +309,10 @@ def _library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+if __name__ == "__main__":  # python -m models.bundle checksum DIR: add checksums to a trusted older bundle
+    if len(sys.argv) != 3 or sys.argv[1] != "checksum" or not Path(sys.argv[2], CONFIG_FILE).is_file():
+        sys.exit("usage: python -m models.bundle checksum BUNDLE_DIR (a directory with config.json and "
+                 "model.safetensors whose files you trust)")
+    print(f"wrote {write_checksums(sys.argv[2])}")

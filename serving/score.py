@@ -22,6 +22,14 @@ the point forecast (the model's median, like `point` in region forecasts). A ser
 `_skipped.parquet` (files starting with `_` are ignored by Parquet readers), and the job fails only if
 no series at all can be scored. `_SUCCESS` (JSON: counts, model, timings) is written last.
 
+Failures never pass for results. A bundle that fails its checksums is refused before any work (a
+ScoringError). A forward pass that yields NaN or infinity for finite input fails the whole job naming the
+series: the model itself is broken then (usually for every series), and a per-row error column would be
+read as forecasts by any consumer that does not look for it. SIGTERM or SIGINT deletes the temporary
+output and shuts down the Ray instance the job started (Ray's own reaper ends that instance if the job is
+SIGKILLed); a SIGKILLed job's temporary folder, named with its host and pid, is removed by the next run
+for the same output once that pid is gone.
+
 The forecasts equal `load_bundle(model).predict(...)` in one process row for row, to float32 rounding
 (torch's kernels round differently with other thread counts and batch sizes): the same bundle object
 (loaded and validated by the driver, shipped through the object store, so nodes need no shared
@@ -33,6 +41,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -131,6 +142,11 @@ class _Forecaster:
             last = last.tz_localize("UTC").tz_convert(self.tz)
         history = np.stack(batch["history"]) if batch["history"].dtype == object else batch["history"]
         q = self.bundle.predict(history, last, self.horizon, device=self.device)  # [B, H, Q]
+        if not np.isfinite(q).all():  # finite windows in, so the model is broken: never write it as a result
+            bad = sorted(str(z) for z in batch["zone"][~np.isfinite(q).all(axis=(1, 2))])
+            raise ScoringError(f"model {self.bundle.name} {self.bundle.version} forecast NaN or infinity for "
+                               f"{len(bad)} series ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) from "
+                               "finite histories: its weights are broken; retrain it")
         return forecast_table(batch["zone"], batch["last"], q, self.bundle, self.tz)
 
 
@@ -190,7 +206,8 @@ def _prepare_output(path: str | Path) -> tuple[pafs.FileSystem, str, str]:
     if fs.get_file_info(where).type == pafs.FileType.File:
         raise ScoringError(f"output {path} is a file; pass a directory path (it is replaced as a whole)")
     parent, name = where.rstrip("/").rsplit("/", 1) if "/" in where.rstrip("/") else ("", where)
-    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_stale_temps(fs, parent, name)
+    tmp = f"{parent}/.{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         fs.create_dir(tmp, recursive=True)
         probe = f"{tmp}/.probe"
@@ -200,6 +217,58 @@ def _prepare_output(path: str | Path) -> tuple[pafs.FileSystem, str, str]:
     except OSError as err:
         raise ScoringError(f"cannot write the output beside {path} (in {parent or '.'}): {err}") from None
     return fs, where, tmp
+
+
+def _remove_stale_temps(fs: pafs.FileSystem, parent: str, name: str) -> None:
+    """Delete temporary folders for this output left by runs of this host that were killed (SIGKILL, power
+    loss): their pid is gone. A live run's folder, or another host's, is left alone."""
+    prefix, host = f".{name}.tmp-", socket.gethostname()
+    try:
+        siblings = fs.get_file_info(pafs.FileSelector(parent or ".", allow_not_found=True))
+    except OSError:
+        return
+    for info in siblings:
+        owner = info.base_name[len(prefix):].rsplit("-", 2) if info.base_name.startswith(prefix) else []
+        if (info.type == pafs.FileType.Directory and len(owner) == 3 and owner[0] == host
+                and owner[1].isdigit() and not _pid_alive(int(owner[1]))):
+            with contextlib.suppress(OSError):
+                fs.delete_dir(info.path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _raise_on_sigterm() -> None:
+    """SIGTERM raises SystemExit(128 + 15) in the main thread (as SIGINT raises KeyboardInterrupt), so the
+    job's own cleanup runs, rather than the process vanishing mid-write or Ray's handler (set by ray.init)
+    draining the node and exiting first."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Any:
+    """`_raise_on_sigterm` for the block, then the caller's handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _raise_on_sigterm()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 UNIT_ROWS = 1_000_000  # rows per read task when the input is ordered by zone (at least 4 row groups' worth)
@@ -340,6 +409,14 @@ def score(
 ) -> ScoreResult:
     """Forecast every series in `input` with the bundle at `model` and write them to `output` (replaced
     atomically). Raises ScoringError (a ValueError) naming the problem for unusable inputs."""
+    with _sigterm_raises():
+        return _score(model, input, output, num_workers=num_workers, batch_size=batch_size, horizon=horizon,
+                      use_gpu=use_gpu, progress=progress, log=log)
+
+
+def _score(model: str | Path, input: str | Path, output: str | Path, *, num_workers: int | None,  # noqa: A002
+           batch_size: int, horizon: int | None, use_gpu: bool, progress: bool,
+           log: Callable[[str], None]) -> ScoreResult:
     import ray
     import ray.data
 
@@ -350,8 +427,10 @@ def score(
     in_fs, in_path, schema, rows = inspect_input(input)
     out_fs, out_path, tmp = _prepare_output(output)
     tz = schema.field(TIMESTAMP).type.tz
+    ray_was_up = ray.is_initialized()
     try:
         ensure_ray()
+        _raise_on_sigterm()  # ray.init replaces it with its own
         ray.data.DataContext.get_current().enable_progress_bars = progress
         workers = _fit_workers(num_workers, use_gpu)
         skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
@@ -376,11 +455,16 @@ def score(
                     "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _publish(out_fs, tmp, out_path, skipped, manifest)
     except BaseException as err:
+        if not ray_was_up:  # stop the writers first, so nothing lands in the folder after it is deleted
+            ray.shutdown()
         with contextlib.suppress(OSError):
             out_fs.delete_dir(tmp)
         if isinstance(err, ray.exceptions.RayError):
             raise ScoringError(f"scoring failed: {_root_cause(err)}") from None
         raise
+    finally:
+        if not ray_was_up:  # a Ray this job started (or joined) ends with it, on success, error or signal
+            ray.shutdown()
     return ScoreResult(output=str(output), series=series, rows=written, skipped=skipped, seconds=seconds)
 
 
@@ -453,10 +537,18 @@ def _count_rows(fs: pafs.FileSystem, path: str) -> int:
 
 
 def _root_cause(err: BaseException) -> str:
-    """The innermost exception's message: Ray wraps a UDF's error in several layers."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: {err}".split("\n")[0]
+    """The innermost exception's message: Ray wraps a UDF's error in several layers. A ScoringError raised
+    in a worker (it names what to fix) is its own message; Ray may keep it only in the traceback text."""
+    chain = [err]
+    while (inner := chain[-1].__cause__ or getattr(chain[-1], "cause", None)) is not None and inner not in chain:
+        chain.append(inner)
+    for layer in chain:
+        if isinstance(layer, ScoringError):
+            return str(layer)
+    for line in reversed(str(err).splitlines()):
+        if line.startswith(("ScoringError: ", "serving.score.ScoringError: ")):
+            return line.split("ScoringError: ", 1)[1]
+    return f"{type(chain[-1]).__name__}: {chain[-1]}".split("\n")[0]
 
 
 class _SkipLog:

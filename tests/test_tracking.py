@@ -77,7 +77,8 @@ def test_a_training_run_is_in_the_local_store_with_its_metrics_and_bundle(config
     assert metrics["test_coverage_80"] == pytest.approx(summary["coverage_80"])
     assert run.data.tags["bundle.version"] == bundle.version and run.data.tags["energyopt.command"] == "train"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
-    assert artifacts == {"bundle/config.json", "bundle/model.safetensors", "bundle/metrics.json"}
+    assert artifacts == {"bundle/config.json", "bundle/model.safetensors", "bundle/metrics.json",
+                         "bundle/checksums.json"}
     # beside the database, at an absolute location: `mlflow ui` finds them from any working directory
     assert run.info.artifact_uri.startswith((store / "mlartifacts").resolve().as_uri())
     on_disk = store / "mlartifacts" / "tiny-lstm" / run.info.run_id / "artifacts" / "bundle" / "model.safetensors"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.bundle import BundleError, load_bundle, save_bundle
+from models.bundle import BundleError, load_bundle, save_bundle, write_checksums
 from models.data import load_series, split_by_time
 from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster, monotone_quantiles
@@ -23,7 +23,8 @@ from training.windows import WindowDataset
 
 
 def test_bundle_layout_and_metadata(tiny_bundle_dir):
-    assert sorted(p.name for p in tiny_bundle_dir.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in tiny_bundle_dir.iterdir()) == ["checksums.json", "config.json", "metrics.json",
+                                                                 "model.safetensors"]
     config = json.loads((tiny_bundle_dir / "config.json").read_text())
     assert config["model"]["type"] == "lstm" and config["model"]["input_length"] == 336
     assert config["zones"] == ["Z000", "Z001", "Z002"]
@@ -81,6 +82,8 @@ def test_corrupt_bundle_is_a_clear_error(tiny_bundle_dir, tmp_path, damage):
     else:
         target = tmp_path / "nothing"
         expected = "no model bundle"
+    if target.is_dir() and damage != "missing_weights":
+        write_checksums(target)  # damage that passes the checksums (tests/test_integrity.py: that does not)
     with pytest.raises(BundleError, match=expected):
         load_bundle(target)
 

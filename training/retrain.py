@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.bundle import CONFIG_FILE, Bundle, ForecasterBundle, load_bundle
+from models.bundle import CONFIG_FILE, Bundle, ForecasterBundle, load_bundle, write_checksums
 from models.decisions import Decision, latest_promotion, promotions, record_decision
 from models.hourly import HOUR_S, ZoneTail, wall_clock
 from models.series import LOAD, TIMESTAMP, ZONE
@@ -267,3 +267,4 @@ def _note_source(bundle_dir: Path, source: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(config, indent=2, default=str))
     os.replace(tmp, path)
+    write_checksums(bundle_dir)  # the edited config.json is the bundle's now
