@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -149,6 +150,14 @@ def open_store(args: AppArgs, log: Callable[[str], None] | None = None) -> Store
                 f"{result.inserted:,} inserted, {result.unchanged + result.replaced:,} already held, "
                 f"{len(result.rejected):,} rejected{rejection_summary(result.rejected)}")
     return store
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"()]+/)*([^\s/:'\"()]+)")
+
+
+def without_paths(text: str) -> str:
+    """`text` (a load error) with each absolute file path cut to its last part: answers name no server paths."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
 def rejection_summary(rejected: list) -> str:
@@ -669,7 +678,7 @@ class Forecaster:
     async def GetModelInfo(self, request: pb.GetModelInfoRequest) -> pb.ModelInfo:
         info = self._serving().model_info(request, self.serving_stats())
         # the bundle directory's name, not its path: a client learns nothing of the server's filesystem
-        info.bundle_path, info.swap_error = Path(self.engine.bundle_path).name, self.swap_error
+        info.bundle_path, info.swap_error = Path(self.engine.bundle_path).name, without_paths(self.swap_error)
         return info
 
     async def served_bundle_path(self) -> str:
@@ -794,7 +803,8 @@ class Forecaster:
                 decided_at=iso(d.decided_at), champion=pb.ModelRef(name=d.champion_name, version=d.champion_version),
                 challenger=pb.ModelRef(name=d.challenger_name, version=d.challenger_version), metric=d.metric,
                 champion_score=d.champion_score, challenger_score=d.challenger_score, margin=d.margin,
-                promoted=d.promoted, champion_path=d.champion_path, challenger_path=d.challenger_path,
+                promoted=d.promoted, champion_path=Path(d.champion_path).name,  # no server paths in answers
+                challenger_path=Path(d.challenger_path).name,
                 backtest_start=iso(d.backtest_start) if scored else "",
                 backtest_end=iso(d.backtest_end) if scored else "")
         return response
