@@ -312,7 +312,8 @@ def test_a_wrong_year_champion_loses_and_the_service_swaps_without_a_failed_requ
         assert len(listed) == 1 and listed[0].promoted
         assert (listed[0].champion.version, listed[0].challenger.version) == (wrong, d.challenger_version)
         assert listed[0].champion_score == pytest.approx(d.champion_score) and listed[0].metric == "mae"
-        assert listed[0].challenger_path == Path(d.challenger_path).name and listed[0].backtest_start.startswith("2021-")
+        assert listed[0].challenger_path == Path(d.challenger_path).name  # a name: no server paths in answers
+        assert listed[0].backtest_start.startswith("2021-")
         with urllib.request.urlopen(f"{serve_app.url}/v1/model/decisions?limit=1", timeout=30) as response:
             body = json.loads(response.read())
         assert body["decisions"][0]["challenger_score"] == pytest.approx(d.challenger_score)
