@@ -369,6 +369,8 @@ class HttpCaller:
                 break
             except (OSError, http.client.HTTPException) as err:
                 self._connection.close()  # reopened by the next request
+                if len(path.encode()) > INGRESS_MAX_URL_BYTES:
+                    return None  # HAProxy refused the request line and closed while it was being sent
                 if attempt:
                     return f"connection: {type(err).__name__}: {err}"
         content_type = response.getheader("content-type", "")
