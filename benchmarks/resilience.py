@@ -240,13 +240,14 @@ def part_fuzz(model: Path, examples: int) -> list[dict]:
                 if code == grpc.StatusCode.OK:
                     bad = list(fuzzing.non_finite(response))
                     return f"non-finite: {bad[:3]}" if bad else None
-                return fuzzing.problem_with_status(code, message)
+                return fuzzing.problem_with_status(code, message, request)
 
             run(f"grpc {rpc.name}", fuzzing.requests_for(rpc.name, seeds[rpc.name]), grpc_call)
         for route in fuzzing.ROUTES:
             caller = fuzzing.HttpCaller(service.http_port)
             run(f"http {route.method} {route.path}", fuzzing.http_requests(route, seeds[route.rpc]),
-                lambda request, route=route, caller=caller: caller.problem(route.method, *request))
+                lambda request, route=route, caller=caller: caller.problem(route.method, *request,
+                                                                           fuzzing.response_type(route)))
             caller.close()
         healthy = service.ready(30)
         rss_end = service.rss_mb(replica) if replica in service.pids(REPLICA_MARK) else float("nan")

@@ -248,19 +248,27 @@ def non_finite(message: Message, where: str = "") -> Iterator[str]:
 LEAKS = re.compile(r"Traceback|File \"|/site-packages/|/tmp/|/work/|/home/|Error\(|Exception\b")
 
 
-def problem_with_status(code: grpc.StatusCode, message: str) -> str | None:
-    """Why a gRPC error answer breaks the contract (None: it keeps it)."""
+def _leak(message: str, request: Message | None) -> bool:
+    """Whether `message` shows internals (a path, a traceback) that are not the caller's own input echoed."""
+    echoed = str(request) if request is not None else ""
+    return any(m.group(0) not in echoed for m in LEAKS.finditer(message))
+
+
+def problem_with_status(code: grpc.StatusCode, message: str, request: Message | None = None) -> str | None:
+    """Why a gRPC error answer to `request` breaks the contract (None: it keeps it)."""
     if code not in DOCUMENTED_CODES:
         return f"undocumented status {code.name}: {message[:300]!r}"
     if "\n" in message or len(message) > MAX_MESSAGE_CHARS:
         return f"{code.name}: the message is not one short line ({len(message)} chars): {message[:300]!r}"
-    if LEAKS.search(message):
+    if _leak(message, request):
         return f"{code.name}: the message shows internals: {message[:300]!r}"
     return None
 
 
-def problem_with_http(status: int, content_type: str, body: bytes, url_bytes: int = 0) -> str | None:
-    """Why an HTTP answer breaks the contract (None: it keeps it); `url_bytes`: the request line's length."""
+def problem_with_http(status: int, content_type: str, body: bytes, url_bytes: int = 0,
+                      response_type: type[Message] | None = None) -> str | None:
+    """Why an HTTP answer breaks the contract (None: it keeps it); `url_bytes`: the request line's length;
+    `response_type`: the message a 200 holds (its floats are checked; a string field may well say "NaN")."""
     if url_bytes > INGRESS_MAX_URL_BYTES and status in (400, 414, 431):
         return None  # the ingress's refusal of an oversized request line
     if status not in DOCUMENTED_HTTP:
@@ -278,6 +286,12 @@ def problem_with_http(status: int, content_type: str, body: bytes, url_bytes: in
         if len(message) > MAX_MESSAGE_CHARS or LEAKS.search(message):
             return f"HTTP {status}: a long or revealing message: {message[:300]!r}"
         return None
+    if response_type is not None:
+        try:
+            bad = list(non_finite(json_format.Parse(body, response_type(), ignore_unknown_fields=False)))
+        except json_format.ParseError as err:
+            return f"HTTP 200 that is not a {response_type.DESCRIPTOR.name}: {str(err)[:200]}"
+        return f"HTTP 200 with non-finite values at {bad[:5]}" if bad else None
     bad = [v for v in _floats(answer) if not math.isfinite(v)]
     return f"HTTP 200 with non-finite values {bad[:5]}" if bad else None
 
@@ -325,6 +339,11 @@ _JUNK_BODIES = st.one_of(
 )
 
 
+def response_type(route: Route) -> type[Message]:
+    """The message a 200 of `route` holds: its RPC's response."""
+    return next(rpc.response for rpc in rpcs() if rpc.name == route.rpc)
+
+
 def http_requests(route: Route, seed: Message) -> st.SearchStrategy[tuple[str, bytes | None]]:
     """(path with query string, body) for `route`: the RPC's generated requests in proto3 JSON form (as the
     body, or flattened into query parameters), and junk."""
@@ -356,7 +375,8 @@ class HttpCaller:
 
         self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
-    def problem(self, method: str, path: str, body: bytes | None) -> str | None:
+    def problem(self, method: str, path: str, body: bytes | None,
+                response_type: type[Message] | None = None) -> str | None:
         """Why the answer to `method path` breaks the contract (None: it keeps it). A connection the server
         closed (HAProxy does after refusing a request line) is opened again and the request sent once more."""
         import http.client
@@ -376,7 +396,7 @@ class HttpCaller:
         content_type = response.getheader("content-type", "")
         if response.getheader("connection", "").lower() == "close" or "json" not in content_type:
             self._connection.close()
-        return problem_with_http(response.status, content_type, data, len(path.encode()))
+        return problem_with_http(response.status, content_type, data, len(path.encode()), response_type)
 
     def close(self) -> None:
         self._connection.close()

@@ -65,7 +65,7 @@ def test_generated_requests_get_documented_answers(server, rpc: fuzzing.Rpc) -> 
             bad = list(fuzzing.non_finite(response))
             assert not bad, f"{rpc.name} succeeded with non-finite values at {bad[:5]}"
         else:
-            problem = fuzzing.problem_with_status(code, message)
+            problem = fuzzing.problem_with_status(code, message, request)
             assert problem is None, f"{rpc.name}: {problem}"
 
     check()
@@ -79,7 +79,7 @@ def test_generated_http_requests_get_documented_answers(server, route: fuzzing.R
     @given(call=fuzzing.http_requests(route, SEEDS[route.rpc]))
     def check(call: tuple[str, bytes | None]) -> None:
         path, body = call
-        problem = caller.problem(route.method, path, body)
+        problem = caller.problem(route.method, path, body, fuzzing.response_type(route))
         assert problem is None, f"{route.method} {path[:200]}: {problem}"
 
     try:
