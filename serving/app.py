@@ -57,7 +57,7 @@ from serving.api.energyopt.v1 import dispatch_pb2 as dpb
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.api.energyopt.v1 import readings_pb2 as rpb
 from serving.archive import archive_response
-from serving.auth import AUTH_HTTP_STATUS, Gate, RateLimitError, grpc_authorization
+from serving.auth import Gate, RateLimitError, grpc_authorization
 from serving.engine import FALLBACK_HOURS, HTTP_STATUS, ApiError, Engine, Job, Limits, invalid, not_found, shown
 from serving.live import LiveHistory
 from serving.metrics import RequestRecorder, mirrored_rpc, record_batch, record_ingest, record_model
@@ -230,7 +230,7 @@ def error_response(err: ApiError) -> JSONResponse:
     if isinstance(err, RateLimitError):
         status, headers["Retry-After"] = err.http_status, str(max(1, math.ceil(err.retry_after_s)))
     else:
-        status = HTTP_STATUS.get(err.code) or AUTH_HTTP_STATUS.get(err.code, 500)
+        status = HTTP_STATUS.get(err.code, 500)
         if err.code == grpc.StatusCode.UNAUTHENTICATED:
             headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"code": err.code.name, "message": err.message}, status_code=status, headers=headers)

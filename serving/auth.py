@@ -57,7 +57,6 @@ METHOD_ROLES: dict[str, str | None] = {
     **dict.fromkeys(("Check", "Watch", "List"), OPEN),  # grpc.health.v1
 }
 
-AUTH_HTTP_STATUS = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
 TOKEN_PREFIX = "eo_"
 MISSING = "missing API key: send 'authorization: Bearer <key>'"
 RELOAD_S = 1.0  # the key file is looked at (a stat) at most this often
