@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -248,8 +249,9 @@ def non_finite(message: Message, where: str = "") -> Iterator[str]:
 LEAKS = re.compile(r"Traceback|File \"|/site-packages/|/tmp/|/work/|/home/|Error\(|Exception\b")
 
 
-def _leak(message: str, request: Message | None) -> bool:
-    """Whether `message` shows internals (a path, a traceback) that are not the caller's own input echoed."""
+def _leak(message: str, request: Message | str | None) -> bool:
+    """Whether `message` shows internals (a path, a traceback) that are not the caller's own input echoed
+    (`request`: the message sent, or an HTTP request's decoded URL and body)."""
     echoed = str(request) if request is not None else ""
     return any(m.group(0) not in echoed for m in LEAKS.finditer(message))
 
@@ -266,9 +268,10 @@ def problem_with_status(code: grpc.StatusCode, message: str, request: Message | 
 
 
 def problem_with_http(status: int, content_type: str, body: bytes, url_bytes: int = 0,
-                      response_type: type[Message] | None = None) -> str | None:
+                      response_type: type[Message] | None = None, sent: str = "") -> str | None:
     """Why an HTTP answer breaks the contract (None: it keeps it); `url_bytes`: the request line's length;
-    `response_type`: the message a 200 holds (its floats are checked; a string field may well say "NaN")."""
+    `response_type`: the message a 200 holds (its floats are checked; a string field may well say "NaN");
+    `sent`: the request's decoded URL and body (a path the caller sent, echoed, is not a leak)."""
     if url_bytes > INGRESS_MAX_URL_BYTES and status in (400, 414, 431):
         return None  # the ingress's refusal of an oversized request line
     if status not in DOCUMENTED_HTTP:
@@ -283,7 +286,7 @@ def problem_with_http(status: int, content_type: str, body: bytes, url_bytes: in
         if not isinstance(answer, dict) or not {"code", "message"} <= answer.keys() and "detail" not in answer:
             return f"HTTP {status}: not a {{code, message}} error: {body[:300]!r}"
         message = str(answer.get("message", answer.get("detail", "")))
-        if len(message) > MAX_MESSAGE_CHARS or LEAKS.search(message):
+        if len(message) > MAX_MESSAGE_CHARS or _leak(message, sent):
             return f"HTTP {status}: a long or revealing message: {message[:300]!r}"
         return None
     if response_type is not None:
@@ -359,6 +362,14 @@ def http_requests(route: Route, seed: Message) -> st.SearchStrategy[tuple[str, b
     return st.one_of(as_dict, junk_query).map(lambda d: (route.path + "?" + _query(d), None))
 
 
+def seed_http_request(route: Route, seed: Message) -> tuple[str, bytes | None]:
+    """(path with query string, body) of `route` for the valid request `seed` (valid_requests())."""
+    as_dict = json_format.MessageToDict(seed, preserving_proto_field_name=True)
+    if route.method == "POST":
+        return route.path, json.dumps(as_dict).encode()
+    return route.path + "?" + _query(as_dict), None
+
+
 def _query(params: dict[str, Any]) -> str:
     from urllib.parse import urlencode
 
@@ -396,7 +407,8 @@ class HttpCaller:
         content_type = response.getheader("content-type", "")
         if response.getheader("connection", "").lower() == "close" or "json" not in content_type:
             self._connection.close()
-        return problem_with_http(response.status, content_type, data, len(path.encode()), response_type)
+        sent = urllib.parse.unquote(path) + (body or b"").decode("utf-8", "replace")
+        return problem_with_http(response.status, content_type, data, len(path.encode()), response_type, sent)
 
     def close(self) -> None:
         self._connection.close()
