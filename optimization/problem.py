@@ -32,6 +32,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from models.series import shown
+
 VARIABLES = ("charge", "discharge", "soc", "grid_import", "grid_export", "flex", "peak_slack")
 NV = len(VARIABLES)  # per-step variables; the site's peak p is one more (the last column)
 C, D, S, G, E, F, Q = range(NV)
@@ -151,7 +153,7 @@ class DispatchProblems:
             if rows.size:
                 i = rows[0]
                 more = f" (and {rows.size - 1} more sites)" if rows.size > 1 else ""
-                raise ProblemError(f"{name}: {rule} (site {self.site[i]!r}{more})")
+                raise ProblemError(f"{name}: {rule} (site {shown(self.site[i])}{more})")
 
         for name in ("load_kw", "import_price", "export_price", "battery_kwh", "soc_min_kwh", "soc_initial_kwh",
                      "soc_terminal_kwh", "charge_kw", "discharge_kw", "charge_efficiency", "discharge_efficiency",

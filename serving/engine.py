@@ -47,10 +47,18 @@ HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRE
                grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 
 
+MAX_ERROR_CHARS = 1000  # the longest error message a client gets (tests/fuzzing.py checks the same bound)
+
+
 class ApiError(Exception):
     """A request the server refuses: a gRPC status code and a message naming the field."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        # The backstop behind `shown`: an error is one short line whatever it quotes (HAProxy resets a stream
+        # whose trailers outgrow its 16 KB buffer, and a grpc-message is percent-encoded, up to 9 bytes a char)
+        message = " ".join(message.split()) if "\n" in message else message
+        if len(message) > MAX_ERROR_CHARS:
+            message = f"{message[:MAX_ERROR_CHARS - 40]}… ({len(message):,} chars)"
         super().__init__(message)
         self.code, self.message = code, message
 

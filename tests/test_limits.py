@@ -97,6 +97,25 @@ def test_a_huge_echoed_value_is_cut_short(engine: Engine):
     assert shown("abc") == "'abc'" and len(shown(list(range(100_000)))) < 120
 
 
+def test_a_dispatch_error_cuts_a_huge_site_name_and_every_error_stays_one_short_line():
+    """A site name of 5,000 emoji quoted whole made a grpc-message of 60 KB percent-encoded, and HAProxy reset
+    the stream (CANCELLED) instead of answering INVALID_ARGUMENT: the quote is cut, and ApiError caps any
+    message whatever its source."""
+    from test_dispatch_serving import request_for
+
+    from serving.dispatch import optimize
+    from serving.engine import MAX_ERROR_CHARS
+
+    request = request_for(2)
+    request.sites[1].name = "\U0001F50B" * 5000
+    request.sites[1].battery_kwh = -1.0
+    err = refused(lambda: optimize(request))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "battery_kwh" in err.message
+    assert len(err.message) < 300 and "5,000 chars" in err.message, err.message
+    long = ApiError(grpc.StatusCode.INVALID_ARGUMENT, "x: " + "y" * 100_000 + "\nsecond line")
+    assert len(long.message) <= MAX_ERROR_CHARS and "\n" not in long.message and "100,015 chars" in long.message
+
+
 def test_store_ingest_reasons_cut_unknown_zone_names(engine: Engine):
     result = engine.live.store.ingest(["Z" * 1_000_000], ["2021-01-01T00:00:00Z"], [1.0])
     assert len(result.rejected) == 1 and len(result.rejected[0].reason) < 300
