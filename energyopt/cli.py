@@ -22,6 +22,8 @@ from energyopt.cli_serving import (  # typer options; serving imported lazily
     anomalies,
     api_key_option,
     ca_option,
+    client_cert_option,
+    client_key_option,
     forecasts,
     serve,
 )
@@ -176,6 +178,8 @@ def forecast(
     archive: bool = typer.Option(False, "--archive", help="With --server: store the forecast in its archive."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """Forecast every zone of the data and the region total from the end of the history, in process with
     --model, or from a running server with --server."""
@@ -185,7 +189,8 @@ def forecast(
         from energyopt.cli_serving import remote_forecast
 
         remote_forecast(server=server, region=region, horizon=horizon, zones=zone, archive=archive, as_json=json_out,
-                        timeout=30.0, api_key=api_key, ca=ca)
+                        timeout=30.0, api_key=api_key, ca=ca, client_cert=client_cert,
+                        client_key=client_key)
         return
     if model is None:
         _fail("pass --model DIR (forecast in process) or --server HOST:PORT (ask a running server)")

@@ -24,7 +24,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from energyopt.cli_serving import api_key_option, auth_hint, ca_option  # typer options; serving imported lazily
+from energyopt.cli_serving import (  # typer options; serving imported lazily
+    api_key_option,
+    auth_hint,
+    ca_option,
+    client_cert_option,
+    client_key_option,
+    tls_files,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,6 +210,8 @@ def ingest(
     quiet: bool = typer.Option(False, help="No progress bar."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """Ingest readings from a file, over a running server's StreamReadings (acknowledged per batch once
     committed) or straight into a store; prints what was inserted, replaced, unchanged and rejected (by
@@ -227,7 +236,7 @@ def ingest(
             _ingest_store(store, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet)
         else:
             _ingest_server(target, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet,
-                           client_options={"token": api_key, "ca": ca})
+                           client_options={"token": api_key, **tls_files(ca, client_cert, client_key)})
     except KeyboardInterrupt:
         tally.print(f"interrupted; acknowledged so far from {source}")
         raise typer.Exit(130) from None
@@ -381,6 +390,8 @@ def replay(
                                                      "bundled data, UTC otherwise)."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """Stream a stored history into a running server as if it were live: from --from on, each simulated
     hour's readings of every zone as one batch over one StreamReadings stream, --speed hours per second;
@@ -415,7 +426,7 @@ def replay(
     tally = Tally()
     stop = threading.Event()
     done = 0
-    with ReadingsClient(server, token=api_key, ca=ca) as client:
+    with ReadingsClient(server, token=api_key, **tls_files(ca, client_cert, client_key)) as client:
         specs = []
         if register:
             known, region_zones = _server_zones(client, server)

@@ -35,6 +35,24 @@ def ca_option() -> Path | None:
                              "(default: $ENERGYOPT_CA; none: plaintext).")
 
 
+def client_cert_option() -> Path | None:
+    """`--client-cert` of the commands that call the service (default $ENERGYOPT_CLIENT_CERT)."""
+    return typer.Option(None, "--client-cert", envvar="ENERGYOPT_CLIENT_CERT", show_envvar=False,
+                        help="Client certificate (PEM) for a server that requires one (mTLS; with --client-key; "
+                             "default: $ENERGYOPT_CLIENT_CERT).")
+
+
+def client_key_option() -> Path | None:
+    """`--client-key` of the commands that call the service (default $ENERGYOPT_CLIENT_KEY)."""
+    return typer.Option(None, "--client-key", envvar="ENERGYOPT_CLIENT_KEY", show_envvar=False,
+                        help="Private key (PEM) of --client-cert (default: $ENERGYOPT_CLIENT_KEY).")
+
+
+def tls_files(ca: Path | None, cert: Path | None, key: Path | None) -> dict[str, Path | None]:
+    """The client classes' TLS arguments from the options above."""
+    return {"ca": ca, "cert": cert, "key": key}
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
@@ -69,6 +87,12 @@ def serve(
     api_keys: Path | None = typer.Option(None, "--api-keys", help="API key file (`energyopt keys create`): "
                                                                   "calls need a key (default: the config's "
                                                                   "args.api_keys; none: only on loopback)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Server certificate (PEM, its chain after it): "
+                                                                  "HTTPS and gRPC over TLS, with --tls-key "
+                                                                  "(default: the config's http_options.ssl_certfile)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Private key (PEM, unencrypted) of --tls-cert."),
+    tls_client_ca: Path | None = typer.Option(None, "--tls-client-ca", help="CA certificate(s) (PEM): clients must "
+                                                                            "present a certificate it signed (mTLS)."),
 ) -> None:
     """Serve forecasts over gRPC and HTTP (Ray Serve, local Ray) in the foreground; Ctrl-C stops it."""
     from models.bundle import BundleError, load_bundle
@@ -104,7 +128,8 @@ def serve(
                                    ("api_keys", api_keys and str(api_keys))) if v is not None}
         cfg = server.load_config(config, model=model_dir, anomaly_model=anomaly_model, data=data, store=store,
                                  grpc_port=grpc_port, http_port=http_port, replicas=replicas, args=extra,
-                                 host=host)
+                                 host=host, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+        tls = server.check_tls(cfg.get("http_options") or {})  # files that read, a key that fits: else ValueError
         from serving.auth import startup_check
 
         auth_line = startup_check(cfg)  # AuthError (a ValueError): no keys beyond loopback, an unreadable file
@@ -122,7 +147,10 @@ def serve(
     except (RuntimeError, TimeoutError, ValueError) as err:  # ValueError: a config Serve cannot run (TLS)
         _fail(f"the service did not start: {err}")
     http_host = cfg.get("http_options", {}).get("host", "127.0.0.1")
-    scheme = "https" if cfg.get("http_options", {}).get("ssl_certfile") else "http"  # docs/security.md
+    scheme = "https" if tls else "http"  # docs/security.md
+    tls_line = ("TLS on HTTP and gRPC" + (", client certificates required (mTLS)"
+                                          if cfg["http_options"].get("ssl_ca_certs") else "")
+                if tls else "TLS off (plaintext HTTP and gRPC)")
     console.print(
         f"[bold green]serving[/] {bundle.name} {bundle.version}\n"
         f"  gRPC  {http_host}:{grpc_port}   energyopt.v1.ForecastService, ReadingsService, grpc.health.v1.Health "
@@ -134,8 +162,11 @@ def serve(
         "(Ray's node metrics export: ray_energyopt_*, ray_serve_*)\n"
         f"  store {cfg['applications'][0]['args']['store']}\n"
         f"  {auth_line}\n"
+        f"  {tls_line}\n"
         f"try:  energyopt forecast --server localhost:{grpc_port} --region PJM --horizon 48"
-        f"{' --api-key KEY' if auth_line.startswith('authentication: on') else ''}\n"
+        f"{' --api-key KEY' if auth_line.startswith('authentication: on') else ''}"
+        f"{' --ca CA.pem' if tls else ''}"
+        f"{' --client-cert CERT --client-key KEY' if tls and cfg['http_options'].get('ssl_ca_certs') else ''}\n"
         "Ctrl-C to stop", highlight=False)
     stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -170,9 +201,11 @@ def remote_forecast(
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """Ask a running server for a region forecast and print it (a table, or JSON)."""
-    response = _ask(server, timeout, api_key, ca,
+    response = _ask(server, timeout, api_key, tls_files(ca, client_cert, client_key),
                     lambda c: c.forecast_region(region, horizon, zones=zones or (), archive=archive))
     if _printed_json(response, as_json):
         return
@@ -181,15 +214,18 @@ def remote_forecast(
         console.print(f"archived as {response.forecast_id}", highlight=False)
 
 
-def _ask(server: str, timeout: float, api_key: str | None, ca: Path | None, call: Any) -> Any:
-    """`call(client)` on a ForecastClient of `server`; a failure ends the command naming the status."""
+def _ask(server: str, timeout: float, api_key: str | None, tls: dict[str, Path | None], call: Any) -> Any:
+    """`call(client)` on a ForecastClient of `server` (`tls`: `tls_files`); a failure ends the command naming
+    the status."""
     from serving.client import ForecastClient, ForecastError
 
     try:
-        with ForecastClient(server, timeout=timeout, token=api_key, ca=ca) as client:
+        client = ForecastClient(server, timeout=timeout, token=api_key, **tls)
+    except (OSError, ValueError) as err:  # the --ca, --client-cert, --client-key files
+        _fail(f"TLS files: {err}")
+    try:
+        with client:
             return call(client)
-    except OSError as err:  # the --ca file
-        _fail(f"--ca: {err}")
     except ForecastError as err:
         hint = (f" Is the server running (`energyopt serve`) and listening on {server}?"
                 if err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else auth_hint(err.code.name))
@@ -223,9 +259,11 @@ def forecasts(
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """List the forecasts the server issued (its archive): issue time, slot, model, late or not."""
-    response = _ask(server, timeout, api_key, ca, lambda c: c.list_forecasts(
+    response = _ask(server, timeout, api_key, tls_files(ca, client_cert, client_key), lambda c: c.list_forecasts(
         region, zone=zone, issued_from=issued_from, issued_to=issued_to, scheduled_only=scheduled_only,
         limit=limit, headers_only=not as_json))
     if _printed_json(response, as_json):
@@ -252,13 +290,15 @@ def accuracy(
     timeout: float = typer.Option(60.0, help="Seconds to wait for the answer (retries included)."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """Live accuracy of the forecasts the server issued, against the readings that arrived since."""
     try:
         ends = [int(b) for b in buckets.split(",") if b.strip()]
     except ValueError:
         _fail(f"--buckets: {buckets!r} is not a comma-separated list of steps, e.g. 6,24,48")
-    response = _ask(server, timeout, api_key, ca, lambda c: c.forecast_accuracy(
+    response = _ask(server, timeout, api_key, tls_files(ca, client_cert, client_key), lambda c: c.forecast_accuracy(
         region, zone=zone, window_days=days, bucket_ends=ends, until=until, include_on_demand=on_demand))
     if _printed_json(response, as_json):
         return
@@ -318,10 +358,12 @@ def anomalies(
     timeout: float = typer.Option(30.0, help="Seconds to wait for the answer (retries included)."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """List the anomaly events the server's scans on arrival stored (stuck meters, zero readings, the
     detector's events), the most recently seen first."""
-    response = _ask(server, timeout, api_key, ca, lambda c: c.list_anomalies(
+    response = _ask(server, timeout, api_key, tls_files(ca, client_cert, client_key), lambda c: c.list_anomalies(
         region, zone=zone, since=since, open_only=open_only, limit=limit))
     if _printed_json(response, as_json):
         return

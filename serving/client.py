@@ -8,7 +8,8 @@
 
 A service with API keys (docs/security.md) wants `token="eo_..."` (default: $ENERGYOPT_API_KEY), sent as
 `authorization: Bearer <token>` on every call; `ca="ca.pem"` (default: $ENERGYOPT_CA) or `tls=True` opens a
-TLS channel (to a TLS-terminating ingress: Serve's own gRPC ports are plaintext).
+TLS channel (a service started with a certificate, `energyopt serve --tls-cert`, or a TLS-terminating ingress);
+`cert=`, `key=` (default: $ENERGYOPT_CLIENT_CERT, $ENERGYOPT_CLIENT_KEY) add a client certificate (mTLS).
 
 Every call has a deadline (`timeout`, seconds, per attempt). Calls that fail with UNAVAILABLE (server
 starting, replica restarting, connection refused), or with what comes back when a replica dies mid-call
@@ -67,18 +68,32 @@ INGRESS_STARTING = "Application metadata not set"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 API_KEY_ENV = "ENERGYOPT_API_KEY"  # the default `token` of every client (docs/security.md)
 CA_ENV = "ENERGYOPT_CA"  # the default `ca`: a PEM file of the CA that signed the server's certificate
+CLIENT_CERT_ENV = "ENERGYOPT_CLIENT_CERT"  # the default `cert`: this client's certificate (PEM), for mTLS
+CLIENT_KEY_ENV = "ENERGYOPT_CLIENT_KEY"  # the default `key`: its private key (PEM)
 
 
-def open_channel(target: str, *, ca: str | Path | None = None, tls: bool | None = None) -> grpc.Channel:
+def open_channel(target: str, *, ca: str | Path | None = None, tls: bool | None = None,
+                 cert: str | Path | None = None, key: str | Path | None = None) -> grpc.Channel:
     """A channel to `target`: TLS when `ca` (a PEM file; default $ENERGYOPT_CA) is given, verified against it,
-    or with `tls=True`, verified against the system's roots; plaintext otherwise (or with `tls=False`)."""
+    or with `tls=True`, verified against the system's roots; plaintext otherwise (or with `tls=False`).
+    `cert` and `key` (PEM files; default $ENERGYOPT_CLIENT_CERT, $ENERGYOPT_CLIENT_KEY): the client certificate
+    a server with mTLS asks for (TLS then, unless `tls=False`)."""
     ca = ca if ca is not None else os.environ.get(CA_ENV) or None
+    cert = cert if cert is not None else os.environ.get(CLIENT_CERT_ENV) or None
+    key = key if key is not None else os.environ.get(CLIENT_KEY_ENV) or None
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both cert and key (--client-cert and --client-key)")
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-    if tls is False or (tls is None and ca is None):
+    if tls is False or (tls is None and ca is None and cert is None):
         return grpc.insecure_channel(target, options=options)
-    roots = Path(ca).expanduser().read_bytes() if ca is not None else None
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options=options)
+
+    def read(path: str | Path | None) -> bytes | None:
+        return Path(path).expanduser().read_bytes() if path is not None else None
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key),
+                                               certificate_chain=read(cert))
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 class ForecastError(Exception):
@@ -100,7 +115,8 @@ class _Client:
 
     def __init__(self, target: str, *, timeout: float, retries: int, backoff: float, max_backoff: float,
                  application: str | None, channel: grpc.Channel | None, token: str | None = None,
-                 ca: str | Path | None = None, tls: bool | None = None) -> None:
+                 ca: str | Path | None = None, tls: bool | None = None, cert: str | Path | None = None,
+                 key: str | Path | None = None) -> None:
         self.target, self.timeout, self.retries = target, timeout, retries
         self.backoff, self.max_backoff = backoff, max_backoff
         token = token if token is not None else os.environ.get(API_KEY_ENV) or None
@@ -108,7 +124,7 @@ class _Client:
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata) or None
-        self._channel = channel or open_channel(target, ca=ca, tls=tls)
+        self._channel = channel or open_channel(target, ca=ca, tls=tls, cert=cert, key=key)
 
     def close(self) -> None:
         self._channel.close()
@@ -151,13 +167,17 @@ class ForecastClient(_Client):
         token: str | None = None,
         ca: str | Path | None = None,
         tls: bool | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
     ) -> None:
         """`target` is HOST:PORT of Serve's gRPC proxy; `application` names the Serve application when
         the cluster runs several (sent as the `application` metadata Serve routes on). `token`: the API key
-        sent with every call (default $ENERGYOPT_API_KEY; none: none sent); `ca`, `tls`: see `open_channel`
+        sent with every call (default $ENERGYOPT_API_KEY; none: none sent); `ca`, `tls`, `cert`, `key`: see
+        `open_channel`
         (ignored with a `channel` of the caller's)."""
         super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
-                         application=application, channel=channel, token=token, ca=ca, tls=tls)
+                         application=application, channel=channel, token=token, ca=ca, tls=tls,
+                         cert=cert, key=key)
         self._stub = pb_grpc.ForecastServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._anomaly = apb_grpc.AnomalyServiceStub(self._channel)
@@ -290,13 +310,16 @@ class ReadingsClient(_Client):
         token: str | None = None,
         ca: str | Path | None = None,
         tls: bool | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
     ) -> None:
         """As ForecastClient; `window` is how many batches a stream sends ahead of their acknowledgements
         (it bounds what waits in buffers and what a reopened stream sends again); `max_stream_s` is how long
         one StreamReadings stream takes new batches before `stream` closes it and goes on in a new one (the
         server ends any call at its request timeout, 60 s in configs/serve.yaml)."""
         super().__init__(target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
-                         application=application, channel=channel, token=token, ca=ca, tls=tls)
+                         application=application, channel=channel, token=token, ca=ca, tls=tls,
+                         cert=cert, key=key)
         self.window, self.max_stream_s = window, max_stream_s
         self._stub = rpb_grpc.ReadingsServiceStub(self._channel)
 

@@ -34,10 +34,15 @@ def load_config(
     args: dict[str, Any] | None = None,
     user_config: dict[str, Any] | None = None,
     host: str | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    tls_client_ca: str | Path | None = None,
 ) -> dict[str, Any]:
     """The Serve config (a dict in ServeDeploySchema form) from `path` (default configs/serve.yaml)
     with overrides. Paths given here are made absolute, so replicas find them wherever they run.
-    `replicas` fixes the replica count (no autoscaling)."""
+    `replicas` fixes the replica count (no autoscaling). `tls_cert`, `tls_key` (PEM files): TLS on the HTTP and
+    gRPC ports (http_options.ssl_certfile, ssl_keyfile); `tls_client_ca`: clients need a certificate it signed
+    (http_options.ssl_ca_certs; docs/security.md)."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"no Serve config at {path}")
@@ -55,6 +60,12 @@ def load_config(
         app_args["store"] = str(store) if "://" in str(store) else str(Path(store).expanduser().resolve())
     if host is not None:  # HTTP, gRPC (HAProxy binds both there) and, for a local Ray, every other socket
         config.setdefault("http_options", {})["host"] = host
+    for field, file in (("ssl_certfile", tls_cert), ("ssl_keyfile", tls_key), ("ssl_ca_certs", tls_client_ca)):
+        if file is not None:
+            config.setdefault("http_options", {})[field] = str(file)
+    for field in _SSL_FILES:  # read by Ray's workers, whatever their working directory
+        if (config.get("http_options") or {}).get(field):
+            config["http_options"][field] = str(Path(config["http_options"][field]).expanduser().resolve())
     for options, port in (("grpc_options", grpc_port), ("http_options", http_port)):
         if port is not None:
             config.setdefault(options, {})["port"] = port
@@ -98,31 +109,37 @@ def is_loopback(host: str | None) -> bool:
 
 
 def worker_setup() -> None:
-    """Ray worker setup hook (SETUP_HOOK): Serve (Ray 2.60) binds some sockets to every interface whatever
-    http_options.host says, with no setting to change it: the replicas' direct-ingress and inter-deployment
-    gRPC servers and the fallback gRPC proxy (`[::]:port`), HAProxy's stats page (`*:port`) and metrics
-    (`:port`), and HAProxy's admin socket is created mode 666 at level admin. With a loopback
-    ENERGYOPT_BIND_HOST, gRPC's wildcard binds go to that host and HAProxy's config template binds its stats
-    and metrics there, its admin socket mode 600 (its owner only)."""
-    host = os.environ.get(BIND_HOST_ENV)
-    if not is_loopback(host):
-        return
-    import ray
+    """Ray worker setup hook (SETUP_HOOK). Two jobs, each from environment variables set before Ray started:
 
-    try:
-        node = ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - a hook that raises ends the worker
+    Loopback: Serve (Ray 2.60) binds some sockets to every interface whatever http_options.host says, with no
+    setting to change it: the replicas' direct-ingress and inter-deployment gRPC servers and the fallback gRPC
+    proxy (`[::]:port`), HAProxy's stats page (`*:port`) and metrics (`:port`), and HAProxy's admin socket is
+    created mode 666 at level admin. With a loopback ENERGYOPT_BIND_HOST, gRPC's wildcard binds go to that host
+    and HAProxy's config template binds its stats and metrics there, its admin socket mode 600 (its owner only).
+
+    TLS (ENERGYOPT_TLS_PEM, whatever the host; see `tls_environment`): HAProxy's HTTP and gRPC frontends bind
+    with `ssl crt`, and Serve's Python gRPC proxy serves the service's gRPC port with `add_secure_port` (Serve
+    has no TLS setting for either); with ENERGYOPT_TLS_CLIENT_CA both require a client certificate it signed,
+    and so does uvicorn (Serve hands it ssl_ca_certs but never asks it to require a certificate)."""
+    bind = _loopback_bind()
+    pem = os.environ.get(TLS_PEM_ENV) or None
+    client_ca = os.environ.get(TLS_CLIENT_CA_ENV) or None
+    if bind is None and pem is None:
         return
-    if not is_loopback(node):  # a node on the network: peers reach this worker at its address
-        return
+    import grpc
     import grpc._server
     import grpc.aio._server
 
-    bind = f"[{host.strip('[]')}]" if ":" in host else host
+    credentials, tls_port = None, os.environ.get(TLS_GRPC_PORT_ENV)
+    if pem is not None and tls_port:
+        key, chain = _split_pem(Path(pem).read_bytes())
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=Path(client_ca).read_bytes() if client_ca else None,
+            require_client_auth=client_ca is not None)
 
     def rebound(address: str) -> str:
         where, _, port = address.rpartition(":")
-        return f"{bind}:{port}" if where in _WILDCARDS else address
+        return f"{bind}:{port}" if bind is not None and where in _WILDCARDS else address
 
     for cls in (grpc.aio._server.Server, grpc._server._Server):  # the implementations (grpc.aio.Server: an ABC)
         for name in ("add_insecure_port", "add_secure_port"):
@@ -130,23 +147,170 @@ def worker_setup() -> None:
             if original is None or getattr(original, "_energyopt", False):
                 continue
 
-            def patched(self, address, *rest, _original=original, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            def patched(self, address, *rest, _original=original, _name=name, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+                if credentials is not None and _name == "add_insecure_port" and address.rpartition(":")[2] == tls_port:
+                    return self.add_secure_port(address, credentials)  # the service's gRPC port (Python proxy)
                 return _original(self, rebound(address), *rest, **kw)
 
             patched._energyopt = True
             setattr(cls, name, patched)
+    if client_ca is not None:
+        _require_client_certificates_in_uvicorn()
     import sys
 
     from ray.serve._private import haproxy_templates
 
-    template = (haproxy_templates.HAPROXY_CONFIG_TEMPLATE
-                .replace("bind *:{{ config.stats_port }}", f"bind {bind}:{{{{ config.stats_port }}}}")
-                .replace("bind :{{ config.metrics_port }}", f"bind {bind}:{{{{ config.metrics_port }}}}")
-                .replace(" mode 666 level admin", " mode 600 level admin")
-                .replace(_NO_APP_ANSWER, _STARTING_ANSWER))
+    template = haproxy_templates.HAPROXY_CONFIG_TEMPLATE
+    if bind is not None:
+        template = (template
+                    .replace("bind *:{{ config.stats_port }}", f"bind {bind}:{{{{ config.stats_port }}}}")
+                    .replace("bind :{{ config.metrics_port }}", f"bind {bind}:{{{{ config.metrics_port }}}}")
+                    .replace(" mode 666 level admin", " mode 600 level admin"))
+    if pem is not None:
+        template = tls_template(template, pem, client_ca)
+    template = template.replace(_NO_APP_ANSWER, _STARTING_ANSWER)
     haproxy_templates.HAPROXY_CONFIG_TEMPLATE = template
     if "ray.serve._private.haproxy" in sys.modules:
         sys.modules["ray.serve._private.haproxy"].HAPROXY_CONFIG_TEMPLATE = template
+
+
+def _loopback_bind() -> str | None:
+    """The loopback address (bracketed if IPv6) that wildcard binds go to in this worker, None for none."""
+    host = os.environ.get(BIND_HOST_ENV)
+    if not is_loopback(host):
+        return None
+    import ray
+
+    try:
+        node = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - a hook that raises ends the worker
+        return None
+    if not is_loopback(node):  # a node on the network: peers reach this worker at its address
+        return None
+    return f"[{host.strip('[]')}]" if ":" in host else host
+
+
+# TLS from http_options (docs/security.md), handed to Ray's workers by environment (worker_setup)
+TLS_PEM_ENV = "ENERGYOPT_TLS_PEM"  # certificate chain and key in one PEM file (HAProxy's `crt`)
+TLS_CLIENT_CA_ENV = "ENERGYOPT_TLS_CLIENT_CA"  # set: clients must present a certificate this CA signed (mTLS)
+TLS_GRPC_PORT_ENV = "ENERGYOPT_TLS_GRPC_PORT"  # the gRPC port that Serve's Python proxy serves with TLS
+_SSL_FILES = ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs")
+_HTTP_BIND = "bind {{ config.frontend_host }}:{{ config.frontend_port }}"
+_GRPC_BIND = "bind {{ config.grpc_frontend_host }}:{{ config.grpc_frontend_port }} proto h2"
+_tls_dir: Path | None = None  # this process's private copy of the certificate, removed by `shutdown`
+
+
+def tls_template(template: str, pem: str, client_ca: str | None) -> str:
+    """HAProxy's config `template` with TLS on its HTTP and gRPC frontends (`pem`: chain and key; `client_ca`:
+    mTLS). ValueError when the template lacks either bind line (another Ray version): never plaintext instead."""
+    verify = f" ca-file {client_ca} verify required" if client_ca else ""
+    for line, alpn in ((_HTTP_BIND, "h2,http/1.1"), (_GRPC_BIND, "h2")):
+        if template.count(line + "\n") != 1:
+            raise ValueError(f"TLS: Ray Serve's HAProxy config template has no line {line!r} to add TLS to "
+                             "(another Ray version?); serve with --no-haproxy (docs/security.md)")
+        template = template.replace(line + "\n", f"{line} ssl crt {pem} alpn {alpn}{verify}\n")
+    return template
+
+
+def check_tls(http_options: dict[str, Any]) -> bool:
+    """Whether `http_options` configure TLS (ssl_certfile and ssl_keyfile), after checking that the files read,
+    that the key is the certificate's and unencrypted, and that ssl_ca_certs (mTLS) holds certificates:
+    ValueError naming the field otherwise."""
+    import ssl
+
+    cert, key, ca = (http_options.get(f) for f in _SSL_FILES)
+    if not cert and not key:
+        if ca:
+            raise ValueError("http_options.ssl_ca_certs (--tls-client-ca) needs ssl_certfile and ssl_keyfile "
+                             "(--tls-cert, --tls-key)")
+        return False
+    if not cert or not key:
+        raise ValueError("TLS needs both http_options.ssl_certfile and ssl_keyfile (--tls-cert and --tls-key)")
+    for field in _SSL_FILES:
+        if http_options.get(field):
+            try:
+                text = Path(http_options[field]).read_text(errors="replace")
+            except OSError as err:
+                raise ValueError(f"http_options.{field} {http_options[field]}: {err.strerror}") from None
+            if "-----BEGIN " not in text:
+                raise ValueError(f"http_options.{field} {http_options[field]}: not a PEM file")
+            if field == "ssl_keyfile" and "ENCRYPTED" in text:
+                # HAProxy and gRPC read the key unprompted: no passphrase
+                raise ValueError(f"http_options.ssl_keyfile {key}: the key is encrypted; serve an unencrypted "
+                                 "copy readable by its owner only (`openssl pkey -in KEY -out KEY.plain`)")
+    if http_options.get("ssl_keyfile_password"):
+        raise ValueError("http_options.ssl_keyfile_password: an encrypted key is not supported (HAProxy and gRPC "
+                         "read the key unprompted); serve an unencrypted copy readable by its owner only")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as err:
+        raise ValueError(f"http_options.ssl_certfile {cert} and ssl_keyfile {key}: not a certificate and its "
+                         f"private key ({err.reason or err})") from None
+    if ca:
+        try:
+            ssl.create_default_context(cafile=ca)
+        except ssl.SSLError as err:
+            raise ValueError(f"http_options.ssl_ca_certs {ca}: not CA certificates ({err.reason or err})") from None
+    return True
+
+
+def tls_environment(http_options: dict[str, Any], grpc_port: int | None) -> None:
+    """Hand the TLS of `http_options` (checked by `check_tls`) to the Ray workers this process is about to
+    start, by environment (worker_setup reads it): certificate and key in one PEM (HAProxy wants one file) and
+    the client CA, copied into a private directory (mode 700, files 600) that `shutdown` removes. No TLS:
+    unsets the variables, so the config is the one place that says what the service serves."""
+    import shutil
+    import tempfile
+
+    global _tls_dir
+    for name in (TLS_PEM_ENV, TLS_CLIENT_CA_ENV, TLS_GRPC_PORT_ENV):
+        os.environ.pop(name, None)
+    if not http_options.get("ssl_certfile"):
+        return
+    # mode 700; under Ray's temporary directory when one is set (removed with it)
+    _tls_dir = Path(tempfile.mkdtemp(prefix="energyopt-tls-", dir=os.environ.get("RAY_TMPDIR") or None))
+    pem, ca = _tls_dir / "server.pem", _tls_dir / "client-ca.pem"
+    for path, parts in ((pem, ("ssl_certfile", "ssl_keyfile")), (ca, ("ssl_ca_certs",))):
+        if http_options.get(parts[0]):
+            path.touch(mode=0o600)
+            path.write_text("".join(Path(http_options[p]).read_text().rstrip("\n") + "\n" for p in parts))
+    os.environ[TLS_PEM_ENV] = str(pem)
+    if ca.exists():
+        os.environ[TLS_CLIENT_CA_ENV] = str(ca)
+    if grpc_port:
+        os.environ[TLS_GRPC_PORT_ENV] = str(grpc_port)
+    os.environ.setdefault(SETUP_HOOK_ENV, SETUP_HOOK)  # beyond loopback too
+    import atexit
+
+    atexit.register(shutil.rmtree, _tls_dir, ignore_errors=True)  # also when the service dies without shutdown
+
+
+def _split_pem(pem: bytes) -> tuple[bytes, bytes]:
+    """(private key, certificate chain) of a PEM holding both (gRPC takes them apart)."""
+    import re
+
+    found = [m.group(0) for m in re.finditer(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----\n?", pem, re.DOTALL)]
+    key = b"".join(b for b in found if b"PRIVATE KEY-----" in b.split(b"\n", 1)[0])
+    return key, b"".join(b for b in found if b.startswith(b"-----BEGIN CERTIFICATE-----"))
+
+
+def _require_client_certificates_in_uvicorn() -> None:
+    """uvicorn (Serve's Python HTTP proxy) given ssl_ca_certs requires a client certificate signed by it."""
+    import ssl
+
+    import uvicorn
+
+    init = uvicorn.Config.__init__
+    if getattr(init, "_energyopt", False):
+        return
+
+    def verifying(self, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if kw.get("ssl_ca_certs"):
+            kw["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        init(self, *args, **kw)
+
+    verifying._energyopt = True
+    uvicorn.Config.__init__ = verifying
 
 
 # HAProxy's gRPC answer while no application is deployed (and to a call naming none when several are): a
@@ -233,7 +397,8 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     high-throughput ingress for a local Ray started here (a running cluster keeps its own setting), and
     `metrics_port` its metrics export port (Ray's and the application's metrics for Prometheus,
     docs/monitoring.md; None: a free port Ray picks, see `metrics_export_port()`). `log` hears what seeding the
-    store did."""
+    store did. http_options' ssl_* files (checked by `check_tls`) put TLS on the HTTP and gRPC ports, in either
+    ingress; they need a Ray started here (docs/security.md)."""
     import ray
     from ray.serve._private.api import serve_start  # what `serve run` uses; no public equivalent yet
     from ray.serve.config import gRPCOptions
@@ -242,8 +407,13 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
     from serving.auth import startup_check
 
     startup_check(config)  # no unauthenticated service beyond loopback; a key file that does not read
-    prepare_store(config, log)
     schema = _validate(config)
+    http_options = schema.http_options.model_dump()
+    tls = check_tls(http_options)  # before anything starts: a clear error for a file that will not do
+    if tls and (ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
+        raise ValueError("TLS from http_options needs a Ray started here: the certificate reaches Ray's workers by "
+                         "environment (on a cluster, terminate TLS at the ingress; docs/security.md)")
+    prepare_store(config, log)
     local = {}
     if not ray.is_initialized():
         host = schema.http_options.host or DEFAULT_HOST
@@ -253,14 +423,22 @@ def start(config: dict[str, Any], *, haproxy: bool = True, timeout_s: float = 18
                 local["_metrics_export_port"] = metrics_port
             if haproxy:
                 stop_stale_haproxy(config, log)
-    if schema.http_options.ssl_certfile and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-        raise ValueError("http_options.ssl_certfile: Ray Serve's HAProxy ingress (Ray 2.60) has no TLS; serve "
-                         "HTTPS with Serve's Python proxy (`energyopt serve --no-haproxy`) or terminate TLS in "
-                         "front of the service (docs/security.md)")
+    in_haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    if in_haproxy:
+        # HAProxy terminates TLS (worker_setup); the replicas' direct-ingress HTTP servers, which take
+        # http_options too, stay plaintext behind it on loopback or the cluster's private network
+        http_options = {k: v for k, v in http_options.items() if not k.startswith("ssl_")}
+        if tls:
+            from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+            tls_template(HAPROXY_CONFIG_TEMPLATE, "server.pem", None)  # ValueError: this Ray's has no bind lines
+    if not ray.is_initialized():  # workers read the environment when they start
+        tls_environment(schema.http_options.model_dump() if tls else {},
+                        None if in_haproxy else schema.grpc_options.port)
     # Ray's own start-up lines stay in the terminal of `energyopt serve`
     ensure_ray(namespace="serve", include_dashboard=False, num_cpus=num_cpus, configure_logging=True, **local)
     client = serve_start(
-        http_options=schema.http_options.model_dump(),
+        http_options=http_options,
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
         proxy_location=schema.proxy_location,
     )
@@ -398,9 +576,13 @@ def wait_running(name: str = APP_NAME, timeout_s: float = 180.0) -> None:
 
 def shutdown() -> None:
     """Stop Serve (the application and its proxies)."""
+    import shutil
+
     from ray import serve
 
     serve.shutdown()
+    if _tls_dir is not None:  # the private copy of the key (tls_environment)
+        shutil.rmtree(_tls_dir, ignore_errors=True)
 
 
 def free_ports(n: int) -> list[int]:
@@ -489,10 +671,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--args", default=None, help="JSON merged into the application's args.")
     parser.add_argument("--no-haproxy", action="store_true",
                         help="Serve's Python proxies instead of the HAProxy high-throughput ingress.")
+    parser.add_argument("--tls-cert", default=None, help="Server certificate (PEM): TLS on HTTP and gRPC.")
+    parser.add_argument("--tls-key", default=None, help="Its private key (PEM, unencrypted).")
+    parser.add_argument("--tls-client-ca", default=None, help="CA (PEM) whose client certificates are required.")
     a = parser.parse_args(argv)
     config = load_config(a.config, model=a.model, data=a.data, grpc_port=a.grpc_port, http_port=a.http_port,
                          replicas=a.replicas, args=json.loads(a.args) if a.args else None,
-                         user_config=json.loads(a.user_config) if a.user_config else None, host=a.host)
+                         user_config=json.loads(a.user_config) if a.user_config else None, host=a.host,
+                         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca)
     from serving.auth import startup_check
 
     start(config, haproxy=not a.no_haproxy, num_cpus=a.num_cpus, metrics_port=a.metrics_port)
