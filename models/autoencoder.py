@@ -171,7 +171,7 @@ def reconstruct(model: ConvAutoencoder, features: FeatureSpec, load: np.ndarray,
     if not np.isfinite(load).all():
         raise ValueError(f"series {zone} contains NaN or infinite values")
     ref = reference(load if reference_from is None else reference_from, p.reference_weeks)
-    cal = calendar_features(timestamps, features)
+    cal = calendar_features(timestamps, features, zone or None)
     # windows every `stride` hours, and one ending at the last hour
     starts = np.unique(np.r_[np.arange(first, len(load) - w + 1, p.stride), len(load) - w])
     idx = starts[:, None] + np.arange(w)

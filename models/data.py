@@ -2,8 +2,13 @@
 
 Every model trains on the output of `clean`: gap-free hourly `Series` segments with finite positive load.
 Real feeds are not like that (the PJM files repeat the daylight-saving fall-back hour, skip the
-spring-forward hour and have an occasional absurd reading), so `clean` repairs what it can, splits where
-it cannot, and counts every change in a `RepairReport` that the command line and the demo print.
+spring-forward hour and have an occasional absurd reading; the NEM's are half-hourly), so `clean`
+resamples sub-hourly readings to hourly means, repairs what it can, splits where it cannot, and counts
+every change in a `RepairReport` that the command line and the demo print.
+
+Time convention: a timestamp labels the interval that starts at it (hour beginning, as the store's `ts`):
+the hour 13:00 holds the readings from 13:00 up to 14:00, e.g. the half-hours starting 13:00 and 13:30.
+Data labelled by the end of its intervals (the NEM CSV) is shifted when it is bundled.
 All steps are vectorized over all zones at once: the bundled ~470k rows load in under a second.
 """
 
@@ -19,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from models.series import BUNDLED_PJM, LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE, SeriesError
+from models.series import BUNDLED, BUNDLED_PJM, LOAD, REQUIRED_COLUMNS, RESOLUTIONS, TIMESTAMP, ZONE, SeriesError
 
 # Column names accepted for each schema column, compared case-insensitively.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -46,7 +51,10 @@ class ZoneReport:
     """What `clean` found and changed in one zone."""
 
     rows_in: int
-    duplicate_hours_merged: int  # hours that appeared more than once, replaced by the mean of their values
+    resolution_s: int  # the input's reading interval: 3600, or 1800/900/300 for readings resampled to hours
+    hours_resampled: int  # hours made as the mean of their sub-hourly readings (0 for hourly input)
+    incomplete_hours: int  # sub-hourly hours missing some of their readings, treated as missing hours
+    duplicate_hours_merged: int  # hours with a reading time given more than once, merged by the mean
     missing_hours_interpolated: int  # hours absent or invalid in the input, filled by linear interpolation
     gaps_split: int  # runs of missing hours longer than max_interpolate_hours: the series was cut there
     nonpositive_values: int  # rows with load <= 0, treated as missing
@@ -61,8 +69,13 @@ class ZoneReport:
     hours_out: int  # hours returned, all segments together
 
     def summary_line(self, zone: str) -> str:
+        minutes = f"{self.resolution_s // 60}-min"
         parts = [
             _count(self.rows_in, "row"),
+            *([f"resampled from {minutes} readings to {_count(self.hours_resampled, 'hourly mean')}"]
+              if self.resolution_s < 3600 else []),
+            *([_count(self.incomplete_hours, "incomplete hour") + f" (missing {minutes} readings) treated as missing"]
+              if self.incomplete_hours else []),
             _count(self.duplicate_hours_merged, "duplicate hour") + " merged (mean)",
             _count(self.missing_hours_interpolated, "missing hour") + " interpolated",
             _count(self.gaps_split, "gap") + " split",
@@ -320,8 +333,11 @@ def clean(table: pd.DataFrame, *, max_interpolate_hours: int = MAX_INTERPOLATE_H
           min_segment_hours: int = 0) -> tuple[list[Series], RepairReport]:
     """Repair a raw long table into gap-free hourly segments and report every change, per zone.
 
-    Per zone: sort by time; treat NaN and non-positive loads as missing; merge duplicate hours by their
-    mean (the daylight-saving fall-back hour of naive local time); put the values on a full hourly grid;
+    Per zone: sort by time; treat NaN and non-positive loads as missing; merge duplicate reading times by
+    their mean (the daylight-saving fall-back hour of naive local time); resample sub-hourly readings (a
+    zone whose times are not all on the hour: every 30, 15 or 5 minutes, see `zone_resolutions`) to the
+    mean of each hour, an hour missing any of its readings being a missing hour (as the serving replicas
+    average them, models/hourly.py); put the values on a full hourly grid;
     treat absurd values as missing (see ABSURD_LOW); fill runs of at most `max_interpolate_hours` missing
     hours by linear interpolation and split the series at longer runs; drop segments shorter than
     `min_segment_hours`. Covariate holes inside a returned segment are interpolated too (nearest value at
@@ -359,32 +375,75 @@ def _hourly_rows(table: pd.DataFrame, stamps: pd.DatetimeIndex, codes: np.ndarra
     """Rows -> one (zone code, hour, load, covariates) per zone and hour, sorted, invalid loads NaN; with the
     per-zone counts of what was found (rows, NaN and non-positive loads, disorder, duplicate hours)."""
     us = stamps.asi8
-    off_hour = us % _HOUR_US != 0
-    if off_hour.any():
-        i = int(off_hour.argmax())
-        raise SeriesError(f"zone {table[ZONE].iloc[i]!r}: timestamp {stamps[i]} is not on the hour; "
-                          f"resample the data to hourly means first")
-    hour = us // _HOUR_US
+    step_s = zone_resolutions(codes, us, n_zones, table[ZONE])
+    hour = us // _HOUR_US  # hour beginning: a reading belongs to the hour its interval starts in
     load = table[LOAD].to_numpy(dtype=np.float64)
-    counts = {"rows_in": np.bincount(codes, minlength=n_zones),
+    counts = {"rows_in": np.bincount(codes, minlength=n_zones), "resolution_s": step_s,
               "nan_values": _per_zone(codes, ~np.isfinite(load), n_zones),
               "nonpositive_values": _per_zone(codes, np.isfinite(load) & (load <= 0), n_zones)}
     load = np.where(np.isfinite(load) & (load > 0), load, np.nan)
 
-    # Out of order: within a zone, in input order, an hour earlier than the row before it.
+    # Out of order: within a zone, in input order, a time earlier than the row before it.
     by_zone = np.argsort(codes, kind="stable")
-    zc, zh = codes[by_zone], hour[by_zone]
-    counts["non_monotonic"] = _per_zone(zc[1:], (zc[1:] == zc[:-1]) & (zh[1:] < zh[:-1]), n_zones) > 0
+    zc, zt = codes[by_zone], us[by_zone]
+    counts["non_monotonic"] = _per_zone(zc[1:], (zc[1:] == zc[:-1]) & (zt[1:] < zt[:-1]), n_zones) > 0
 
-    # Sort by (zone, hour) and merge duplicate hours by their mean.
-    order = np.lexsort((hour, codes))
-    codes, hour, load = codes[order], hour[order], load[order]
+    # Sort by (zone, time) and merge duplicate reading times by their mean...
+    order = np.lexsort((us, codes))
+    codes, us, hour, load = codes[order], us[order], hour[order], load[order]
     covs = table[list(cov_names)].to_numpy(dtype=np.float64)[order]
-    starts = hour_runs(codes, hour)
-    sizes = np.diff(np.r_[starts, len(codes)])
-    counts["duplicate_hours_merged"] = _per_zone(codes[starts], sizes > 1, n_zones)
+    starts = hour_runs(codes, us)
+    repeated = np.diff(np.r_[starts, len(codes)]) > 1
+    codes, hour, load = codes[starts], hour[starts], mean_per_run(load, starts)
     covs = mean_per_run(covs, starts) if cov_names else covs[starts]
-    return codes[starts], hour[starts], mean_per_run(load, starts), covs, counts
+    # ...then average each hour's readings (one reading per hour for hourly zones: nothing changes)
+    starts = hour_runs(codes, hour)
+    counts["duplicate_hours_merged"] = _per_zone(codes[starts], np.add.reduceat(repeated, starts) > 0, n_zones)
+    valid = np.add.reduceat(np.isfinite(load).astype(np.int64), starts)
+    per_hour = 3600 // step_s[codes[starts]]
+    sub_hourly = per_hour > 1
+    complete = valid >= per_hour  # an hour missing one of its readings is missing: a mean of the rest is biased
+    counts["hours_resampled"] = _per_zone(codes[starts], sub_hourly & complete, n_zones)
+    counts["incomplete_hours"] = _per_zone(codes[starts], sub_hourly & ~complete & (valid > 0), n_zones)
+    hourly_load = np.where(complete | ~sub_hourly, mean_per_run(load, starts), np.nan)
+    covs = mean_per_run(covs, starts) if cov_names else covs[starts]
+    return codes[starts], hour[starts], hourly_load, covs, counts
+
+
+def zone_resolutions(codes: np.ndarray, us: np.ndarray, n_zones: int, zones: pd.Series | None = None) -> np.ndarray:
+    """Per zone code, its readings' interval in seconds: 3600 when all its times (microseconds since the
+    epoch) are on the hour, else the most common step between its distinct times. With `zones` (the
+    rows' names, for messages) a zone off the hour whose step is not 30, 15 or 5 minutes, or with a time
+    off its own grid, is a SeriesError; without, such a zone is given its most common step as it is."""
+    step = np.full(n_zones, 3600, dtype=np.int64)
+    off = us % _HOUR_US != 0
+    if not off.any():
+        return step
+    order = np.lexsort((us, codes))
+    c, t = codes[order], us[order]
+    distinct = np.r_[True, (c[1:] != c[:-1]) | (t[1:] != t[:-1])]
+    c, t = c[distinct], t[distinct]
+    same = c[1:] == c[:-1]
+    steps = pd.DataFrame({"zone": c[1:][same], "step": (t[1:] - t[:-1])[same] // 1_000_000})
+    common = steps.value_counts(sort=True).reset_index().drop_duplicates("zone")  # most common first
+    sub_hourly = np.unique(codes[off])
+    mode = dict(zip(common["zone"], common["step"]))
+    for z in sub_hourly:
+        step[z] = mode.get(z, 3600)
+    if zones is None:
+        return step
+    unfit = np.isin(codes, sub_hourly[~np.isin(step[sub_hourly], RESOLUTIONS[1:])]) & off
+    if unfit.any():
+        i = int(unfit.argmax())
+        raise SeriesError(f"zone {zones.iloc[i]!r}: timestamp {pd.Timestamp(us[i], unit='us')} is not on the hour, "
+                          f"and its readings come every {step[codes[i]] // 60} min, not 30, 15 or 5; resample the "
+                          f"data to hourly means first")
+    stray = us % (step[codes] * 1_000_000) != 0
+    if stray.any():
+        i = int(stray.argmax())
+        raise SeriesError(f"zone {zones.iloc[i]!r}: timestamp {pd.Timestamp(us[i], unit='us')} is not on the zone's "
+                          f"{step[codes[i]] // 60}-min grid ({int(stray[codes == codes[i]].sum())} such rows)")
+    return step
 
 
 @dataclass
@@ -518,9 +577,17 @@ def _fill_covariates(grid_cov: np.ndarray, seg_start: np.ndarray, seg_end: np.nd
     return grid_cov, filled
 
 
-def load_series(path: str | Path | None = None, **clean_kwargs: Any) -> tuple[list[Series], RepairReport]:
-    """`read_table` then `clean`; no path reads the bundled PJM data."""
-    return clean(read_table(BUNDLED_PJM if path is None else path), **clean_kwargs)
+def load_series(path: str | Path | None = None, *, region: str | None = None,
+                **clean_kwargs: Any) -> tuple[list[Series], RepairReport]:
+    """`read_table` then `clean` of `path`, or of a bundled region's file (`region`: "PJM", "NEM"; see
+    models.series.BUNDLED); with neither, the bundled PJM data. The NEM's zones come with their state's
+    temperature as the covariate column `temperature_c`, resampled from half-hours like the load."""
+    if path is not None and region is not None:
+        raise SeriesError(f"load_series: give a path or a bundled region, not both ({path}, {region!r})")
+    if region is not None and region not in BUNDLED:
+        raise SeriesError(f"load_series: no bundled region {region!r}; the package has {sorted(BUNDLED)}")
+    path = BUNDLED[region].path if region is not None else BUNDLED_PJM if path is None else path
+    return clean(read_table(path), **clean_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- splitting

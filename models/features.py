@@ -1,4 +1,5 @@
-"""Covariates known in the future: calendar features computed from timestamps alone.
+"""Covariates known in the future: calendar features computed from timestamps alone (and, for the
+holiday flag, the zone: public holidays can differ by state, as in Australia's NEM).
 
 The same code runs when windows are built for training and when a bundle forecasts, so a model never
 sees features at inference that differ from the ones it was trained on. The spec is stored in the bundle.
@@ -28,10 +29,27 @@ class FeatureSpec:
     (calendar, extra columns of the data) and the recent load of the region's zones (past only)."""
 
     calendar: bool = True
-    holiday_country: str | None = "US"  # public holidays of this country (ISO code), via `holidays`
+    # public holidays of this country, via `holidays`: an ISO code ("US"), or with a subdivision ("AU-NSW")
+    holiday_country: str | None = "US"
     covariates: tuple[str, ...] = field(default_factory=tuple)  # extra known-future columns of the data
     # zones whose load over the history window a model reads beside each series' own (see region_channels)
     region_zones: tuple[str, ...] = field(default_factory=tuple)
+    # (zone, holiday calendar) pairs: these zones' holidays instead of holiday_country's, e.g. a NEM zone's
+    # state ("NSW", "AU-NSW"); a tuple, not a dict, so the spec stays hashable
+    holiday_zones: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for code in {self.holiday_country, *dict(self.holiday_zones).values()} - {None}:
+            holiday_calendar(code)  # fails here, naming the code, not at the first forecast
+
+    @property
+    def zone_dependent(self) -> bool:
+        """Whether a series' inputs depend on its zone, so every caller must say which zone each series is."""
+        return bool(self.region_zones or self.holiday_zones)
+
+    def holidays_of(self, zone: str | None) -> str | None:
+        """The holiday calendar of `zone`'s hours: its own in holiday_zones, else holiday_country's."""
+        return dict(self.holiday_zones).get(zone, self.holiday_country) if zone is not None else self.holiday_country
 
     @property
     def names(self) -> list[str]:
@@ -52,26 +70,49 @@ class FeatureSpec:
         d = asdict(self)
         d["covariates"] = list(self.covariates)
         d["region_zones"] = list(self.region_zones)
+        d["holiday_zones"] = dict(self.holiday_zones)
+        if not self.holiday_zones:  # left out, so a spec without them is written as before
+            del d["holiday_zones"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        # bundles written before holiday_zones existed have none: their features are unchanged
         return cls(calendar=bool(d.get("calendar", True)), holiday_country=d.get("holiday_country"),
-                   covariates=tuple(d.get("covariates", ())), region_zones=tuple(d.get("region_zones", ())))
+                   covariates=tuple(d.get("covariates", ())), region_zones=tuple(d.get("region_zones", ())),
+                   holiday_zones=tuple((str(z), str(c)) for z, c in dict(d.get("holiday_zones") or {}).items()))
 
 
 @lru_cache(maxsize=64)
-def _holiday_dates(country: str, first_year: int, last_year: int) -> np.ndarray:
-    days = holidays.country_holidays(country, years=range(first_year, last_year + 1))
+def holiday_calendar(code: str) -> tuple[str, str | None]:
+    """(country, subdivision or None) of a holiday calendar code: "US" -> ("US", None), "AU-NSW" -> ("AU",
+    "NSW"); ValueError naming the code when the `holidays` package does not know it."""
+    country, _, subdiv = code.partition("-")
+    try:
+        holidays.country_holidays(country, subdiv=subdiv or None, years=[2000])
+    except NotImplementedError as e:
+        raise ValueError(f"holiday calendar {code!r}: {e} (use an ISO country code such as 'US', or "
+                         f"country-subdivision such as 'AU-NSW')") from None
+    return country, subdiv or None
+
+
+@lru_cache(maxsize=64)
+def _holiday_dates(code: str, first_year: int, last_year: int) -> np.ndarray:
+    country, subdiv = holiday_calendar(code)
+    days = holidays.country_holidays(country, subdiv=subdiv, years=range(first_year, last_year + 1))
     return np.array(sorted(days.keys()), dtype="datetime64[D]")
 
 
-def calendar_features(timestamps: pd.DatetimeIndex | np.ndarray, spec: FeatureSpec) -> np.ndarray:
+def calendar_features(timestamps: pd.DatetimeIndex | np.ndarray, spec: FeatureSpec,
+                      zone: str | None = None) -> np.ndarray:
     """Calendar features for hourly timestamps (local time) as a float32 array [T, len(CALENDAR_FEATURES)].
 
     Timezone-aware timestamps are used in their own zone: pass local time for load, whose daily shape
-    follows the local clock.
+    follows the local clock. `zone` picks the holiday calendar (`FeatureSpec.holidays_of`); a spec with
+    holiday_zones needs it (a missing zone would silently read the country's holidays).
     """
+    if spec.holiday_zones and zone is None:
+        raise ValueError("this feature spec has per-zone holidays (holiday_zones): say which zone the hours are of")
     ts = pd.DatetimeIndex(timestamps)
     if ts.tz is not None:
         ts = ts.tz_localize(None)
@@ -86,9 +127,10 @@ def calendar_features(timestamps: pd.DatetimeIndex | np.ndarray, spec: FeatureSp
     out[:, 2], out[:, 3] = np.sin(2 * day_angle), np.cos(2 * day_angle)
     out[np.arange(len(ts)), 4 + dow] = 1.0
     out[:, 11], out[:, 12] = np.sin(year_angle), np.cos(year_angle)
-    if spec.holiday_country and len(ts):
+    code = spec.holidays_of(zone)
+    if code and len(ts):
         dates = ts.normalize().to_numpy().astype("datetime64[D]")
-        known = _holiday_dates(spec.holiday_country, int(ts.year.min()), int(ts.year.max()))
+        known = _holiday_dates(code, int(ts.year.min()), int(ts.year.max()))
         out[:, 13] = np.isin(dates, known)
     return out
 

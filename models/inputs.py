@@ -70,7 +70,7 @@ def extra_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
 
 def known_covariates(series: Series, features: FeatureSpec) -> np.ndarray:
     """Calendar and extra covariates [T, C] of every hour of one series, in the spec's order."""
-    cal = calendar_features(series.timestamps, features)
+    cal = calendar_features(series.timestamps, features, series.zone)
     if not features.covariates:
         return cal
     return np.concatenate([cal, extra_covariates(series, features)], axis=1)
@@ -105,18 +105,27 @@ class ModelInputs:
     def region_zones(self) -> tuple[str, ...]:
         return self.features.region_zones
 
-    def calendar(self, last: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+    def calendar(self, last: pd.DatetimeIndex, zones: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Past [B, L, C] and future [B, H, C] known-input blocks for series whose last observed hours are
-        `last`: calendar features filled (computed once per distinct hour), extra covariate columns left
-        for `with_extra`."""
+        `last` (of `zones`, which the holiday flag of a spec with per-zone holidays needs): calendar
+        features filled (computed once per distinct hour and holiday calendar), extra covariate columns
+        left for `with_extra`."""
         length, full_h = self.input_length, self.max_horizon
         past = np.zeros((len(last), length, self.features.size), np.float32)
         future = np.zeros((len(last), full_h, self.features.size), np.float32)
-        for stamp in last.unique():
-            hours = future_timestamps(stamp - length * HOUR, length + full_h)
-            feats = calendar_features(hours, self.features)
-            rows = np.flatnonzero(last == stamp)
-            past[rows, :, : feats.shape[1]], future[rows, :, : feats.shape[1]] = feats[:length], feats[length:]
+        if self.features.holiday_zones and zones is None:
+            raise InputError("zones", f"model {self.name} reads each zone's own public holidays: pass zones, the "
+                                      f"zone name of each of the {len(last)} series")
+        # one representative zone per holiday calendar: zones sharing a calendar share features
+        codes = [self.features.holidays_of(z) for z in zones] if self.features.holiday_zones else [None] * len(last)
+        zone_of = dict(zip(codes, zones)) if self.features.holiday_zones else {None: None}
+        codes = np.array(codes, dtype=object)
+        for code, zone in zone_of.items():
+            for stamp in last[codes == code].unique():
+                hours = future_timestamps(stamp - length * HOUR, length + full_h)
+                feats = calendar_features(hours, self.features, zone)
+                rows = np.flatnonzero((last == stamp) & (codes == code))
+                past[rows, :, : feats.shape[1]], future[rows, :, : feats.shape[1]] = feats[:length], feats[length:]
         return past, future
 
     def with_extra(self, past: np.ndarray, future: np.ndarray,
@@ -189,10 +198,13 @@ class ModelInputs:
         history = history[:, -self.input_length :]
         if not np.isfinite(history).all():
             raise InputError("history", "history contains NaN or infinite values")
-        past, future = self.with_extra(*self.calendar(pd.DatetimeIndex(last_timestamps)), extra)
+        if zones is not None and len(zones) != len(history):
+            raise InputError("zones", f"model {self.name} reads each series' zone: pass zones, the zone name of each "
+                                      f"of the {len(history)} series (got {len(zones)})")
+        past, future = self.with_extra(*self.calendar(pd.DatetimeIndex(last_timestamps), zones), extra)
         if self.region_zones:
             past, future = self.with_region(past, future, zones, self.region_channels(region, len(history)))
-        elif region is not None or zones is not None:
+        elif region is not None or (zones is not None and not self.features.zone_dependent):
             raise InputError("region", f"model {self.name} reads no region context, but some was given")
         return history, past, future
 
@@ -220,39 +232,54 @@ class LRU(OrderedDict):
 
 class CalendarGrid:
     """Calendar blocks for a server that forecasts from many issue times over a known span: the calendar
-    of every hour of the span is computed once and a forecast's block is a slice of it (the features are
-    a function of each hour alone, so a slice equals `ModelInputs.calendar`). Hours outside the span, or
-    data with UTC offsets, fall back to computing (cached, most recent first)."""
+    of every hour of the span is computed once per holiday calendar and a forecast's block is a slice of
+    it (the features are a function of each hour and the zone's holidays alone, so a slice equals
+    `ModelInputs.calendar`). Hours outside the span, or data with UTC offsets, fall back to computing
+    (cached, most recent first)."""
 
     MAX_HOURS = 5_000_000  # an absurd span is computed per request instead
 
     def __init__(self, inputs: ModelInputs, start: pd.Timestamp | None, end: pd.Timestamp | None,
                  cache_size: int = 512) -> None:
         self.inputs = inputs
-        self._cache = LRU(cache_size)  # last observed hour -> (past [L, C], future [H, C], timestamps)
-        self._start, self._grid, self._iso = None, None, None
+        # (last observed hour, holiday calendar) -> (past [L, C], future [H, C], timestamps)
+        self._cache = LRU(cache_size)
+        self._start, self._hours, self._iso = None, None, None
+        self._grids: dict[str | None, np.ndarray] = {}  # holiday calendar -> the span's features, made once
         if start is None or end is None:
             return
         hours = pd.date_range(start, end + inputs.max_horizon * HOUR, freq="h")
         if hours.tz is not None or len(hours) > self.MAX_HOURS:
             return
-        self._start = start
-        self._grid = calendar_features(hours, inputs.features)
+        self._start, self._hours = start, hours
         self._iso = np.datetime_as_string(hours.to_numpy(), unit="s")
+        if not inputs.features.holiday_zones:
+            self._grid(None, None)
 
-    def __call__(self, last: pd.Timestamp) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _grid(self, code: str | None, zone: str | None) -> np.ndarray:
+        if code not in self._grids:
+            self._grids[code] = calendar_features(self._hours, self.inputs.features, zone)
+        return self._grids[code]
+
+    def __call__(self, last: pd.Timestamp, zone: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Calendar of the L hours up to `last` [L, C], of the H_max hours after [H_max, C], and the ISO
-        timestamps of those H_max hours."""
+        timestamps of those H_max hours; `zone` picks the holidays of a spec with per-zone holidays."""
         length, full_h = self.inputs.input_length, self.inputs.max_horizon
-        if self._grid is not None and last.tz is None:
+        features = self.inputs.features
+        if features.holiday_zones and zone is None:
+            raise InputError("zones", f"model {self.inputs.name} reads each zone's own public holidays: say which "
+                                      "zone a forecast is for")
+        code = features.holidays_of(zone) if features.holiday_zones else None
+        if self._hours is not None and last.tz is None:
             first = (last - self._start) // HOUR - length + 1  # grid row of the window's first hour
-            if 0 <= first and first + length + full_h <= len(self._grid):
-                return (self._grid[first : first + length], self._grid[first + length : first + length + full_h],
+            if 0 <= first and first + length + full_h <= len(self._hours):
+                grid = self._grid(code, zone)
+                return (grid[first : first + length], grid[first + length : first + length + full_h],
                         self._iso[first + length : first + length + full_h].tolist())
 
         def make() -> tuple[np.ndarray, np.ndarray, list[str]]:
             hours = future_timestamps(last - length * HOUR, length + full_h)
-            feats = calendar_features(hours, self.inputs.features)
+            feats = calendar_features(hours, features, zone)
             return feats[:length], feats[length:], [t.isoformat() for t in hours[length:]]
 
-        return self._cache.get_or_make(last, make)
+        return self._cache.get_or_make((last, code), make)

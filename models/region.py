@@ -150,7 +150,7 @@ def forecast_region(
         one = panel.windows(panel.positions([issue_time]), bundle.input_length)  # [1, L, R]
         region_loads = np.repeat(one, len(names), axis=0)
     quantiles = bundle.predict(windows, last, horizon, region=region_loads,
-                               zones=names if bundle.region_zones else None)  # [Z, H, Q]
+                               zones=names if bundle.features.zone_dependent else None)  # [Z, H, Q]
     stamps = future_timestamps(issue_time - HOUR, horizon)
     m = bundle.model.median_index
     zones = [SeriesForecast(z, stamps, quantiles[i, :, m], quantiles[i]) for i, z in enumerate(names)]

@@ -2,16 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 ZONE = "zone"
 TIMESTAMP = "timestamp"
 LOAD = "load_mw"
 REQUIRED_COLUMNS = (ZONE, TIMESTAMP, LOAD)
+TEMPERATURE = "temperature_c"  # an air temperature covariate column, degrees Celsius
 
+ASSETS = Path(__file__).parent / "assets"
 # The bundled default data: the five PJM zones as published (duplicates and gaps included), long format.
-BUNDLED_PJM = Path(__file__).parent / "assets" / "pjm_hourly.parquet"
+BUNDLED_PJM = ASSETS / "pjm_hourly.parquet"
+# Australia's NEM: five states' half-hourly demand and temperature, 2012-2014 (benchmarks/make_bundled_data.py)
+BUNDLED_NEM = ASSETS / "nem_halfhourly.parquet"
 DEFAULT_REGION = "PJM"
+
+
+@dataclass(frozen=True)
+class BundledRegion:
+    """A region whose data ships in the package: its file, the clock of its naive timestamps and the
+    public holidays of its zones (the defaults a store and a feature spec take for it)."""
+
+    name: str
+    path: Path
+    time_zone: str  # IANA zone of the file's naive timestamps; the store registers the zones with it
+    holiday_country: str  # models.features holiday calendar code
+    holiday_zones: tuple[tuple[str, str], ...] = ()  # (zone, calendar) where a zone's holidays differ
+    attribution: str = ""  # to be kept wherever the data or a file derived from it is shipped
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        return tuple(z for z, _ in self.holiday_zones)
+
+
+NEM_ATTRIBUTION = ("Demand: Australian Energy Market Operator; temperature: Australian Bureau of Meteorology; "
+                   "compiled in tsibbledata (aus_elec)")
+BUNDLED = {
+    # PJM publishes Eastern prevailing time (with daylight saving); US federal holidays
+    "PJM": BundledRegion("PJM", BUNDLED_PJM, "America/New_York", "US"),
+    # AEMO market time is UTC+10 all year in every state (no daylight saving): Brisbane's clock. Each
+    # state has its own public holidays (Melbourne Cup day in VIC only, ...).
+    "NEM": BundledRegion("NEM", BUNDLED_NEM, "Australia/Brisbane", "AU",
+                         tuple((z, f"AU-{z}") for z in ("NSW", "QLD", "SA", "TAS", "VIC")), NEM_ATTRIBUTION),
+}
+
+
+def bundled_region(path: str | Path) -> BundledRegion | None:
+    """The bundled region whose file `path` is, or None."""
+    resolved = Path(path).resolve()
+    return next((r for r in BUNDLED.values() if r.path.resolve() == resolved), None)
+
+
+# Reading intervals a zone may have, in seconds: hourly, or sub-hourly ones that ingest averages to hours.
+RESOLUTIONS = (3600, 1800, 900, 300)
 
 
 class SeriesError(ValueError):

@@ -38,12 +38,21 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from models.data import ABSURD_HIGH, ABSURD_LOW, read_table
-from models.series import BUNDLED_PJM, DEFAULT_REGION, LOAD, TIMESTAMP, ZONE, shown
+from models.data import ABSURD_HIGH, ABSURD_LOW, read_table, zone_resolutions
+from models.series import (
+    BUNDLED,
+    BUNDLED_PJM,
+    DEFAULT_REGION,
+    LOAD,
+    RESOLUTIONS,
+    TIMESTAMP,
+    ZONE,
+    bundled_region,
+    shown,
+)
 
 DEFAULT_STORE = Path("runs/store.db")
-BUNDLED_TIME_ZONE = "America/New_York"  # the PJM files are published in Eastern prevailing time
-RESOLUTIONS = (3600, 1800, 900, 300)
+BUNDLED_TIME_ZONE = BUNDLED[DEFAULT_REGION].time_zone  # the PJM files are published in Eastern prevailing time
 MAX_FUTURE_S = 3600  # readings more than this ahead of the server's clock are refused
 REFERENCE_S = 7 * 24 * 3600  # the absurd-value rule compares with the median of a week of readings
 DAY_S = 24 * 3600
@@ -523,18 +532,22 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ files
 
-    def seed(self, path: str | Path | None = None, *, region: str = DEFAULT_REGION, time_zone: str | None = None,
+    def seed(self, path: str | Path | None = None, *, region: str | None = None, time_zone: str | None = None,
              until: str | pd.Timestamp | None = None, batch: int = 20_000, progress: Any = None) -> IngestResult | None:
         """Load a long-format file (None: the bundled PJM zones) into the store, once: a file already seeded
         (same content and `until`) is skipped (None returned). Unknown zones are registered in `region`
-        with `time_zone` (default: the bundled data's Eastern time; UTC for other files with naive times)."""
+        (default: a bundled file's region, else PJM) with `time_zone` (default: a bundled file's own,
+        `models.series.BUNDLED`: Eastern time for PJM, UTC+10 without daylight saving for the NEM; UTC for
+        other files with naive times) and the resolution their times show (the NEM's half-hours: 1800 s)."""
         path = Path(path) if path is not None else BUNDLED_PJM
         fingerprint = _fingerprint(path, until)
         with self.reader.connect() as conn:
             if conn.execute(sa.select(sources_table.c.rows).where(sources_table.c.fingerprint == fingerprint)).first():
                 return None
         table = readings_frame(read_table(path), until)
-        tz = time_zone or (BUNDLED_TIME_ZONE if path.resolve() == BUNDLED_PJM.resolve() else "UTC")
+        bundled = bundled_region(path)
+        tz = time_zone or (bundled.time_zone if bundled else "UTC")
+        region = region or (bundled.name if bundled else DEFAULT_REGION)
         known = self.zones()
         register = [ZoneSpec(z, region, resolution_of(table[table[ZONE] == z][TIMESTAMP]), tz)
                     for z in table[ZONE].unique() if z not in known]
@@ -581,10 +594,10 @@ def readings_frame(table: pd.DataFrame, until: str | pd.Timestamp | None = None)
 
 
 def resolution_of(stamps: pd.Series) -> int:
-    """The most common step between a zone's sorted readings, as a registered resolution (hourly if unsure)."""
-    steps = np.diff(np.unique(_seconds(pd.DatetimeIndex(stamps)))) if len(stamps) > 1 else np.empty(0)
-    steps = steps[steps > 0]
-    common = int(pd.Series(steps).mode().iloc[0]) if len(steps) else 3600
+    """A zone's reading interval as `clean` sees it (models.data.zone_resolutions: hourly when all its times
+    are on the hour, else the most common step), as a registered resolution (hourly if unsure)."""
+    us = _seconds(pd.DatetimeIndex(stamps)) * 1_000_000
+    common = int(zone_resolutions(np.zeros(len(us), np.int64), us, 1)[0])
     return common if common in RESOLUTIONS else 3600
 
 
@@ -647,8 +660,7 @@ def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex
     n = len(zone)
     reasons = np.full(n, "", dtype=object)
     ts = np.zeros(n, dtype=np.int64)
-    for i in np.flatnonzero(~np.isfinite(value)):
-        reasons[i] = f"value {value[i]} is not a finite number"
+    not_finite(value, reasons)
     # the times are converted once per time zone, not once per zone: a conversion costs per call
     codes, names = pd.factorize(zone, use_na_sentinel=False)
     specs = [known.get(z) for z in names]
@@ -682,6 +694,12 @@ def _checked_times(zone: np.ndarray, timestamp: Sequence[str] | pd.DatetimeIndex
         for j in np.flatnonzero(repeated):
             reasons[ok[j]] = f"repeated in this batch: reading {ok[last_of[j]]} has the same zone and time and is kept"
     return ts, reasons
+
+
+def not_finite(value: np.ndarray, reasons: np.ndarray) -> None:
+    """Set the reason of every value that is NaN or infinite (readings and weather refuse them alike)."""
+    for i in np.flatnonzero(~np.isfinite(value)):
+        reasons[i] = f"value {value[i]} is not a finite number"
 
 
 def reference_times(day: int, last: int) -> tuple[np.ndarray, np.ndarray]:

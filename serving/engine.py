@@ -381,9 +381,14 @@ class Engine:
                           f"of the request has them all ({span}; older issue times are read from the store)")
         fallbacks = {zones[i]: self._fallback_reason(views[zones[i]], issue)
                      for i in range(len(zones)) if i not in set(model.tolist())}
-        past, future, stamps = self.calendar(issue - HOUR)
         n = len(model)
-        past, future = np.broadcast_to(past, (n, *past.shape)), np.broadcast_to(future, (n, *future.shape))
+        if self.bundle.features.holiday_zones:  # each zone its own public holidays (e.g. a NEM state's)
+            blocks = [self.calendar(issue - HOUR, zones[i]) for i in (model if n else [0])]
+            stamps = blocks[0][2]
+            past, future = (np.stack([blk[j] for blk in blocks])[:n] for j in (0, 1))
+        else:
+            past, future, stamps = self.calendar(issue - HOUR)
+            past, future = np.broadcast_to(past, (n, *past.shape)), np.broadcast_to(future, (n, *future.shape))
         if self.bundle.region_zones:  # the same context for every zone of the request, and each zone's name
             context = region_channels(np.stack([views[z].window(issue, length) for z in self.bundle.region_zones],
                                                axis=1))
@@ -468,7 +473,7 @@ class Engine:
                 raise invalid(f"{where}.last_timestamp: required (the hour of the last history value)")
             last = self.parse_time(s.last_timestamp, f"{where}.last_timestamp")
             history[i] = values[-length:]
-            past[i, :, :n_cal], future[i, :, :n_cal], ts = self.calendar(last)
+            past[i, :, :n_cal], future[i, :, :n_cal], ts = self.calendar(last, s.name)
             if extra or s.covariates:
                 extra_past[i], extra_future[i] = self._covariates(s, where, len(values))
             stamps.append(ts[:horizon])

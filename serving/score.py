@@ -141,7 +141,8 @@ class _Forecaster:
         if self.tz:
             last = last.tz_localize("UTC").tz_convert(self.tz)
         history = np.stack(batch["history"]) if batch["history"].dtype == object else batch["history"]
-        q = self.bundle.predict(history, last, self.horizon, device=self.device)  # [B, H, Q]
+        zones = batch["zone"].astype(str).tolist() if self.bundle.features.zone_dependent else None  # holidays
+        q = self.bundle.predict(history, last, self.horizon, zones=zones, device=self.device)  # [B, H, Q]
         if not np.isfinite(q).all():  # finite windows in, so the model is broken: never write it as a result
             bad = sorted(str(z) for z in batch["zone"][~np.isfinite(q).all(axis=(1, 2))])
             raise ScoringError(f"model {self.bundle.name} {self.bundle.version} forecast NaN or infinity for "

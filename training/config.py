@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.autoencoder import AutoencoderConfig
-from models.features import FeatureSpec
+from models.features import FeatureSpec, holiday_calendar
 from models.forecaster import BACKBONES, ForecasterConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -53,11 +53,21 @@ class ModelSection(_Strict):
 
 class FeatureSection(_Strict):
     calendar: bool = True
-    holiday_country: str | None = "US"
+    holiday_country: str | None = "US"  # "US", or with a state: "AU-NSW"
+    # zone -> its own holiday calendar instead of holiday_country's, e.g. {"NSW": "AU-NSW", "VIC": "AU-VIC"}
+    # (models.series.BUNDLED["NEM"].holiday_zones has the NEM's)
+    holiday_zones: dict[str, str] = Field(default_factory=dict)
     covariates: list[str] = Field(default_factory=list)
     # region context: these zones' load over the history window, read beside every series' own (lstm and
     # transformer); the data must hold them, and so must every request the model serves
     region_zones: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("holiday_country", "holiday_zones")
+    @classmethod
+    def _known_holidays(cls, v: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        for code in (v.values() if isinstance(v, dict) else [v] if v else []):
+            holiday_calendar(code)  # ValueError naming the code
+        return v
 
     @field_validator("region_zones")
     @classmethod
@@ -67,7 +77,8 @@ class FeatureSection(_Strict):
         return v
 
     def spec(self) -> FeatureSpec:
-        return FeatureSpec(self.calendar, self.holiday_country, tuple(self.covariates), tuple(self.region_zones))
+        return FeatureSpec(self.calendar, self.holiday_country, tuple(self.covariates), tuple(self.region_zones),
+                           tuple(self.holiday_zones.items()))
 
 
 class DataSection(_Strict):

@@ -71,9 +71,9 @@ def backtest(
         raise ValueError(f"no forecast origin {at} with {length} h history and {reach} h ahead inside the test "
                          "period")
     extra = (np.concatenate(past_extra), np.concatenate(future_extra)) if n_extra else None
-    region_loads, series_zones = None, None
-    if panel is not None:
-        region_loads, series_zones = np.concatenate(regions), [z for z, cutoffs in meta for _ in cutoffs]
+    region_loads = np.concatenate(regions) if panel is not None else None
+    # each window's zone: the region context and per-zone holidays read it
+    series_zones = [z for z, cutoffs in meta for _ in cutoffs] if bundle.features.zone_dependent else None
     quantiles = bundle.predict(np.concatenate(histories), pd.DatetimeIndex(np.concatenate(lasts)), horizon,
                                extra=extra, region=region_loads, zones=series_zones)
     steps = np.arange(horizon)

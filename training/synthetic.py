@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.series import LOAD, TIMESTAMP, ZONE
+from models.series import LOAD, TEMPERATURE, TIMESTAMP, ZONE
 
-TEMPERATURE = "temperature_c"
 _WEATHER_PHI_PER_HOUR = 0.99  # weather anomalies last days (e-folding time ~100 h)
 _NOISE_PHI_PER_HOUR = 0.9  # load noise lasts hours
 _COLDEST_DAY = 20  # day of year with the lowest mean temperature (late January)
