@@ -433,7 +433,7 @@ def test_two_processes_open_an_empty_store_and_ingest_at_once(tmp_path: Path, po
             process.join(timeout=30)
     for url in urls:
         mine = sorted(r[1:] for r in reports if r[0] == url)
-        assert [r[1] for r in mine] == ["0003", "0003"], (url, mine)
+        assert [r[1] for r in mine] == ["0004", "0004"], (url, mine)
         assert max(r[2] for r in mine) < min(r[3] for r in mine), url  # the two ingest phases overlapped
         batch_of = {}  # watermark -> (worker, batch)
         for worker, _, _, _, acks in mine:
@@ -469,7 +469,7 @@ def test_the_alembic_command_line_creates_the_schema(url: str) -> None:
     proc = subprocess.run([alembic, "-x", f"store={url}", "upgrade", "head"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert TABLES <= _tables(url) and current(url) == "0003"
+    assert TABLES <= _tables(url) and current(url) == "0004"
     store = Store.open(url)  # at head already: nothing to do
     try:
         assert store.watermark() == 0 and store.zones() == {}
@@ -481,6 +481,6 @@ def test_store_open_migrates_an_empty_database(url: str) -> None:
     assert current(url) is None
     store = Store.open(url)
     try:
-        assert TABLES <= _tables(url) and current(url) == "0003" and store.watermark() == 0
+        assert TABLES <= _tables(url) and current(url) == "0004" and store.watermark() == 0
     finally:
         store.close()
