@@ -5,7 +5,8 @@ demo forecaster on the bundled PJM zones, a store of its own), in parts (`--part
 
 - fuzz: Hypothesis-generated requests (tests/fuzzing.py) for every RPC and every HTTP route, 10,000 of each
   by default: zero undocumented statuses, zero 5xx, zero non-finite values in a success, and the replica's
-  memory (RSS) within 10 % of its start;
+  memory (RSS) within 10 % of its start (its memory after a warm-up of 300 generated requests per target;
+  the growth from before the warm-up is reported too);
 - replica: closed-loop ForecastRegion(PJM, 48 h) at concurrency 8 on 2 replicas, one replica killed (-9):
   failed calls of the Python client (serving.client.ForecastClient, its retries) must be zero and the p99 of
   a 2 s window back within 2x of the p99 before the kill in at most 10 s;
@@ -20,6 +21,7 @@ Rows of parts not run this time are kept from the last result file.
 
     python benchmarks/resilience.py                       # ~45 min on 2 cores
     python benchmarks/resilience.py --parts fuzz --fuzz-examples 500
+    python benchmarks/resilience.py --parts fuzz --fuzz-targets "grpc OptimizeDispatch,http POST /v1/dispatch"
 """
 
 from __future__ import annotations
@@ -200,19 +202,25 @@ def kill(pid: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ parts
 
-def part_fuzz(model: Path, examples: int) -> list[dict]:
+def part_fuzz(model: Path, examples: int, targets: set[str] | None = None, warmup: int = 0) -> list[dict]:
+    """`examples` generated requests per target on one replica, after a warm-up of `warmup` per target (its
+    problems count too); the replica's memory is compared with its memory after the warm-up. `targets`: only
+    these (e.g. "grpc OptimizeDispatch"), on a service of their own: a rerun after a fix. Every row names the
+    commit it was measured at."""
     import fuzzing
     from hypothesis import HealthCheck, given, settings
 
+    from benchmarks.common import git_sha
+
     service = Service(replicas=1).start(model)
     rows = []
+    callers: list[fuzzing.HttpCaller] = []
     try:
         channel = grpc.insecure_channel(service.target, options=[("grpc.max_receive_message_length", 64 << 20)])
         replica = service.pids(REPLICA_MARK)[0]
         seeds = fuzzing.valid_requests()
         seeds["ForecastRegion"].region = seeds["ListForecasts"].region = "PJM"
-        # The replica's start: every RPC and route answered twice with a valid request (first calls import
-        # code and fill pools and caches), as the soak part measures a replica's memory after its warm-up.
+        # every RPC and route answered twice with a valid request (first calls import code, fill pools)
         caller = fuzzing.HttpCaller(service.http_port)
         for _ in range(2):
             for rpc in fuzzing.rpcs():
@@ -220,51 +228,68 @@ def part_fuzz(model: Path, examples: int) -> list[dict]:
             for route in fuzzing.ROUTES:
                 caller.problem(route.method, *fuzzing.seed_http_request(route, seeds[route.rpc]))
         caller.close()
-        rss_start = service.rss_mb(replica)
-        fuzz = settings(max_examples=examples, deadline=None, database=None,
-                        suppress_health_check=list(HealthCheck))
+        rss_cold = service.rss_mb(replica)
 
-        def run(name: str, strategy: Any, call: Callable[[Any], str | None]) -> None:
-            seen: dict[str, int] = {}
-            problems: list[str] = []
-
-            @fuzz
-            @given(strategy)
-            def check(value: Any) -> None:
-                outcome = call(value)
-                kind = outcome.split(":", 1)[0] if outcome else "documented"
-                seen[kind] = seen.get(kind, 0) + 1
-                if outcome:
-                    problems.append(outcome)
-
-            t0 = time.monotonic()
-            check()  # problems are recorded, not raised: every example runs and is counted
-            rows.append({"part": "fuzz", "target": name, "requests": sum(seen.values()), "problems": len(problems),
-                         "first_problems": problems[:3], "seconds": round(time.monotonic() - t0, 1),
-                         "replica_rss_mb": round(service.rss_mb(replica), 1)})
-            print(json.dumps(rows[-1])[:300], flush=True)
-
-        for rpc in fuzzing.rpcs():
-            def grpc_call(request: Any, rpc: Any = rpc) -> str | None:
+        def grpc_check(rpc: Any) -> Callable[[Any], str | None]:
+            def call(request: Any) -> str | None:
                 code, message, response = fuzzing.call_rpc(channel, rpc, request)
                 if code == grpc.StatusCode.OK:
                     bad = list(fuzzing.non_finite(response))
                     return f"non-finite: {bad[:3]}" if bad else None
                 return fuzzing.problem_with_status(code, message, request)
+            return call
 
-            run(f"grpc {rpc.name}", fuzzing.requests_for(rpc.name, seeds[rpc.name]), grpc_call)
-        for route in fuzzing.ROUTES:
-            caller = fuzzing.HttpCaller(service.http_port)
-            run(f"http {route.method} {route.path}", fuzzing.http_requests(route, seeds[route.rpc]),
-                lambda request, route=route, caller=caller: caller.problem(route.method, *request,
-                                                                           fuzzing.response_type(route)))
-            caller.close()
+        def http_check(route: fuzzing.Route) -> Callable[[Any], str | None]:
+            callers.append(fuzzing.HttpCaller(service.http_port))
+            return lambda request, caller=callers[-1]: caller.problem(route.method, *request,
+                                                                      fuzzing.response_type(route))
+
+        plan = [(f"grpc {rpc.name}", fuzzing.requests_for(rpc.name, seeds[rpc.name]), grpc_check(rpc))
+                for rpc in fuzzing.rpcs()]
+        plan += [(f"http {route.method} {route.path}", fuzzing.http_requests(route, seeds[route.rpc]),
+                  http_check(route)) for route in fuzzing.ROUTES]
+        plan = [p for p in plan if not targets or p[0] in targets]
+
+        def run(strategy: Any, call: Callable[[Any], str | None], n: int) -> tuple[int, list[str], float]:
+            """(requests sent, problems, seconds); problems are recorded, not raised: every example runs."""
+            problems: list[str] = []
+            sent = [0]
+
+            @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(strategy)
+            def check(value: Any) -> None:
+                sent[0] += 1
+                outcome = call(value)
+                if outcome:
+                    problems.append(outcome)
+
+            t0 = time.monotonic()
+            check()
+            return sent[0], problems, round(time.monotonic() - t0, 1)
+
+        # The replica's start: after a warm-up of generated requests for every target, as the soak part measures
+        # a replica's memory after its warm-up. Caches and pools (calendar blocks, statements, SQLite pages,
+        # the archive's growth) fill in the first minutes of varied traffic and stay; a leak grows with requests.
+        warm = {name: run(strategy, call, warmup) for name, strategy, call in plan} if warmup else {}
+        rss_start = service.rss_mb(replica)
+        for name, strategy, call in plan:
+            sent, problems, seconds = run(strategy, call, examples)
+            warm_sent, warm_problems, _ = warm.get(name, (0, [], 0))
+            rows.append({"part": "fuzz", "target": name, "requests": sent, "warmup_requests": warm_sent,
+                         "problems": len(problems) + len(warm_problems),
+                         "first_problems": (warm_problems + problems)[:3], "seconds": seconds,
+                         "replica_rss_mb": round(service.rss_mb(replica), 1), "git": git_sha()})
+            print(json.dumps(rows[-1])[:300], flush=True)
         healthy = service.ready(30)
         rss_end = service.rss_mb(replica) if replica in service.pids(REPLICA_MARK) else float("nan")
-        rows.append({"part": "fuzz", "target": "after", "healthy": healthy, "replica_alive": replica in
-                     service.pids(REPLICA_MARK), "replica_rss_start_mb": round(rss_start, 1),
-                     "replica_rss_end_mb": round(rss_end, 1), "rss_growth": round(rss_end / rss_start - 1, 3)})
+        rows.append({"part": "fuzz", "target": "after" + (" rerun of " + ", ".join(sorted(targets)) if targets else ""),
+                     "git": git_sha(), "healthy": healthy, "replica_alive": replica in service.pids(REPLICA_MARK),
+                     "replica_rss_cold_mb": round(rss_cold, 1), "replica_rss_start_mb": round(rss_start, 1),
+                     "replica_rss_end_mb": round(rss_end, 1), "rss_growth": round(rss_end / rss_start - 1, 3),
+                     "rss_growth_from_cold": round(rss_end / rss_cold - 1, 3)})
     finally:
+        for caller in callers:
+            caller.close()
         service.stop()
     return rows
 
@@ -371,13 +396,16 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     def part(name: str) -> list[dict]:
         return [r for r in rows if r.get("part") == name]
 
-    fuzz = [r for r in part("fuzz") if r["target"] != "after"]
-    after = next((r for r in part("fuzz") if r["target"] == "after"), {})
+    fuzz = [r for r in part("fuzz") if not r["target"].startswith("after")]
+    after = next((r for r in part("fuzz") if r["target"] == "after"), {})  # the run of every target
+    rerun = next((r for r in part("fuzz") if r["target"].startswith("after rerun")), None)
     summary: dict[str, Any] = {}
     if fuzz:
         summary |= {"fuzz_min_requests_per_target": min(r["requests"] for r in fuzz),
                     "fuzz_targets": len(fuzz), "fuzz_problems": sum(r["problems"] for r in fuzz),
                     "fuzz_replica_rss_growth": after.get("rss_growth"), "fuzz_healthy_after": after.get("healthy")}
+        if rerun:
+            summary["fuzz_rerun_healthy_after"] = rerun["healthy"]
     for r in part("replica"):
         summary |= {"replica_kill_failed_calls": r["failed_calls"],
                     "replica_kill_p99_back_within_2x_s": r["p99_back_within_2x_after_s"]}
@@ -395,20 +423,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="fuzz,replica,ingress,soak,autoscale")
     parser.add_argument("--fuzz-examples", type=int, default=10_000, help="Generated requests per RPC and route.")
+    parser.add_argument("--fuzz-warmup", type=int, default=300,
+                        help="Generated requests per RPC and route before the replica's memory is taken as its start.")
+    parser.add_argument("--fuzz-targets", default=None,
+                        help='Only these fuzz targets, comma-separated (e.g. "grpc OptimizeDispatch,http POST '
+                             '/v1/dispatch"): a rerun after a fix; the other targets\' rows are kept.')
     parser.add_argument("--soak-s", type=float, default=600.0)
     parser.add_argument("--kill-every-s", type=float, default=120.0)
     a = parser.parse_args()
     demo_forecaster()  # trained on a fresh clone
     model = ROOT / "runs" / "demo" / "model"
     parts = a.parts.split(",")
-    runners = {"fuzz": lambda: part_fuzz(model, a.fuzz_examples), "replica": lambda: part_replica(model),
-               "ingress": lambda: part_ingress(model), "soak": lambda: part_soak(model, a.soak_s, a.kill_every_s),
-               "autoscale": lambda: part_autoscale(model)}
+    targets = set(a.fuzz_targets.split(",")) if a.fuzz_targets else None
+    runners = {"fuzz": lambda: part_fuzz(model, a.fuzz_examples, targets, a.fuzz_warmup),
+               "replica": lambda: part_replica(model), "ingress": lambda: part_ingress(model),
+               "soak": lambda: part_soak(model, a.soak_s, a.kill_every_s), "autoscale": lambda: part_autoscale(model)}
     previous = RESULTS / "resilience.json"
-    rows = [r for r in (json.loads(previous.read_text())["rows"] if previous.exists() else [])
-            if r.get("part") not in parts]
+
+    def kept(row: dict) -> bool:  # rows of parts (or fuzz targets) not run now, but not an earlier rerun's end
+        if row.get("part") == "fuzz" and targets:
+            return row["target"] not in targets and not row["target"].startswith("after rerun")
+        return row.get("part") not in parts
+
+    earlier = json.loads(previous.read_text()) if previous.exists() else {"rows": []}
+    rows = [r for r in earlier["rows"] if kept(r)]
+    if targets:  # the kept fuzz rows were measured at the commit of the run that wrote them
+        for row in rows:
+            if row["part"] == "fuzz":
+                row.setdefault("git", earlier.get("git"))
     config = {"region": REGION, "horizon": HORIZON, "concurrency": CONCURRENCY, "fuzz_examples": a.fuzz_examples,
-              "soak_s": a.soak_s, "kill_every_s": a.kill_every_s, "parts_run_now": parts}
+              "fuzz_warmup": a.fuzz_warmup, "soak_s": a.soak_s, "kill_every_s": a.kill_every_s, "parts_run_now": parts,
+              "fuzz_targets_run_now": sorted(targets) if targets else "all"}
     for name in parts:
         print(f"== {name}", flush=True)
         new = runners[name]()

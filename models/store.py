@@ -54,6 +54,9 @@ from models.series import (
 DEFAULT_STORE = Path("runs/store.db")
 BUNDLED_TIME_ZONE = BUNDLED[DEFAULT_REGION].time_zone  # the PJM files are published in Eastern prevailing time
 MAX_FUTURE_S = 3600  # readings more than this ahead of the server's clock are refused
+# No zone's load comes near this (every grid on Earth together draws ~3e6 MW): a larger reading is a unit or
+# scaling error, refused even for a new zone with no median to judge it by (3.4e38 MW made forecasts of inf)
+MAX_LOAD_MW = 1e7
 REFERENCE_S = 7 * 24 * 3600  # the absurd-value rule compares with the median of a week of readings
 DAY_S = 24 * 3600
 REFERENCE_SAMPLES, REFERENCE_STEP_S = 24, 7 * 3600  # ...sampled: every 7 h meets each hour of the day once
@@ -733,9 +736,13 @@ def _value_reasons(codes: np.ndarray, ts: np.ndarray, value: np.ndarray, held: H
     reasons = np.full(len(ts), "", dtype=object)
     for i in np.flatnonzero(value <= 0):
         reasons[i] = f"value {value[i]:g} is not positive"
+    for i in np.flatnonzero(value > MAX_LOAD_MW):
+        reasons[i] = (f"value {value[i]:g} MW is beyond any grid's load (at most {MAX_LOAD_MW:g} MW): wrong units "
+                      "or scaling?")
     reference = median[codes]
     with np.errstate(invalid="ignore"):
-        absurd = (value > 0) & ((value < ABSURD_LOW * reference) | (value > ABSURD_HIGH * reference))
+        absurd = (value > 0) & (value <= MAX_LOAD_MW) & ((value < ABSURD_LOW * reference)
+                                                          | (value > ABSURD_HIGH * reference))
     for i in np.flatnonzero(absurd):
         reasons[i] = (f"value {value[i]:g} is absurd: outside {ABSURD_LOW:g}..{ABSURD_HIGH:g} x the zone's "
                       f"median of {reference[i]:.6g} over the week around it")

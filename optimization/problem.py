@@ -32,8 +32,6 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from models.series import shown
-
 VARIABLES = ("charge", "discharge", "soc", "grid_import", "grid_export", "flex", "peak_slack")
 NV = len(VARIABLES)  # per-step variables; the site's peak p is one more (the last column)
 C, D, S, G, E, F, Q = range(NV)
@@ -43,6 +41,11 @@ C, D, S, G, E, F, Q = range(NV)
 class ProblemError(ValueError):
     """Input data that cannot describe a dispatch problem; the message names the site and field."""
 
+
+def _quoted(name: str, limit: int = 80) -> str:
+    """A site name as an error quotes it: cut to `limit` characters with its length after it (the rule of
+    models.series.shown, which this package does not import: a huge name must not make a huge error)."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}… ({len(name):,} chars)"
 
 @dataclass
 class DispatchProblems:
@@ -153,7 +156,7 @@ class DispatchProblems:
             if rows.size:
                 i = rows[0]
                 more = f" (and {rows.size - 1} more sites)" if rows.size > 1 else ""
-                raise ProblemError(f"{name}: {rule} (site {shown(self.site[i])}{more})")
+                raise ProblemError(f"{name}: {rule} (site {_quoted(self.site[i])}{more})")
 
         for name in ("load_kw", "import_price", "export_price", "battery_kwh", "soc_min_kwh", "soc_initial_kwh",
                      "soc_terminal_kwh", "charge_kw", "discharge_kw", "charge_efficiency", "discharge_efficiency",

@@ -260,7 +260,10 @@ class Engine:
             if key not in answers:
                 bad = [r for r, row in enumerate(index) if not finite[row]]
                 # never a NaN forecast as a success; only the affected request fails, not its batch
-                answers[key] = _non_finite(job, bad) if bad else job.respond(out[index])
+                try:
+                    answers[key] = _non_finite(job, bad) if bad else job.respond(out[index])
+                except ApiError as err:  # _fill: a fallback or a total that is not finite
+                    answers[key] = err
             responses.append(answers[key])
         return responses, len(seen)
 
@@ -561,6 +564,13 @@ def _non_finite(job: Job, rows: Sequence[int]) -> ApiError:
 
 def _fill(msg: pb.Forecast, name: str, timestamps: Sequence[str], point: np.ndarray, q: np.ndarray,
           levels: Sequence[float], columns: Sequence[int]) -> None:
+    # the model's output is checked in `run`; this also covers the fallback and the region total, and values a
+    # float field cannot hold (they would become inf)
+    limit = np.finfo(np.float32).max
+    if not (np.all(np.abs(point) <= limit) and np.all(np.abs(q[:, list(columns)]) <= limit)):  # NaN: False too
+        logger.error("non-finite forecast for %s (point %s)", name, point[:3])
+        raise ApiError(grpc.StatusCode.INTERNAL, f"internal error in the forecaster: the forecast of {shown(name)} "
+                       "is not finite (its readings overflow); the replica log has the details")
     msg.name = name
     msg.timestamps.extend(timestamps)
     msg.point.extend(point.tolist())

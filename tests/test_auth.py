@@ -352,3 +352,45 @@ def test_a_revoked_key_is_refused_without_a_restart(service):
             assert time.monotonic() < deadline, "the revoked key still works"
             time.sleep(0.3)
     assert http(service, "GET", "/v1/zones", token=token)[0] == 401
+
+
+def test_a_call_without_a_key_is_refused_on_every_port_of_the_service(service):
+    """Every TCP port the service's processes listen on (the gRPC and HTTP ingress, the replica's own
+    direct-ingress servers, Serve's fallback proxies, Ray's own services): an API call without a key is answered
+    nowhere; the ports that serve the API answer UNAUTHENTICATED (HTTP 401), the others do not speak it."""
+    import http.client
+
+    from servers import _processes
+
+    from serving.api.energyopt.v1 import forecast_pb2 as pb
+    from serving.api.energyopt.v1 import forecast_pb2_grpc as pb_grpc
+    from serving.server import listeners
+
+    procs = dict(_processes(service.proc.pid, str(service.ray_tmp)))
+    ports = sorted({port for _, _, port in listeners(set(procs))})
+    grpc_answers: dict[int, str] = {}
+    http_answers: dict[int, tuple[int | str, str]] = {}
+    for port in ports:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:  # the `application` metadata routes a call on Serve's proxies
+                pb_grpc.ForecastServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=5,
+                                                                  metadata=[("application", "energyopt")])
+                grpc_answers[port] = "OK"
+            except grpc.RpcError as err:
+                grpc_answers[port] = err.code().name
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/zones", timeout=5) as response:
+                http_answers[port] = (response.status, response.headers.get("content-type", ""))
+        except urllib.error.HTTPError as err:
+            http_answers[port] = (err.code, err.headers.get("content-type", ""))
+        except (OSError, http.client.HTTPException) as err:  # not an HTTP/1.1 server (gRPC, Ray's own)
+            http_answers[port] = (type(err).__name__, "")
+    answers = "\n".join(f"  {p}: gRPC {grpc_answers[p]}, HTTP {http_answers[p]}" for p in ports)
+    assert "OK" not in grpc_answers.values(), answers
+    # a 200 elsewhere is not the API: Ray's Prometheus export answers its metrics on any path (text/plain)
+    assert not any(status == 200 and "json" in kind for status, kind in http_answers.values()), answers
+    unauthenticated = {p for p, code in grpc_answers.items() if code == "UNAUTHENTICATED"}
+    # the gRPC ingress (HAProxy), the replica's direct-ingress gRPC server and Serve's fallback gRPC proxy
+    assert service.grpc_port in unauthenticated and len(unauthenticated) >= 3, answers
+    refused_http = {p for p, (status, _) in http_answers.items() if status == 401}
+    assert service.http_port in refused_http and len(refused_http) >= 2, answers

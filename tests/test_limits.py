@@ -146,6 +146,20 @@ def test_extreme_but_finite_series_never_come_back_as_nan(engine: Engine):
         assert np.isfinite(list(answer.forecasts[0].point)).all()
 
 
+def test_a_forecast_a_float_cannot_hold_is_an_error_not_a_success():
+    """What the model's output check does not see (a fallback from absurd readings, a region total): a value
+    that is not finite, or beyond float32 (the message's float would be inf), fails the request."""
+    from serving.api.energyopt.v1 import forecast_pb2
+    from serving.engine import _fill
+
+    ts = ["2020-01-01T00:00:00", "2020-01-01T01:00:00"]
+    ok, huge = np.array([1.0, 2.0]), np.array([1.0, 3.5e38])
+    _fill(forecast_pb2.Forecast(), "Z", ts, ok, np.stack([ok, ok], axis=1), [0.1, 0.9], [0, 1])
+    for point, q in ((huge, np.stack([ok, ok], axis=1)), (ok, np.stack([ok, np.array([1.0, np.nan])], axis=1))):
+        err = refused(_fill, forecast_pb2.Forecast(), "Z", ts, point, q, [0.1, 0.9], [0, 1])
+        assert err.code == grpc.StatusCode.INTERNAL and "forecast of 'Z' is not finite" in err.message
+
+
 def test_a_non_finite_forward_pass_fails_only_its_own_request(engine: Engine, monkeypatch):
     good, bad = series_request(engine, n=2), series_request(engine, n=2)
     region = engine.region_job(pb.ForecastRegionRequest(region="SYN", horizon=4, zones=["Z000", "Z002"]))

@@ -59,6 +59,22 @@ def test_haproxys_admin_socket_is_its_owners_only(loopback_server):
     assert stat.S_IMODE(os.stat(admin).st_mode) & 0o077 == 0, oct(os.stat(admin).st_mode)
 
 
+def test_every_ray_process_of_the_service_runs_with_its_memory_settings(loopback_server):
+    """What configure_local_ray sets reaches every process of the service's Ray (read when each starts, so set
+    too late it would reach none): the memory monitor off (docs/resilience.md, "Memory pressure") and glibc's
+    allocator settings that keep a replica's memory from ratcheting up ("Memory of a replica")."""
+    procs = _processes(loopback_server.proc.pid, str(loopback_server.ray_tmp))
+    # the raylet (its memory monitor), the GCS and Serve's actors (Ray's agents get an environment of their own)
+    ray_procs = [(pid, cmd) for pid, cmd in procs
+                 if "/raylet " in cmd or "/gcs_server " in cmd or cmd.startswith("ray::Serve")]
+    assert any("/raylet " in cmd for _, cmd in ray_procs), procs
+    assert any(cmd.startswith("ray::ServeReplica") for _, cmd in ray_procs), procs
+    wanted = {"RAY_memory_monitor_refresh_ms": "0", "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    for pid, cmd in ray_procs:
+        environ = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        assert {k: environ.get(k) for k in wanted} == wanted, cmd[:90]
+
+
 def test_get_model_info_names_no_path_of_the_server(loopback_server, tiny_bundle_dir: Path):
     with grpc.insecure_channel(f"127.0.0.1:{loopback_server.grpc_port}") as channel:
         info = pb_grpc.ForecastServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=60)

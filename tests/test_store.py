@@ -148,6 +148,15 @@ def test_absurd_values_are_judged_against_the_median_of_the_week_before(store: S
     assert [held.get(after + k * HOUR) for k in range(5)] == [None, 110.0, None, 21.0, 490.0]
 
 
+def test_a_load_beyond_any_grid_is_refused_even_for_a_new_zone(store: Store) -> None:
+    """A new zone has no median to judge a reading by: 3.4e38 MW was stored, and its forecasts were inf."""
+    store.register([A])
+    result = send(store, [("A", iso(T0), 3.4e38), ("A", iso(T0 + HOUR), 5.2e16), ("A", iso(T0 + 2 * HOUR), 9e6)])
+    assert [r.index for r in result.rejected] == [0, 1]
+    assert all("beyond any grid's load" in r.reason and "wrong units" in r.reason for r in result.rejected)
+    assert stored(store, "A") == {T0 + 2 * HOUR: 9e6}
+
+
 def test_the_repeated_hour_sent_twice_is_both_hours_and_once_is_refused(store: Store) -> None:
     store.register([NY1])
     rows = [("NY1", "2020-11-01T00:00", 1.0), ("NY1", "2020-11-01T01:00", 2.0), ("NY1", "2020-11-01T01:00", 3.0),
