@@ -36,6 +36,8 @@ from energyopt.cli_serving import (  # typer options; serving imported lazily
 if TYPE_CHECKING:
     import pandas as pd
 
+    from models.series import BundledRegion
+
 console = Console(soft_wrap=True)  # summary lines whole, for logs and greps
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -150,18 +152,24 @@ def new_zones(table: pd.DataFrame, known: Iterable[str], region: str, time_zone:
             for z, stamps in table.groupby(ZONE, sort=True)[TIMESTAMP] if str(z) not in known]
 
 
-def _time_zone(given: str | None, region: str, region_zones: dict[str, str], bundled: bool) -> str:
-    """--time-zone, else the region's (every zone of a region shares one), else the bundled data's Eastern
-    time for the bundled file, else UTC."""
-    from models.store import BUNDLED_TIME_ZONE
-
-    return given or region_zones.get(region) or (BUNDLED_TIME_ZONE if bundled else "UTC")
+def _time_zone(given: str | None, region: str, region_zones: dict[str, str], bundled: BundledRegion | None) -> str:
+    """--time-zone, else the region's (every zone of a region shares one), else a bundled file's own clock
+    (PJM's Eastern time, the NEM's UTC+10), else UTC."""
+    return given or region_zones.get(region) or (bundled.time_zone if bundled else "UTC")
 
 
-def _is_bundled(file: str | Path) -> bool:
-    from models.series import BUNDLED_PJM
+def _bundled(file: str | Path) -> BundledRegion | None:
+    """The bundled region whose file `file` is (models.series.BUNDLED), None for any other (or stdin)."""
+    from models.series import bundled_region
 
-    return str(file) != "-" and Path(file).resolve() == BUNDLED_PJM.resolve()
+    return None if str(file) == "-" else bundled_region(file)
+
+
+def _region(given: str | None, bundled: BundledRegion | None) -> str:
+    """--region, else a bundled file's region, else PJM."""
+    from models.series import DEFAULT_REGION
+
+    return given or (bundled.name if bundled else DEFAULT_REGION)
 
 
 def _server_zones(client: Any, target: str) -> tuple[set[str], dict[str, str]]:
@@ -203,10 +211,11 @@ def ingest(
                                                 "readings of a daylight-saving fall-back hour)."),
     register: bool = typer.Option(False, help="Register the file's zones that are not known yet (resolution "
                                               "from the file's steps; hourly when unsure)."),
-    region: str = typer.Option("PJM", help="With --register: the new zones' region."),
+    region: str | None = typer.Option(None, help="With --register: the new zones' region (default: a bundled "
+                                                  "file's, PJM or NEM; else PJM)."),
     time_zone: str | None = typer.Option(None, help="With --register: the new zones' IANA time zone (default: "
-                                                     "the region's, if known; else America/New_York for the "
-                                                     "bundled data, UTC otherwise)."),
+                                                     "the region's, if known; else a bundled file's own, "
+                                                     "America/New_York or Australia/Brisbane; UTC otherwise)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
@@ -232,11 +241,13 @@ def ingest(
                   f"{target} in {len(bounds):,} batch(es)", highlight=False)
     tally = Tally()
     try:
+        bundled = _bundled(file)
         if store:
-            _ingest_store(store, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet)
+            _ingest_store(store, ordered, bounds, tally, register, _region(region, bundled), time_zone, bundled,
+                          quiet)
         else:
-            _ingest_server(target, ordered, bounds, tally, register, region, time_zone, _is_bundled(file), quiet,
-                           client_options={"token": api_key, **tls_files(ca, client_cert, client_key)})
+            _ingest_server(target, ordered, bounds, tally, register, _region(region, bundled), time_zone, bundled,
+                           quiet, client_options={"token": api_key, **tls_files(ca, client_cert, client_key)})
     except KeyboardInterrupt:
         tally.print(f"interrupted; acknowledged so far from {source}")
         raise typer.Exit(130) from None
@@ -262,7 +273,8 @@ def _example(ordered: pd.DataFrame, start: int) -> Callable[[int], tuple[float, 
 
 
 def _ingest_store(store: str, ordered: pd.DataFrame, bounds: Sequence[tuple[int, int]], tally: Tally,
-                  register: bool, region: str, time_zone: str | None, bundled: bool, quiet: bool) -> None:
+                  register: bool, region: str, time_zone: str | None, bundled: BundledRegion | None,
+                  quiet: bool) -> None:
     from models.store import Store, StoreError
 
     try:
@@ -288,7 +300,7 @@ def _ingest_store(store: str, ordered: pd.DataFrame, bounds: Sequence[tuple[int,
 
 
 def _ingest_server(target: str, ordered: pd.DataFrame, bounds: Sequence[tuple[int, int]], tally: Tally,
-                   register: bool, region: str, time_zone: str | None, bundled: bool, quiet: bool,
+                   register: bool, region: str, time_zone: str | None, bundled: BundledRegion | None, quiet: bool,
                    client_options: dict | None = None) -> None:
     from models.store import StoreError
     from serving.client import ReadingsClient, ReadingsError, batch_requests
@@ -384,10 +396,11 @@ def replay(
     speed: float = typer.Option(1.0, min=0.001, help="Simulated hours per real second."),
     server: str = typer.Option(DEFAULT_SERVER, help="HOST:PORT of a running `energyopt serve`."),
     register: bool = typer.Option(False, help="Register the data's zones the server does not know yet."),
-    region: str = typer.Option("PJM", help="With --register: the new zones' region."),
+    region: str | None = typer.Option(None, help="With --register: the new zones' region (default: a bundled "
+                                                  "file's, PJM or NEM; else PJM)."),
     time_zone: str | None = typer.Option(None, help="With --register: the new zones' IANA time zone (default: "
-                                                     "the region's, if known; else America/New_York for the "
-                                                     "bundled data, UTC otherwise)."),
+                                                     "the region's, if known; else a bundled file's own, "
+                                                     "America/New_York or Australia/Brisbane; UTC otherwise)."),
     api_key: str | None = api_key_option(),
     ca: Path | None = ca_option(),
     client_cert: Path | None = client_cert_option(),
@@ -431,8 +444,9 @@ def replay(
         if register:
             known, region_zones = _server_zones(client, server)
             try:
-                specs = new_zones(ordered, known, region, _time_zone(time_zone, region, region_zones,
-                                                                     _is_bundled(path)))
+                bundled = _bundled(path)
+                region = _region(region, bundled)
+                specs = new_zones(ordered, known, region, _time_zone(time_zone, region, region_zones, bundled))
             except StoreError as err:
                 _fail(str(err))
         line_hours = line_accepted = line_rejected = 0

@@ -44,11 +44,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from models.bundle import BundleError, load_bundle
-from models.series import DEFAULT_REGION
+from models.series import BUNDLED, DEFAULT_REGION, bundled_region
 from models.store import Store, StoreError, ZoneSpec
 from serving import archive as archive_api
 from serving.anomaly import AnomalyDetector
@@ -99,11 +99,13 @@ class AppArgs(BaseModel):
     seed: bool = Field(True, description="Seed the store with `data` (skipped when that file was seeded).")
     seed_until: str | None = Field(None, description="Seed only the readings before this time (then feed the "
                                                         "rest live, e.g. with `energyopt replay`).")
-    time_zone: str | None = Field(None, description="Time zone of the seeded zones (default: America/New_York "
-                                                       "for the bundled PJM data, else UTC).")
+    time_zone: str | None = Field(None, description="Time zone of the seeded zones (default: a bundled file's "
+                                                       "own, America/New_York for PJM, Australia/Brisbane for "
+                                                       "the NEM; else UTC).")
     tail_hours: int = Field(1500, ge=FALLBACK_HOURS, description="Hours of each zone's latest readings a "
                                                                    "replica keeps in memory.")
-    region: str = Field(DEFAULT_REGION, description="Region of the zones seeded from `data`.")
+    region: str | None = Field(None, description="Region of the zones seeded from `data` (default: a bundled "
+                                                    "file's, PJM or NEM; else PJM).")
     regions: dict[str, list[str]] = Field(default_factory=dict, description="More regions: name -> zones.")
     max_series_per_request: int = Field(Limits.max_series_per_request, ge=1,
                                         description="ForecastSeries: most series per request.")
@@ -135,6 +137,13 @@ class AppArgs(BaseModel):
     model: str | None = None
     max_batch_series: int | None = Field(None, ge=1)
     batch_wait_timeout_s: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _region_of_the_data(self) -> "AppArgs":
+        if self.region is None:  # the bundled files name their own region (models.series.BUNDLED)
+            bundled = bundled_region(self.data) if self.data else BUNDLED[DEFAULT_REGION]
+            self.region = bundled.name if bundled else DEFAULT_REGION
+        return self
 
 
 def open_store(args: AppArgs, log: Callable[[str], None] | None = None) -> Store:

@@ -266,3 +266,19 @@ def test_a_model_config_names_per_zone_holidays_and_refuses_unknown_ones():
     assert FeatureSection().spec() == FeatureSpec()  # the shipped configs' (US, no per-zone holidays)
     with pytest.raises(ValidationError, match="holiday calendar 'AU-XX'"):
         FeatureSection(holiday_zones={"NSW": "AU-XX"})
+
+
+def test_serving_and_the_ingest_command_take_the_bundled_files_region_and_clock():
+    """Seeding the service from the NEM file, or `energyopt ingest --register` of it, registers region NEM on
+    UTC+10 without naming either; other files keep PJM (the default region) and UTC; what is given wins."""
+    from energyopt.cli_ingest import _bundled, _region, _time_zone
+    from serving.app import AppArgs
+
+    assert AppArgs.model_validate({"data": str(BUNDLED_NEM)}).region == "NEM"
+    assert AppArgs.model_validate({}).region == "PJM"
+    assert AppArgs.model_validate({"data": "elsewhere.csv"}).region == "PJM"
+    assert AppArgs.model_validate({"data": str(BUNDLED_NEM), "region": "AU"}).region == "AU"
+    nem = _bundled(BUNDLED_NEM)
+    assert (_region(None, nem), _time_zone(None, "NEM", {}, nem)) == ("NEM", "Australia/Brisbane")
+    assert (_region(None, _bundled("-")), _time_zone(None, "PJM", {}, _bundled("other.csv"))) == ("PJM", "UTC")
+    assert _time_zone("Australia/Sydney", "NEM", {}, nem) == "Australia/Sydney"
