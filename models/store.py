@@ -737,8 +737,8 @@ def _value_reasons(codes: np.ndarray, ts: np.ndarray, value: np.ndarray, held: H
     for i in np.flatnonzero(value <= 0):
         reasons[i] = f"value {value[i]:g} is not positive"
     for i in np.flatnonzero(value > MAX_LOAD_MW):
-        reasons[i] = (f"value {value[i]:g} MW is beyond any grid's load (at most {MAX_LOAD_MW:g} MW): wrong units "
-                      "or scaling?")
+        reasons[i] = (f"value {value[i]:g} is absurd: beyond any grid's load (at most {MAX_LOAD_MW:g} MW); wrong "
+                      "units or scaling?")
     reference = median[codes]
     with np.errstate(invalid="ignore"):
         absurd = (value > 0) & (value <= MAX_LOAD_MW) & ((value < ABSURD_LOW * reference)

@@ -37,7 +37,7 @@ def _processes(leader: int, marker: str) -> list[tuple[int, str]]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X"):
+        if fields[0] in ("Z", "X") or not cmdline.strip():  # a zombie, or a process exiting (no command line)
             continue
         if leader in (int(fields[2]), int(fields[3])) or marker in cmdline:
             found.append((int(entry), cmdline.strip()[:160]))
