@@ -31,6 +31,7 @@ import pandas as pd
 
 from models.data import Series
 from models.features import FeatureSpec, calendar_features, future_timestamps, region_channels, zone_identity
+from models.series import WEATHER_VARIABLES
 
 HOUR = pd.Timedelta(hours=1)
 
@@ -147,6 +148,11 @@ class ModelInputs:
                                            f"{want[1]}, got {got[0]} and {got[1]}")
         if not all(np.isfinite(a).all() for a in extra):
             raise InputError("covariates", f"covariates {names} contain NaN or infinite values")
+        for k, name in enumerate(names):  # a weather variable in another unit reads as an extreme event
+            variable = WEATHER_VARIABLES.get(name)
+            problem = variable and variable.implausible(np.concatenate([a[..., k].ravel() for a in extra]))
+            if problem:
+                raise InputError("covariates", f"covariate {problem}")
         n_cal = self.features.size - len(names)
         past[:, :, n_cal:], future[:, :, n_cal:] = extra
         return past, future

@@ -5,11 +5,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ZONE = "zone"
 TIMESTAMP = "timestamp"
 LOAD = "load_mw"
 REQUIRED_COLUMNS = (ZONE, TIMESTAMP, LOAD)
 TEMPERATURE = "temperature_c"  # an air temperature covariate column, degrees Celsius
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A weather variable: its unit and the range a real value lies in (outside it: refused, by the store's
+    ingest and by a model's inputs alike)."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+
+    def implausible(self, values: np.ndarray) -> str | None:
+        """Why finite `values` cannot be this variable (None when they can): values outside the range, and
+        for degrees Celsius, a series too hot for °C but plausible as °F, which is named as such."""
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        out = (v < self.low) | (v > self.high)
+        if not out.any():
+            return None
+        if self.unit == "°C" and ((v[out] > self.high) & ((v[out] - 32) / 1.8 <= self.high)).all():
+            return (f"{self.name} looks like degrees Fahrenheit: {int(out.sum())} of {len(v)} values lie above "
+                    f"{self.high:g} °C (up to {v.max():g}); send °C")
+        return (f"{int(out.sum())} of {len(v)} values are not a plausible {self.name}: outside {self.low:g}.."
+                f"{self.high:g} {self.unit} (e.g. {v[out][0]:g})")
+
+
+# Weather variables by column name; the name carries the unit. -60..60 degC spans every air temperature
+# measured on Earth (-89 and 57 are the records, both far from any grid); 80-110 degF summer values, sent by
+# mistake, fall above it
+WEATHER_VARIABLES = {TEMPERATURE: Variable(TEMPERATURE, "°C", -60.0, 60.0)}
 
 ASSETS = Path(__file__).parent / "assets"
 # The bundled default data: the five PJM zones as published (duplicates and gaps included), long format.

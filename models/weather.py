@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from models.series import BUNDLED, BUNDLED_NEM, TEMPERATURE, TIMESTAMP, ZONE, shown
+from models.series import BUNDLED, BUNDLED_NEM, TEMPERATURE, TIMESTAMP, WEATHER_VARIABLES, ZONE, shown
 from models.store import (
     _ZONE_NAME,
     DAY_S,
@@ -55,19 +55,7 @@ HOUR_S = 3600
 MAX_VARIABLE_NAME = 32
 
 
-@dataclass(frozen=True)
-class Variable:
-    """A weather variable: its unit and the range a real value lies in (outside it: refused)."""
-
-    name: str
-    unit: str
-    low: float
-    high: float
-
-
-# -60..60 degC spans every air temperature measured on Earth (-89 and 57 are the records, both far from
-# any grid); 80-110 degF summer values, sent by mistake, fall above it
-VARIABLES = {TEMPERATURE: Variable(TEMPERATURE, "°C", -60.0, 60.0)}
+VARIABLES = WEATHER_VARIABLES  # models.series holds them: model inputs check against the same ranges
 
 stations_table = sa.Table(
     "weather_stations", metadata,

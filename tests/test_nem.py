@@ -282,3 +282,25 @@ def test_serving_and_the_ingest_command_take_the_bundled_files_region_and_clock(
     assert (_region(None, nem), _time_zone(None, "NEM", {}, nem)) == ("NEM", "Australia/Brisbane")
     assert (_region(None, _bundled("-")), _time_zone(None, "PJM", {}, _bundled("other.csv"))) == ("PJM", "UTC")
     assert _time_zone("Australia/Sydney", "NEM", {}, nem) == "Australia/Sydney"
+
+
+def _weather_inputs() -> ModelInputs:
+    return ModelInputs(FeatureSpec(holiday_country="AU", covariates=(TEMPERATURE,)), input_length=48, max_horizon=24)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (lambda t: t * 1.8 + 32, "looks like degrees Fahrenheit"),  # a summer series sent in °F
+    (lambda t: t + 273.15, "not a plausible temperature_c: outside -60..60 °C"),  # kelvin
+])
+def test_a_weather_model_refuses_temperatures_in_another_unit(bad, reason):
+    inputs = _weather_inputs()
+    last = pd.DatetimeIndex([pd.Timestamp("2014-01-15 23:00")])
+    history = np.full((1, 48), 7000.0, np.float32)
+    past, future = np.full((1, 48, 1), 31.0, np.float32), np.full((1, 24, 1), 38.0, np.float32)
+    _, got_past, got_future = inputs.build(history, last, extra=(past, future))
+    assert got_past[0, :, -1].tolist() == [31.0] * 48 and got_future[0, :, -1].tolist() == [38.0] * 24
+    with pytest.raises(InputError, match=reason) as err:
+        inputs.build(history, last, extra=(bad(past), bad(future)))
+    assert err.value.field == "covariates"
+    with pytest.raises(InputError, match="NaN or infinite"):
+        inputs.build(history, last, extra=(past, np.where(np.arange(24)[None, :, None] == 5, np.nan, future)))
