@@ -238,3 +238,19 @@ def test_long_frame_round_trip_and_fingerprint_ignores_row_order():
     assert fingerprint(back) == fingerprint(table)  # float32 round trip of these values is exact
     assert fingerprint(table.sample(frac=1, random_state=1)) == fingerprint(table)
     assert fingerprint(table.assign(load_mw=table.load_mw + 1)) != fingerprint(table)
+
+
+def test_realistic_weather_forecast_errs_more_with_lead_time_and_alike_for_every_model():
+    from training.evaluate import WeatherForecastError
+
+    err = WeatherForecastError(seed=3)
+    first = pd.date_range("2014-01-01", periods=2000, freq="D")
+    e = err.errors("NSW", first, 48)
+    assert np.array_equal(e, WeatherForecastError(seed=3).errors("NSW", first, 48))  # every model the same
+    assert not np.array_equal(e, err.errors("VIC", first, 48))  # zones err independently
+    spread = e.std(axis=0)
+    assert 0.6 < spread[0] < 1.0 and 1.5 < spread[23] < 1.9 and 2.0 < spread[47] < 2.6
+    assert abs(e.mean()) < 0.15  # unbiased
+    observed = np.stack([np.full((2000, 48), 25.0), np.full((2000, 48), 1.0)], axis=2)
+    forecast = err.apply(observed, ["temperature_c", "price"], "NSW", first)
+    assert np.allclose(forecast[:, :, 0] - 25.0, e) and (forecast[:, :, 1] == 1.0).all()  # only weather moves

@@ -9,7 +9,9 @@ Nothing here trains: comparing a bundle with freshly fitted baselines is `traini
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,9 +22,46 @@ from models.bundle import Bundle
 from models.data import Series, Split
 from models.inputs import extra_covariates, forecast_origins
 from models.region import RegionPanel
+from models.series import WEATHER_VARIABLES
 
 SEASON = 168
 PROTOCOL_HORIZON = 48
+
+
+@dataclass(frozen=True)
+class WeatherForecastError:
+    """A realistic weather forecast for backtests: the observed value of each forecast hour plus an error
+    that grows with lead time, instead of the observed value itself (GEFCom's "perfect weather forecast").
+
+    The error of lead h hours is e(h) = b + w(h): b ~ N(0, initial_c²) is the station's representativeness
+    error (a forecast for a grid cell, read at a station, is off even at lead 0), and w is a random walk in
+    lead time with Var w(h) = per_sqrt_day_c² · h / 24, so neighbouring hours err alike (a front arriving
+    late shifts a whole afternoon) and the spread at 24 h and 48 h is about 1.7 and 2.3 °C: the 2-m
+    temperature RMSE of operational NWP at stations on days one and two. Each (zone, first forecast hour)
+    draws from its own seed, so every model of a run reads the same forecast. Only weather variables
+    (models.series.WEATHER_VARIABLES) are perturbed; other covariates are known exactly."""
+
+    initial_c: float = 0.8
+    per_sqrt_day_c: float = 1.5
+    seed: int = 0
+
+    def errors(self, zone: str, first_hours: pd.DatetimeIndex, hours: int) -> np.ndarray:
+        """Errors [N, hours] of the forecasts issued for `zone` with these first forecast hours."""
+        out = np.empty((len(first_hours), hours))
+        step = self.per_sqrt_day_c / np.sqrt(24.0)
+        code = zlib.crc32(zone.encode())
+        for i, t in enumerate(first_hours):
+            rng = np.random.default_rng([self.seed, code, int(t.value // 3_600_000_000_000) & 0xFFFFFFFF])
+            out[i] = rng.normal(0.0, self.initial_c) + np.cumsum(rng.normal(0.0, step, hours))
+        return out
+
+    def apply(self, future: np.ndarray, names: Sequence[str], zone: str, first_hours: pd.DatetimeIndex) -> np.ndarray:
+        """Covariates over the forecast hours [N, H, K] (columns `names`) with the weather columns forecast."""
+        future = future.copy()
+        for k, name in enumerate(names):
+            if name in WEATHER_VARIABLES:
+                future[:, :, k] += self.errors(zone, first_hours, future.shape[1]).astype(future.dtype)
+        return future
 
 
 def backtest(
@@ -33,9 +72,14 @@ def backtest(
     origin_hour: int = 0,
     column: str | None = None,
     issue_times: pd.DatetimeIndex | None = None,
+    weather: WeatherForecastError | None = None,
 ) -> pd.DataFrame:
     """Forecasts of `bundle` at every protocol origin (or at `issue_times` instead: first forecast hours,
     e.g. those of the forecasts a service issued): one row per (zone, cutoff, step).
+
+    A model reading weather covariates reads the observed weather of the history's hours and, for the
+    forecast hours, the observed values too (a perfect weather forecast), or with `weather` a realistic
+    forecast (WeatherForecastError).
 
     Columns: zone, cutoff (first forecast hour), ds, step, y, then `<name>-q<level>` for each quantile
     and `<name>` for the point forecast (the median).
@@ -63,7 +107,10 @@ def backtest(
         if n_extra:
             extra = extra_covariates(s, bundle.features)  # [T, K]
             past_extra.append(sliding_window_view(extra, length, axis=0)[origins - length].transpose(0, 2, 1))
-            future_extra.append(sliding_window_view(extra, reach, axis=0)[origins].transpose(0, 2, 1))
+            future = sliding_window_view(extra, reach, axis=0)[origins].transpose(0, 2, 1)
+            if weather is not None:
+                future = weather.apply(future, bundle.features.covariates, s.zone, s.timestamps[origins])
+            future_extra.append(future)
         if panel is not None:
             regions.append(panel.windows(panel.positions(s.timestamps[origins]), length))
     if not histories:
