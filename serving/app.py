@@ -158,6 +158,14 @@ def open_store(args: AppArgs, log: Callable[[str], None] | None = None) -> Store
                 f"store {store.display_url}: seeded {result.received:,} readings from {source}: "
                 f"{result.inserted:,} inserted, {result.unchanged + result.replaced:,} already held, "
                 f"{len(result.rejected):,} rejected{rejection_summary(result.rejected)}")
+        bundled = bundled_region(args.data) if args.data else None
+        if bundled is not None and bundled.name == "NEM":  # its states' temperatures too: stations and observations
+            from models.weather import seed_nem_weather
+
+            seeded = seed_nem_weather(store, args.data, until=args.seed_until)
+            if log is not None and seeded is not None:
+                log(f"store {store.display_url}: seeded {seeded.inserted:,} hourly temperature observations of the "
+                    "NEM's state capitals (weather forecasts are ingested separately: models.weather)")
     return store
 
 

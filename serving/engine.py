@@ -11,6 +11,7 @@ field; nothing else is shown to callers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -27,9 +28,9 @@ from models.baselines import weekly_fallback
 from models.bundle import Bundle
 from models.data import MAX_INTERPOLATE_HOURS, Series, load_series
 from models.features import region_channels
-from models.inputs import CalendarGrid
-from models.series import DEFAULT_REGION, shown
-from models.store import Store
+from models.inputs import CalendarGrid, InputError
+from models.series import DEFAULT_REGION, WEATHER_VARIABLES, shown
+from models.store import Store, StoreError
 from serving.api.energyopt.v1 import forecast_pb2 as pb
 from serving.live import HourlyView, LiveHistory
 
@@ -339,10 +340,13 @@ class Engine:
 
     def region_job(self, req: pb.ForecastRegionRequest) -> Job:
         self.check_model(req.model)
-        if self.bundle.features.covariates:
+        variables = list(self.bundle.features.covariates)
+        if any(v not in WEATHER_VARIABLES for v in variables):
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"model: {self.bundle.name} needs covariates {list(self.bundle.features.covariates)} "
-                           "for every hour, which the server's history does not hold; use ForecastSeries")
+                           f"model: {self.bundle.name} needs covariates {variables} for every hour, which the server "
+                           f"holds only for weather variables {sorted(WEATHER_VARIABLES)}; use ForecastSeries")
+        if req.weather and not variables:
+            raise invalid(f"weather: model {self.bundle.name} reads no weather; send none")
         watermark = self.live.refresh()
         regions = self.regions
         if not req.region:
@@ -392,6 +396,21 @@ class Engine:
         else:
             past, future, stamps = self.calendar(issue - HOUR)
             past, future = np.broadcast_to(past, (n, *past.shape)), np.broadcast_to(future, (n, *future.shape))
+        used: list[pb.WeatherUsed] = []
+        weather_keys: list[bytes] = [b""] * n
+        if variables and n:  # each zone's weather, in the extra covariate columns (before the region's)
+            tz = self.live.time_zone(region_zones)
+            model_zones = [zones[i] for i in model]
+            values, used, weather_keys = (self._carried_weather(req, model_zones, zones, horizon) if req.weather
+                                          else self._stored_weather(model_zones, issue, tz, stamps, horizon))
+            blank = [np.zeros((*a.shape[:2], len(variables)), np.float32) for a in (past, future)]  # their columns
+            try:
+                past, future = self.inputs.with_extra(np.concatenate([past, blank[0]], axis=2),
+                                                      np.concatenate([future, blank[1]], axis=2), values)
+            except InputError as err:
+                raise invalid(f"weather: {err}") from None
+        elif variables and req.weather:
+            self._carried_weather(req, [], zones, horizon)  # checked even when every zone falls back
         if self.bundle.region_zones:  # the same context for every zone of the request, and each zone's name
             context = region_channels(np.stack([views[z].window(issue, length) for z in self.bundle.region_zones],
                                                axis=1))
@@ -400,7 +419,7 @@ class Engine:
 
         def respond(out: np.ndarray) -> pb.ForecastRegionResponse:
             resp = pb.ForecastRegionResponse(region=req.region, issue_time=issue.isoformat(), model=self.model_ref,
-                                             fallback_zones=len(fallbacks), watermark=watermark)
+                                             fallback_zones=len(fallbacks), watermark=watermark, weather=used)
             ts = stamps[:horizon]
             rows = dict(zip(model.tolist(), out[:, :horizon]))  # request position -> model quantiles [H, Q]
             total_point, total_q = np.zeros(horizon), np.zeros((horizon, len(self.levels)))
@@ -423,9 +442,109 @@ class Engine:
             _fill(resp.total, TOTAL, ts, total_point, total_q, levels, columns)
             return resp
 
+        # weather is not ordered by the watermark: the values read are part of what makes two requests equal
         key = (req.region, issue, watermark)
-        return Job(self, windows[model], past, future, respond, keys=[(*key, zones[i]) for i in model],
-                   answer_key=(*key, tuple(zones), horizon, tuple(levels)))
+        return Job(self, windows[model], past, future, respond,
+                   keys=[(*key, zones[i], weather_keys[j]) for j, i in enumerate(model)],
+                   answer_key=(*key, tuple(zones), horizon, tuple(levels), tuple(weather_keys)))
+
+    def _stored_weather(self, zones: Sequence[str], issue: pd.Timestamp, time_zone: str, stamps: Sequence[str],
+                        horizon: int) -> tuple[tuple[np.ndarray, np.ndarray], list[pb.WeatherUsed], list[bytes]]:
+        """Each zone's weather from the store: observations for the input_length hours before `issue` (an
+        hour not observed yet is read from the forecast below, counted in the response), and for the first
+        `horizon` forecast hours `stamps` the latest forecast issued at or before `issue`, as it was known then
+        (the later hours the model reads are held at the last value: each forecast hour reads only its own
+        hour's weather, so they change no answered hour). A zone without a station, or an hour neither
+        covers: FAILED_PRECONDITION naming them (never a silently filled hour)."""
+        from models import weather  # the weather tables; only weather models read them
+
+        store, length, variables = self.live.store, self.bundle.input_length, list(self.bundle.features.covariates)
+        stations = weather.zone_stations(store, list(zones))
+        unmapped = [z for z in zones if z not in stations]
+        if unmapped:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"weather: model {self.bundle.name} reads {variables}, and zones {unmapped} have no weather "
+                           "station in the store (register one and map the zone to it: models.weather.map_zones)")
+        wall = pd.DatetimeIndex([issue - (length - k) * HOUR for k in range(length)] + list(pd.DatetimeIndex(stamps)))
+        hours = (wall.tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward").as_unit("s").asi8)
+        before = int(pd.Timestamp(issue).tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward")
+                     .timestamp())
+        past = np.empty((len(zones), length, len(variables)), np.float32)
+        future = np.empty((len(zones), len(stamps), len(variables)), np.float32)
+        used, keys = [], []
+        for i, zone in enumerate(zones):
+            digest = hashlib.blake2b(digest_size=16)
+            for k, variable in enumerate(variables):
+                station = stations[zone]
+                try:
+                    seen = weather.observations(store, station, variable, int(hours[0]), int(hours[length - 1]) + 1)
+                    latest = weather.latest_forecast(store, station, variable, before, hours)
+                except StoreError as err:
+                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"weather: zone {zone}: {err}") from None
+                observed = pd.Series(seen["value"].to_numpy(), index=seen["ts"].to_numpy()).reindex(hours[:length])
+                gap = observed.isna().to_numpy()
+                values = np.concatenate([np.where(gap, latest.value[:length], observed.to_numpy()),
+                                         latest.value[length:length + horizon]])
+                missing = hours[:length + horizon][np.isnan(values)]
+                if len(missing):
+                    first = ", ".join(pd.Timestamp(int(t), unit="s", tz="UTC").isoformat() for t in missing[:4])
+                    more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+                    reason = latest.describe_missing(limit=0) if latest.issued_ts is None else \
+                        f"the {variable} forecast for station {station} issued " \
+                        f"{pd.Timestamp(latest.issued_ts, unit='s', tz='UTC').isoformat()} does not cover them"
+                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"weather: zone {zone} (station {station}) has no {variable} for {len(missing)} of "
+                                   f"the hours the model reads: {first}{more} ({reason}; ingest observations or a "
+                                   "newer weather forecast)")
+                values = np.concatenate([values, np.full(len(stamps) - horizon, values[-1])])
+                past[i, :, k], future[i, :, k] = values[:length], values[length:]
+                digest.update(values.astype(np.float32).tobytes())
+                used.append(pb.WeatherUsed(zone=zone, variable=variable, source="store", station=station,
+                                           forecast_issued=pd.Timestamp(latest.issued_ts, unit="s", tz="UTC")
+                                           .isoformat() if latest.issued_ts is not None else "",
+                                           past_hours_from_forecast=int(gap.sum())))
+            keys.append(digest.digest())
+        return (past, future), used, keys
+
+    def _carried_weather(self, req: pb.ForecastRegionRequest, zones: Sequence[str], request_zones: Sequence[str],
+                         horizon: int) -> tuple[tuple[np.ndarray, np.ndarray], list[pb.WeatherUsed], list[bytes]]:
+        """The request's own weather for the model's `zones`: one entry per zone of the request and variable
+        of the model, `input_length` past values and at least `horizon` future ones (held at the last value
+        for the later hours the model reads; each forecast hour reads only its own hour's weather)."""
+        length, full_h = self.bundle.input_length, self.bundle.max_horizon
+        variables = list(self.bundle.features.covariates)
+        given: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        for j, w in enumerate(req.weather):
+            at = f"weather[{j}]"
+            if w.zone not in request_zones:
+                raise invalid(f"{at}.zone: {shown(w.zone)} is not a zone of the request ({list(request_zones)})")
+            if w.variable not in variables:
+                raise invalid(f"{at}.variable: model {self.bundle.name} reads weather {variables}, not "
+                              f"{shown(w.variable)}")
+            if (w.zone, w.variable) in given:
+                raise invalid(f"{at}: {w.variable} of zone {w.zone} is given twice")
+            past, future = float32_values(w.past, f"{at}.past"), float32_values(w.future, f"{at}.future")
+            if len(past) != length:
+                raise invalid(f"{at}.past: the model reads the {length} hours before issue_time, got {len(past)} "
+                              "values")
+            if not horizon <= len(future) <= full_h:
+                raise invalid(f"{at}.future: {horizon} to {full_h} hourly values from issue_time (the horizon at "
+                              f"least), got {len(future)}")
+            if not (np.isfinite(past).all() and np.isfinite(future).all()):
+                raise invalid(f"{at}: NaN or infinite values; send every hour's {w.variable}")
+            given[(w.zone, w.variable)] = past, np.concatenate([future, np.full(full_h - len(future), future[-1])])
+        missing = [f"{z}/{v}" for z in request_zones for v in variables if (z, v) not in given]
+        if missing:
+            raise invalid(f"weather: missing {missing}; a request that carries weather carries every zone's "
+                          f"{variables}")
+        past = np.stack([np.stack([given[(z, v)][0] for v in variables], axis=1) for z in zones]) if zones else \
+            np.empty((0, length, len(variables)), np.float32)
+        future = np.stack([np.stack([given[(z, v)][1] for v in variables], axis=1) for z in zones]) if zones else \
+            np.empty((0, full_h, len(variables)), np.float32)
+        used = [pb.WeatherUsed(zone=z, variable=v, source="request") for z in zones for v in variables]
+        keys = [hashlib.blake2b(past[i].tobytes() + future[i].tobytes(), digest_size=16).digest()
+                for i in range(len(zones))]
+        return (past, future), used, keys
 
     def _fallback_reason(self, view: HourlyView, issue: pd.Timestamp) -> str:
         """Why a zone gets the fallback forecast from `issue`."""
@@ -480,7 +599,10 @@ class Engine:
             if extra or s.covariates:
                 extra_past[i], extra_future[i] = self._covariates(s, where, len(values))
             stamps.append(ts[:horizon])
-        past, future = self.inputs.with_extra(past, future, (extra_past, extra_future) if extra else None)
+        try:  # the values' plausibility (a weather covariate in another unit), checked over the whole request
+            past, future = self.inputs.with_extra(past, future, (extra_past, extra_future) if extra else None)
+        except InputError as err:
+            raise invalid(f"series.covariates: {err}") from None
 
         def respond(out: np.ndarray) -> pb.ForecastSeriesResponse:
             resp = pb.ForecastSeriesResponse(model=self.model_ref)

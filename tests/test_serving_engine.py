@@ -229,10 +229,22 @@ def test_covariates_reach_the_model(covariate_engine: Engine):
     assert not np.allclose(changed.forecasts[0].point, response.forecasts[0].point)
 
 
-def test_region_forecasts_need_a_model_without_covariates(covariate_engine: Engine):
+def test_region_forecasts_of_a_weather_model_need_the_zones_weather(covariate_engine: Engine):
+    # the synthetic zones have no weather station (tests/test_weather_serving.py: the NEM's have)
     with pytest.raises(ApiError) as err:
         covariate_engine.region_job(pb.ForecastRegionRequest(region="SYN", horizon=6))
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "ForecastSeries" in err.value.message
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION, err.value.message
+    assert "zones ['Z000', 'Z001', 'Z002'] have no weather station" in err.value.message
+
+
+def test_a_covariate_in_fahrenheit_is_refused_by_name(covariate_engine: Engine):
+    request = pb.ForecastSeriesRequest(horizon=6)
+    request.series.add(history=[1000.0] * 60, last_timestamp="2021-07-01T12:00:00").covariates.add(
+        name="temperature_c", past=[86.0 + k % 7 for k in range(60)], future=[95.0] * 12)  # a hot day in °F
+    with pytest.raises(ApiError) as err:
+        covariate_engine.series_job(request)
+    assert err.value.code == INVALID and err.value.message.startswith(
+        "series.covariates: covariate temperature_c looks like degrees Fahrenheit"), err.value.message
 
 
 def test_calendar_slices_equal_computed_features(engine: Engine):

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ForecastRegionRequest(_message.Message):
-    __slots__ = ("region", "horizon", "quantiles", "zones", "issue_time", "model", "archive")
+    __slots__ = ("region", "horizon", "quantiles", "zones", "issue_time", "model", "archive", "weather")
     REGION_FIELD_NUMBER: _ClassVar[int]
     HORIZON_FIELD_NUMBER: _ClassVar[int]
     QUANTILES_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class ForecastRegionRequest(_message.Message):
     ISSUE_TIME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    WEATHER_FIELD_NUMBER: _ClassVar[int]
     region: str
     horizon: int
     quantiles: _containers.RepeatedScalarFieldContainer[float]
@@ -22,10 +23,39 @@ class ForecastRegionRequest(_message.Message):
     issue_time: str
     model: str
     archive: bool
-    def __init__(self, region: _Optional[str] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., zones: _Optional[_Iterable[str]] = ..., issue_time: _Optional[str] = ..., model: _Optional[str] = ..., archive: _Optional[bool] = ...) -> None: ...
+    weather: _containers.RepeatedCompositeFieldContainer[ZoneWeather]
+    def __init__(self, region: _Optional[str] = ..., horizon: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., zones: _Optional[_Iterable[str]] = ..., issue_time: _Optional[str] = ..., model: _Optional[str] = ..., archive: _Optional[bool] = ..., weather: _Optional[_Iterable[_Union[ZoneWeather, _Mapping]]] = ...) -> None: ...
+
+class ZoneWeather(_message.Message):
+    __slots__ = ("zone", "variable", "past", "future")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    PAST_FIELD_NUMBER: _ClassVar[int]
+    FUTURE_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    variable: str
+    past: _containers.RepeatedScalarFieldContainer[float]
+    future: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, zone: _Optional[str] = ..., variable: _Optional[str] = ..., past: _Optional[_Iterable[float]] = ..., future: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class WeatherUsed(_message.Message):
+    __slots__ = ("zone", "variable", "source", "station", "forecast_issued", "past_hours_from_forecast")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATION_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_ISSUED_FIELD_NUMBER: _ClassVar[int]
+    PAST_HOURS_FROM_FORECAST_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    variable: str
+    source: str
+    station: str
+    forecast_issued: str
+    past_hours_from_forecast: int
+    def __init__(self, zone: _Optional[str] = ..., variable: _Optional[str] = ..., source: _Optional[str] = ..., station: _Optional[str] = ..., forecast_issued: _Optional[str] = ..., past_hours_from_forecast: _Optional[int] = ...) -> None: ...
 
 class ForecastRegionResponse(_message.Message):
-    __slots__ = ("region", "issue_time", "zones", "total", "model", "fallback_zones", "watermark", "forecast_id")
+    __slots__ = ("region", "issue_time", "zones", "total", "model", "fallback_zones", "watermark", "forecast_id", "weather")
     REGION_FIELD_NUMBER: _ClassVar[int]
     ISSUE_TIME_FIELD_NUMBER: _ClassVar[int]
     ZONES_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +64,7 @@ class ForecastRegionResponse(_message.Message):
     FALLBACK_ZONES_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
     FORECAST_ID_FIELD_NUMBER: _ClassVar[int]
+    WEATHER_FIELD_NUMBER: _ClassVar[int]
     region: str
     issue_time: str
     zones: _containers.RepeatedCompositeFieldContainer[Forecast]
@@ -42,7 +73,8 @@ class ForecastRegionResponse(_message.Message):
     fallback_zones: int
     watermark: int
     forecast_id: str
-    def __init__(self, region: _Optional[str] = ..., issue_time: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., total: _Optional[_Union[Forecast, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., fallback_zones: _Optional[int] = ..., watermark: _Optional[int] = ..., forecast_id: _Optional[str] = ...) -> None: ...
+    weather: _containers.RepeatedCompositeFieldContainer[WeatherUsed]
+    def __init__(self, region: _Optional[str] = ..., issue_time: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[Forecast, _Mapping]]] = ..., total: _Optional[_Union[Forecast, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., fallback_zones: _Optional[int] = ..., watermark: _Optional[int] = ..., forecast_id: _Optional[str] = ..., weather: _Optional[_Iterable[_Union[WeatherUsed, _Mapping]]] = ...) -> None: ...
 
 class ForecastSeriesRequest(_message.Message):
     __slots__ = ("series", "horizon", "quantiles", "model")
