@@ -4,7 +4,8 @@
 
 The pipeline streams; no stage holds the whole input in one process:
 
-    read_parquet(zone, timestamp, load_mw)          local path or any pyarrow filesystem URI
+    read_parquet(zone, timestamp, load_mw[, weather]) local path or any pyarrow filesystem URI; a weather
+                                                     model's columns too (forecast hours: rows with no load)
       -> repartition(keys=[zone]).map_batches(_last_windows)
                                                      one row per series: its last `input_length` hours
                                                      (input written zone by zone, as exports usually
@@ -62,7 +63,7 @@ import torch
 from models.bundle import Bundle, load_bundle
 from models.data import hour_runs, mean_per_run
 from models.runtime import ensure_ray
-from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, ZONE
+from models.series import LOAD, REQUIRED_COLUMNS, TIMESTAMP, WEATHER_VARIABLES, ZONE
 
 HOUR_NS = 3_600_000_000_000
 SUCCESS_FILE, SKIPPED_FILE = "_SUCCESS", "_skipped.parquet"
@@ -83,46 +84,94 @@ class ScoreResult:
 
 # ------------------------------------------------------------------------------------------------ stages
 
-def _last_windows(block: pa.Table, length: int, skip_log: Any) -> dict[str, np.ndarray]:
+def _last_windows(block: pa.Table, length: int, skip_log: Any, weather: tuple[str, ...] = (),
+                  horizon: int = 0, full_horizon: int = 0) -> dict[str, np.ndarray]:
     """Every series of a block (whole series: the block comes from a hash partition on zone) -> one row
     each: zone, last hour (int64 ns), its last `length` loads; vectorized over the block's series.
 
     Duplicate hours (daylight saving) are averaged, as ingest does. A series without `length`
-    contiguous, finite hours at its end is reported to `skip_log` and yields no row."""
+    contiguous, finite hours at its end is reported to `skip_log` and yields no row.
+
+    For a model that reads `weather` columns (e.g. temperature_c), a series' history ends at its last row
+    with a load; the rows after it, without a load, carry the forecast hours' weather: `horizon` of them at
+    least, contiguous, from the hour after (the later hours of the model's `full_horizon` are held at the
+    last value, as in ForecastRegion). Each row then has weather_past [length, K] and weather_future
+    [full_horizon, K]; a series whose weather is missing, NaN or implausible (models.series.WEATHER_VARIABLES:
+    a °F column is named as such) is skipped with the reason."""
+    k_weather = len(weather)
     if block.num_rows == 0:
-        return {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
-                "history": np.zeros((0, length), np.float32)}
+        empty = {"zone": np.array([], dtype=object), "last": np.array([], np.int64),
+                 "history": np.zeros((0, length), np.float32)}
+        if k_weather:
+            empty |= {"weather_past": np.zeros((0, length, k_weather), np.float32),
+                      "weather_future": np.zeros((0, full_horizon, k_weather), np.float32)}
+        return empty
     zone_codes = pc.dictionary_encode(block.column(ZONE)).combine_chunks()
     names = zone_codes.dictionary.to_numpy(zero_copy_only=False)
     codes = zone_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     stamps = block.column(TIMESTAMP)
     stamps = pc.cast(stamps, pa.timestamp("ns", stamps.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
     loads = block.column(LOAD).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    temps = np.stack([block.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False) for c in weather],
+                     axis=1) if k_weather else np.zeros((len(loads), 0))
     step_zone, step_hour = np.diff(codes), np.diff(stamps)
     if not ((step_zone > 0) | ((step_zone == 0) & (step_hour >= 0))).all():  # already ordered: skip the sort
         order = np.lexsort((stamps, codes))
-        codes, stamps, loads = codes[order], stamps[order], loads[order]
+        codes, stamps, loads, temps = codes[order], stamps[order], loads[order], temps[order]
     starts = hour_runs(codes, stamps)
     if len(starts) < len(codes):
-        loads, codes, stamps = mean_per_run(loads, starts), codes[starts], stamps[starts]
+        loads, temps = mean_per_run(loads, starts), mean_per_run(temps, starts)
+        codes, stamps = codes[starts], stamps[starts]
     # series boundaries [begin, end)
     begin = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     end = np.append(begin[1:], len(codes))
-    n_hours = end - begin
-    ok = n_hours >= length
     last_idx = end - 1
-    first_idx = np.where(ok, end - length, begin)
+    if k_weather:  # the history ends at the series' last row with a load; the rows after it are forecast hours
+        with_load = np.where(np.isfinite(loads), np.arange(len(loads)), -1)
+        last_idx = np.maximum(np.maximum.reduceat(with_load, begin), begin)
+    n_hours = last_idx + 1 - begin
+    ok = n_hours >= length
+    first_idx = np.where(ok, last_idx + 1 - length, begin)
     # unique sorted hours: the last `length` are contiguous iff they span exactly length - 1 hours
     contiguous = stamps[last_idx] - stamps[first_idx] == (length - 1) * HOUR_NS
-    windows = loads[np.minimum(first_idx[:, None] + np.arange(length), len(loads) - 1)]
+    rows = np.minimum(first_idx[:, None] + np.arange(length), len(loads) - 1)
+    windows = loads[rows]
     good = ok & contiguous & np.isfinite(windows).all(axis=1)
-    for k in np.flatnonzero(~good):  # rare: report and skip (fire and forget; collected at the end)
-        reason = (f"{n_hours[k]} hours of history; the model reads {length}" if not ok[k] else
-                  f"the last {length} hours are not contiguous hourly values (gaps or sub-hourly stamps)"
-                  if not contiguous[k] else f"missing (NaN) or infinite load in the last {length} hours")
-        skip_log.add.remote(str(names[codes[begin[k]]]), reason)
-    return {"zone": names[codes[begin[good]]].astype(object), "last": stamps[last_idx[good]],
-            "history": windows[good].astype(np.float32)}
+    reasons: dict[int, str] = {}
+    if k_weather:
+        ahead = np.minimum(last_idx[:, None] + 1 + np.arange(horizon), len(loads) - 1)  # [S, horizon]
+        covered = (last_idx + horizon < end) & (stamps[ahead[:, -1]] - stamps[last_idx] == horizon * HOUR_NS)
+        past_w, future_w = temps[rows], temps[ahead]  # [S, L, K], [S, horizon, K]
+        finite = np.isfinite(past_w).all(axis=(1, 2)) & np.isfinite(future_w).all(axis=(1, 2))
+        for k in np.flatnonzero(good & ~(covered & finite)):
+            reasons[k] = (f"weather {list(weather)}: the model reads {horizon} forecast hours after the last load "
+                          f"({n_hours[k]} h of history), given as rows with the weather and no load; "
+                          f"{'they are not all there' if not covered[k] else 'some are missing (NaN)'}")
+        good &= covered & finite
+        for k in np.flatnonzero(good):  # per series, as ForecastRegion checks a request's
+            for j, name in enumerate(weather):
+                problem = WEATHER_VARIABLES[name].implausible(np.r_[past_w[k, :, j], future_w[k, :, j]])
+                if problem:
+                    reasons[k], good[k] = f"weather: {problem}", False
+                    break
+    reported = []
+    for k in np.flatnonzero(~good):  # rare: report and skip
+        reason = reasons.get(k) or (
+            f"{n_hours[k]} hours of history; the model reads {length}" if not ok[k] else
+            f"the last {length} hours are not contiguous hourly values (gaps or sub-hourly stamps)"
+            if not contiguous[k] else f"missing (NaN) or infinite load in the last {length} hours")
+        reported.append(skip_log.add.remote(str(names[codes[begin[k]]]), reason))
+    if reported:  # held before the task ends: the driver reads the log once every task has ended
+        import ray
+
+        ray.get(reported)
+    out = {"zone": names[codes[begin[good]]].astype(object), "last": stamps[last_idx[good]],
+           "history": windows[good].astype(np.float32)}
+    if k_weather:
+        held = np.repeat(future_w[good][:, -1:], full_horizon - horizon, axis=1)  # later hours: the last value
+        out |= {"weather_past": past_w[good].astype(np.float32),
+                "weather_future": np.concatenate([future_w[good], held], axis=1).astype(np.float32)}
+    return out
 
 
 class _Forecaster:
@@ -140,15 +189,22 @@ class _Forecaster:
         last = pd.DatetimeIndex(batch["last"].astype("datetime64[ns]"))
         if self.tz:
             last = last.tz_localize("UTC").tz_convert(self.tz)
-        history = np.stack(batch["history"]) if batch["history"].dtype == object else batch["history"]
+        history = _stacked(batch["history"])
         zones = batch["zone"].astype(str).tolist() if self.bundle.features.zone_dependent else None  # holidays
-        q = self.bundle.predict(history, last, self.horizon, zones=zones, device=self.device)  # [B, H, Q]
+        extra = (_stacked(batch["weather_past"]), _stacked(batch["weather_future"])) if "weather_past" in batch \
+            else None
+        q = self.bundle.predict(history, last, self.horizon, zones=zones, extra=extra, device=self.device)
         if not np.isfinite(q).all():  # finite windows in, so the model is broken: never write it as a result
             bad = sorted(str(z) for z in batch["zone"][~np.isfinite(q).all(axis=(1, 2))])
             raise ScoringError(f"model {self.bundle.name} {self.bundle.version} forecast NaN or infinity for "
                                f"{len(bad)} series ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) from "
                                "finite histories: its weights are broken; retrain it")
         return forecast_table(batch["zone"], batch["last"], q, self.bundle, self.tz)
+
+
+def _stacked(column: np.ndarray) -> np.ndarray:
+    """A tensor column of a numpy batch as one array (Ray may hand it over as an object array of rows)."""
+    return np.stack(column) if column.dtype == object else column
 
 
 def forecast_table(zones: np.ndarray, last_ns: np.ndarray, quantiles: np.ndarray, bundle: Bundle,
@@ -177,8 +233,9 @@ def _resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
         raise ScoringError(f"cannot open {uri}: {err}") from None
 
 
-def inspect_input(path: str | Path) -> tuple[pafs.FileSystem, str, pa.Schema, int]:
-    """Check the input before any work starts: it exists, is Parquet, has the columns, has rows."""
+def inspect_input(path: str | Path, weather: tuple[str, ...] = ()) -> tuple[pafs.FileSystem, str, pa.Schema, int]:
+    """Check the input before any work starts: it exists, is Parquet, has the columns (and the `weather`
+    columns a model reads), has rows."""
     fs, where = _resolve(path)
     if fs.get_file_info(where).type == pafs.FileType.NotFound:
         raise ScoringError(f"input {path} does not exist")
@@ -193,8 +250,13 @@ def inspect_input(path: str | Path) -> tuple[pafs.FileSystem, str, pa.Schema, in
     if not pa.types.is_timestamp(schema.field(TIMESTAMP).type):
         raise ScoringError(f"input column {TIMESTAMP!r} is {schema.field(TIMESTAMP).type}, not a timestamp; "
                            "write it as a Parquet timestamp (pandas datetime64)")
-    if not (pa.types.is_floating(schema.field(LOAD).type) or pa.types.is_integer(schema.field(LOAD).type)):
-        raise ScoringError(f"input column {LOAD!r} is {schema.field(LOAD).type}, not numeric")
+    if missing := [c for c in weather if c not in schema.names]:
+        raise ScoringError(f"input {path} lacks weather column(s) {missing} that the model reads; it has "
+                           f"{schema.names}. Give each hour's value, and rows without a load for the forecast "
+                           "hours' weather")
+    for column in (LOAD, *weather):
+        if not (pa.types.is_floating(schema.field(column).type) or pa.types.is_integer(schema.field(column).type)):
+            raise ScoringError(f"input column {column!r} is {schema.field(column).type}, not numeric")
     if rows == 0:
         raise ScoringError(f"input {path} has no rows")
     return fs, where, schema, rows
@@ -341,17 +403,17 @@ def zone_ordered_units(fs: pafs.FileSystem, path: str, max_files: int = 10_000) 
     return units
 
 
-def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: pafs.FileSystem, length: int,
-                       skip_log: Any) -> dict[str, np.ndarray]:
+def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: pafs.FileSystem, skip_log: Any,
+                       window: dict[str, Any]) -> dict[str, np.ndarray]:
     """Read-and-window task of the ordered path: the unit's row groups, its own zones -> `_last_windows`."""
     import pyarrow.parquet as pq
 
-    parts = []
+    parts, columns = [], [*REQUIRED_COLUMNS, *window["weather"]]
     for k in batch["id"]:
         unit = units[int(k)]
         for file, row_groups in unit.parts:
             with fs.open_input_file(file) as handle:
-                table = pq.ParquetFile(handle).read_row_groups(row_groups, columns=list(REQUIRED_COLUMNS))
+                table = pq.ParquetFile(handle).read_row_groups(row_groups, columns=columns)
             zone = table.column(ZONE)
             keep = None
             if unit.low is not None:
@@ -360,7 +422,7 @@ def _read_unit_windows(batch: dict[str, np.ndarray], units: list[ReadUnit], fs: 
                 below = pc.less(zone, unit.high)
                 keep = below if keep is None else pc.and_(keep, below)
             parts.append(table if keep is None else table.filter(keep))
-    return _last_windows(pa.concat_tables(parts, promote_options="default"), length, skip_log)
+    return _last_windows(pa.concat_tables(parts, promote_options="default"), skip_log=skip_log, **window)
 
 
 ACTOR_CPUS = 0.5  # a forecasting actor's CPU reservation (torch runs one thread in each)
@@ -425,7 +487,10 @@ def _score(model: str | Path, input: str | Path, output: str | Path, *, num_work
     bundle, horizon = _scoring_bundle(model, horizon)
     if batch_size < 1 or (num_workers is not None and num_workers < 1):
         raise ScoringError("--batch-size and --num-workers must be at least 1")
-    in_fs, in_path, schema, rows = inspect_input(input)
+    weather = tuple(bundle.features.covariates)
+    in_fs, in_path, schema, rows = inspect_input(input, weather)
+    window = {"length": bundle.input_length, "weather": weather, "horizon": horizon,
+              "full_horizon": bundle.max_horizon}
     out_fs, out_path, tmp = _prepare_output(output)
     tz = schema.field(TIMESTAMP).type.tz
     ray_was_up = ray.is_initialized()
@@ -437,7 +502,7 @@ def _score(model: str | Path, input: str | Path, output: str | Path, *, num_work
         skip_log = ray.remote(num_cpus=0)(_SkipLog).remote()
         log(f"scoring {rows:,} rows from {input} with {bundle.name} {bundle.version}: "
             f"{workers} worker(s), {batch_size} series per batch, {horizon} h ahead")
-        windows = _windows(in_fs, in_path, rows, bundle.input_length, workers, skip_log, log)
+        windows = _windows(in_fs, in_path, rows, window, workers, skip_log, log)
         forecasts = windows.map_batches(
             _Forecaster, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_args=(ray.put(bundle), horizon, tz, "cuda" if use_gpu else "cpu"),
@@ -475,9 +540,9 @@ def _scoring_bundle(model: str | Path, horizon: int | None) -> tuple[Bundle, int
         bundle = load_bundle(model)
     except ValueError as err:
         raise ScoringError(str(err)) from None
-    if bundle.features.covariates:
-        raise ScoringError(f"model {model} needs covariates {list(bundle.features.covariates)}; batch scoring "
-                           "serves calendar-only models")
+    if other := [c for c in bundle.features.covariates if c not in WEATHER_VARIABLES]:
+        raise ScoringError(f"model {model} needs covariates {other}; batch scoring reads calendar and weather "
+                           f"({sorted(WEATHER_VARIABLES)}) only")
     if bundle.region_zones:
         raise ScoringError(f"model {model} reads the recent load of zones {list(bundle.region_zones)} beside each "
                            "series, which batch scoring of independent series does not have; score with a model "
@@ -488,9 +553,10 @@ def _scoring_bundle(model: str | Path, horizon: int | None) -> tuple[Bundle, int
     return bundle, horizon
 
 
-def _windows(fs: pafs.FileSystem, path: str, rows: int, length: int, workers: int, skip_log: Any,
+def _windows(fs: pafs.FileSystem, path: str, rows: int, window: dict[str, Any], workers: int, skip_log: Any,
              log: Callable[[str], None]) -> Any:
-    """The Ray Data stage that turns the input into one row per series (`_last_windows`)."""
+    """The Ray Data stage that turns the input into one row per series (`_last_windows` with `window`: its
+    length, weather columns and horizons)."""
     import ray.data
 
     units = zone_ordered_units(fs, path)
@@ -498,15 +564,15 @@ def _windows(fs: pafs.FileSystem, path: str, rows: int, length: int, workers: in
         log(f"input ordered by zone: {len(units)} read task(s), no shuffle")
         return ray.data.range(len(units), override_num_blocks=len(units)).map_batches(  # column "id": unit index
             _read_unit_windows, batch_size=1, batch_format="numpy",
-            fn_kwargs={"units": units, "fs": fs, "length": length, "skip_log": skip_log})
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=list(REQUIRED_COLUMNS))
+            fn_kwargs={"units": units, "fs": fs, "skip_log": skip_log, "window": window})
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=[*REQUIRED_COLUMNS, *window["weather"]])
     # hash-partition by zone: ~1M rows per partition keeps every shuffle block small
     partitions = max(workers, min(200, rows // UNIT_ROWS + 1))
     # Every row of a zone lands in the same block (this is what `groupby().map_groups()` builds on),
     # so one vectorized call per block finds all its series' windows, rather than a call per series.
     return ds.repartition(partitions, keys=[ZONE], sort=True).map_batches(
         _last_windows, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"length": length, "skip_log": skip_log})
+        fn_kwargs={"skip_log": skip_log, **window})
 
 
 def _publish(fs: pafs.FileSystem, tmp: str, target: str, skipped: list[tuple[str, str]], manifest: dict) -> None:

@@ -202,3 +202,66 @@ def test_cli_score_prints_a_summary_and_fails_with_one_line(ray_session, tiny_bu
     bad = runner.invoke(app, ["score", "--model", str(tmp_path / "nope"), "--input", str(good), "--output",
                               str(tmp_path / "out")])
     assert bad.exit_code == 2 and "no model bundle at" in bad.output and "Traceback" not in bad.output
+
+
+# ---------------------------------------------------------------------------------------------- weather
+
+@pytest.fixture(scope="module")
+def weather_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) model that reads temperature_c: the plumbing is what is checked, against predict."""
+    import torch
+
+    from models.bundle import save_bundle
+    from models.features import FeatureSpec
+    from models.forecaster import ForecasterConfig, QuantileForecaster
+
+    torch.manual_seed(0)
+    spec = FeatureSpec(covariates=("temperature_c",))
+    model = QuantileForecaster(ForecasterConfig(type="lstm", input_length=48, horizon=24, n_covariates=spec.size,
+                                                params={"hidden_size": 8, "patch_len": 24}))
+    return save_bundle(tmp_path_factory.mktemp("bundles") / "weather", model, spec, name="weather", version="1")
+
+
+@pytest.mark.parametrize("layout", ["zone_runs", "shuffled"])
+def test_a_weather_model_reads_each_series_weather_rows_after_its_last_load(ray_session, weather_bundle_dir: Path,
+                                                                           tmp_path: Path, layout: str) -> None:
+    """Rows after a series' last load carry its forecast hours' temperature; forecasts equal predict given
+    the same values. Series whose weather is short, NaN or in °F are skipped with the reason."""
+    table = synthetic_load(n_zones=8, hours=200, seed=5)[["zone", "timestamp", "load_mw", "temperature_c"]]
+    end = table.timestamp.max() - pd.Timedelta(hours=24)  # the last 24 h of every zone: weather only
+    table.loc[table.timestamp > end, "load_mw"] = np.nan
+    table = table[(table.zone != "Z006") | (table.timestamp <= end + pd.Timedelta(hours=10))]  # 10 h ahead only
+    table.loc[(table.zone == "Z005") & (table.timestamp == end - pd.Timedelta(hours=3)), "temperature_c"] = np.nan
+    table.loc[table.zone == "Z007", "temperature_c"] = table.loc[table.zone == "Z007", "temperature_c"] * 1.8 + 32 + 30
+    table = table.sample(frac=1.0, random_state=0) if layout == "shuffled" else table
+    path = tmp_path / "weather.parquet"
+    table.to_parquet(path, index=False, row_group_size=500)
+
+    result = score(weather_bundle_dir, path, tmp_path / "out", num_workers=1, horizon=24)
+    reasons = dict(result.skipped)
+    assert sorted(reasons) == ["Z005", "Z006", "Z007"] and result.series == 5, result.skipped
+    assert "24 forecast hours after the last load" in reasons["Z006"] and "not all there" in reasons["Z006"]
+    assert "some are missing (NaN)" in reasons["Z005"]
+    assert "temperature_c looks like degrees Fahrenheit" in reasons["Z007"]
+
+    bundle = load_bundle(weather_bundle_dir)
+    ordered = table.sort_values(["zone", "timestamp"])
+    good = [z for z in sorted(ordered.zone.unique()) if z not in reasons]
+    history = np.stack([ordered[(ordered.zone == z) & (ordered.timestamp <= end)].load_mw.to_numpy(np.float32)[-48:]
+                        for z in good])
+    temps = np.stack([ordered[ordered.zone == z].temperature_c.to_numpy(np.float32)[-72:] for z in good])
+    want = bundle.predict(history, pd.DatetimeIndex([end] * len(good)), 24,
+                          extra=(temps[:, :48, None], temps[:, 48:, None]))
+    got = pd.read_parquet(tmp_path / "out").sort_values(["zone", "horizon"])
+    assert got.zone.unique().tolist() == good
+    assert (got.origin == end + pd.Timedelta(hours=1)).all()
+    np.testing.assert_allclose(got[["q0.1", "q0.5", "q0.9"]].to_numpy().reshape(len(good), 24, 3), want, rtol=1e-5)
+
+    with pytest.raises(ScoringError, match=r"lacks weather column\(s\) \['temperature_c'\] that the model reads"):
+        score(weather_bundle_dir, _without_weather(table, tmp_path), tmp_path / "out2")
+
+
+def _without_weather(table: pd.DataFrame, folder: Path) -> Path:
+    path = folder / "no_weather.parquet"
+    table.drop(columns="temperature_c").to_parquet(path, index=False)
+    return path
