@@ -27,12 +27,14 @@ from energyopt.cli_serving import (  # typer options; serving imported lazily
     forecasts,
     serve,
 )
+from energyopt.cli_weather import weather_app  # weather observations and forecasts into the store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Forecast, optimize and watch electricity use.")
 data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect load data.")
 app.add_typer(data_app, name="data")
 app.add_typer(keys_app, name="keys")
+app.add_typer(weather_app, name="weather")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 

@@ -324,3 +324,49 @@ def test_serving_the_bundled_nem_seeds_its_states_temperatures(tmp_path: Path):
         assert weather.seed_nem_weather(opened, BUNDLED_NEM, until=args.seed_until) is None  # once
     finally:
         opened.close()
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+def test_the_weather_command_registers_maps_and_ingests_observations_and_forecasts(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from energyopt.cli import app
+
+    def run(*args: str):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    db = tmp_path / "w.db"
+    hours = pd.date_range("2014-12-19T00:00:00", periods=6, freq="h")
+    observed = pd.DataFrame({"station": "SYDNEY", "timestamp": hours, "temperature_c": [20.5, 21, 22, 23, 24, 25]})
+    observed.to_csv(tmp_path / "obs.csv", index=False)
+    result = run("weather", "ingest", tmp_path / "obs.csv", "--store", db)
+    assert result.exit_code == 2 and "6 rejected" in result.output and "use --register" in result.output, \
+        result.output
+    result = run("weather", "ingest", tmp_path / "obs.csv", "--store", db, "--register", "--time-zone", TZ)
+    assert result.exit_code == 0 and "6 observations of 1 variable(s) ['temperature_c']: 6 inserted" \
+        in result.output, result.output
+    result = run("weather", "stations", "--store", db, "--map", "NSW=SYDNEY")
+    assert result.exit_code == 0 and "SYDNEY  Australia/Brisbane  zones: NSW" in result.output, result.output
+    assert run("weather", "stations", "--store", db, "--map", "NSW").exit_code == 2
+
+    ahead = pd.date_range("2014-12-19T06:00:00", periods=4, freq="h")
+    forecast = pd.DataFrame({"station": "SYDNEY", "issued": "2014-12-19T05:00:00", "timestamp": ahead,
+                             "temperature_c": [26.0, 27.0, 150.0, 28.0]})  # 150 °C: refused, the rest stored
+    forecast.to_parquet(tmp_path / "fc.parquet", index=False)
+    result = run("weather", "ingest", tmp_path / "fc.parquet", "--store", db)
+    assert result.exit_code == 0 and "4 forecast values" in result.output and "3 inserted" in result.output \
+        and "1 rejected" in result.output and "not a plausible temperature_c" in result.output, result.output
+    opened = Store.open(db)
+    try:
+        hours_utc = [_utc(t) for t in ahead]
+        got = weather.latest_forecast(opened, "SYDNEY", TEMPERATURE, _utc(pd.Timestamp("2014-12-19T06:00")), hours_utc)
+        assert got.issued_ts == _utc(pd.Timestamp("2014-12-19T05:00")) and got.missing == [hours_utc[2]]
+        assert weather.zone_stations(opened) == {"NSW": "SYDNEY"}
+    finally:
+        opened.close()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("place,when,temp\nX,2014-12-19,1\n")
+    result = run("weather", "ingest", bad, "--store", db)
+    assert result.exit_code == 2 and "needs columns station, timestamp and one of ['temperature_c']" \
+        in result.output, result.output
