@@ -14,18 +14,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from energyopt.cli_ingest import reason_kind
+from energyopt.cli_ingest import _fail, reason_kind
 
 console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
 
 weather_app = typer.Typer(no_args_is_help=True, help="Weather observations and forecasts in the store.")
 BATCH_ROWS = 20_000  # rows per transaction
-
-
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _open(store: str):  # noqa: ANN202 - a models.store.Store

@@ -451,21 +451,45 @@ def latest_forecast(store: Store, station: str, variable: str, before: int, hour
     """The newest forecast of `station` and `variable` issued at or before `before` (UTC seconds; a forecast
     made for an issue time uses only what was known then), its values at `hours` (UTC seconds) and the
     hours it does not cover. An unknown station is a StoreError."""
-    _known_station(store, station)
-    f = weather_forecasts_table
-    hours = np.asarray(hours, dtype=np.int64)
-    value = np.full(len(hours), np.nan)
-    issued = store._read(sa.select(sa.func.max(f.c.issued_ts)).where(
-        f.c.station == station, f.c.variable == variable, f.c.issued_ts <= int(before)))[0][0]
-    if issued is not None and len(hours):
-        rows = store._read(sa.select(f.c.ts, f.c.value).where(
-            f.c.station == station, f.c.variable == variable, f.c.issued_ts == int(issued),
-            f.c.ts >= int(hours.min()), f.c.ts <= int(hours.max())))
-        found = dict(rows)
-        value = np.array([found.get(int(t), np.nan) for t in hours.tolist()], dtype=np.float64)
-    missing = hours[np.isnan(value)].tolist()
-    return LatestForecast(station, variable, int(before), None if issued is None else int(issued), hours, value,
-                          missing)
+    return weather_at(store, [station], variable, before, hours)[1][0]
+
+
+def weather_at(store: Store, stations: Sequence[str], variable: str, before: int, hours: Sequence[int],
+               ) -> tuple[np.ndarray, list[LatestForecast]]:
+    """What was known of `variable` at `before` (UTC seconds) for `hours`, per station, in four queries
+    whatever the number of stations (a region forecast's hot path): the observations of hours before
+    `before` [S, H] (NaN where none), and each station's newest forecast issued at or before `before`
+    (`latest_forecast`). An unknown station is a StoreError."""
+    stations, hours = list(stations), np.asarray(hours, dtype=np.int64)
+    known = {r[0] for r in store._read(sa.select(stations_table.c.station).where(
+        stations_table.c.station.in_(set(stations))))}
+    if unknown := [s for s in stations if s not in known]:
+        raise StoreError(f"unknown station {shown(unknown[0])}")
+    row_of = {s: i for i, s in enumerate(stations)}
+    column = {int(t): j for j, t in enumerate(hours.tolist())}
+    observed = np.full((len(stations), len(hours)), np.nan)
+    forecast = np.full((len(stations), len(hours)), np.nan)
+    o, f = observations_table, weather_forecasts_table
+    issued = {s: int(i) for s, i in store._read(
+        sa.select(f.c.station, sa.func.max(f.c.issued_ts)).where(
+            f.c.station.in_(set(stations)), f.c.variable == variable, f.c.issued_ts <= int(before))
+        .group_by(f.c.station))}
+    if len(hours):
+        lo, hi = int(hours.min()), int(hours.max())
+        for station, ts, value in store._read(sa.select(o.c.station, o.c.ts, o.c.value).where(
+                o.c.station.in_(set(stations)), o.c.variable == variable, o.c.ts >= lo, o.c.ts <= hi,
+                o.c.ts < int(before))):
+            if (j := column.get(int(ts))) is not None:
+                observed[row_of[station], j] = value
+        if issued:
+            for station, ts, value in store._read(sa.select(f.c.station, f.c.ts, f.c.value).where(
+                    sa.or_(*(sa.and_(f.c.station == s, f.c.issued_ts == i) for s, i in issued.items())),
+                    f.c.variable == variable, f.c.ts >= lo, f.c.ts <= hi)):
+                if (j := column.get(int(ts))) is not None:
+                    forecast[row_of[station], j] = value
+    latest = [LatestForecast(s, variable, int(before), issued.get(s), hours, forecast[i],
+                             hours[np.isnan(forecast[i])].tolist()) for i, s in enumerate(stations)]
+    return observed, latest
 
 
 # ---------------------------------------------------------------------------------------------- seeding

@@ -465,46 +465,46 @@ class Engine:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"weather: model {self.bundle.name} reads {variables}, and zones {unmapped} have no weather "
                            "station in the store (register one and map the zone to it: models.weather.map_zones)")
-        wall = pd.DatetimeIndex([issue - (length - k) * HOUR for k in range(length)] + list(pd.DatetimeIndex(stamps)))
-        hours = (wall.tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward").as_unit("s").asi8)
-        before = int(pd.Timestamp(issue).tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward")
-                     .timestamp())
-        past = np.empty((len(zones), length, len(variables)), np.float32)
-        future = np.empty((len(zones), len(stamps), len(variables)), np.float32)
-        used, keys = [], []
-        for i, zone in enumerate(zones):
-            digest = hashlib.blake2b(digest_size=16)
-            for k, variable in enumerate(variables):
-                station = stations[zone]
-                try:
-                    seen = weather.observations(store, station, variable, int(hours[0]), int(hours[length - 1]) + 1)
-                    latest = weather.latest_forecast(store, station, variable, before, hours)
-                except StoreError as err:
-                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"weather: zone {zone}: {err}") from None
-                observed = pd.Series(seen["value"].to_numpy(), index=seen["ts"].to_numpy()).reindex(hours[:length])
-                gap = observed.isna().to_numpy()
-                values = np.concatenate([np.where(gap, latest.value[:length], observed.to_numpy()),
-                                         latest.value[length:length + horizon]])
-                missing = hours[:length + horizon][np.isnan(values)]
-                if len(missing):
-                    first = ", ".join(pd.Timestamp(int(t), unit="s", tz="UTC").isoformat() for t in missing[:4])
-                    more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
-                    reason = latest.describe_missing(limit=0) if latest.issued_ts is None else \
-                        f"the {variable} forecast for station {station} issued " \
-                        f"{pd.Timestamp(latest.issued_ts, unit='s', tz='UTC').isoformat()} does not cover them"
-                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"weather: zone {zone} (station {station}) has no {variable} for {len(missing)} of "
-                                   f"the hours the model reads: {first}{more} ({reason}; ingest observations or a "
-                                   "newer weather forecast)")
-                values = np.concatenate([values, np.full(len(stamps) - horizon, values[-1])])
-                past[i, :, k], future[i, :, k] = values[:length], values[length:]
-                digest.update(values.astype(np.float32).tobytes())
-                used.append(pb.WeatherUsed(zone=zone, variable=variable, source="store", station=station,
-                                           forecast_issued=pd.Timestamp(latest.issued_ts, unit="s", tz="UTC")
-                                           .isoformat() if latest.issued_ts is not None else "",
-                                           past_hours_from_forecast=int(gap.sum())))
-            keys.append(digest.digest())
-        return (past, future), used, keys
+        wall = pd.date_range(end=issue - HOUR, periods=length, freq="h").append(pd.DatetimeIndex(stamps[:horizon]))
+        hours = wall.tz_localize(time_zone, ambiguous=True, nonexistent="shift_forward").as_unit("s").asi8
+        before = int(hours[length])  # the issue time: the first forecast hour
+        values = np.empty((len(zones), length + len(stamps), len(variables)), np.float32)
+        used = []
+        for k, variable in enumerate(variables):
+            try:
+                observed, latest = weather.weather_at(store, [stations[z] for z in zones], variable, before, hours)
+            except StoreError as err:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"weather: {err}") from None
+            forecast = np.stack([f.value for f in latest])
+            gap = np.isnan(observed[:, :length])  # hours not observed yet: the forecast's, counted
+            known = np.concatenate([np.where(gap, forecast[:, :length], observed[:, :length]),
+                                    forecast[:, length:]], axis=1)
+            for i in np.flatnonzero(np.isnan(known).any(axis=1)):
+                raise self._weather_missing(zones[i], stations[zones[i]], variable, hours[np.isnan(known[i])],
+                                            latest[i].issued_ts, before)
+            # the later hours the model reads are held at the last value
+            values[:, :, k] = np.concatenate([known, np.repeat(known[:, -1:], len(stamps) - horizon, axis=1)], axis=1)
+            used += [(i, pb.WeatherUsed(zone=zone, variable=variable, source="store", station=stations[zone],
+                                        forecast_issued=_iso_utc(latest[i].issued_ts),
+                                        past_hours_from_forecast=int(gap[i].sum())))
+                     for i, zone in enumerate(zones)]
+        used.sort(key=lambda pair: pair[0])  # zone by zone, each zone's variables in the model's order
+        keys = [hashlib.blake2b(values[i].tobytes(), digest_size=16).digest() for i in range(len(zones))]
+        return (values[:, :length], values[:, length:]), [w for _, w in used], keys
+
+    @staticmethod
+    def _weather_missing(zone: str, station: str, variable: str, missing: np.ndarray, issued: int | None,
+                         before: int) -> ApiError:
+        """FAILED_PRECONDITION naming the first hours of a zone's weather that neither the observations nor the
+        latest forecast cover, and why."""
+        first = ", ".join(_iso_utc(int(t)) for t in missing[:4])
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        reason = (f"no {variable} forecast for station {station} was issued at or before {_iso_utc(before)}"
+                  if issued is None else
+                  f"the {variable} forecast for station {station} issued {_iso_utc(issued)} does not cover them")
+        return ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"weather: zone {zone} (station {station}) has no {variable} for {len(missing)} of the hours "
+                        f"the model reads: {first}{more} ({reason}; ingest observations or a newer weather forecast)")
 
     def _carried_weather(self, req: pb.ForecastRegionRequest, zones: Sequence[str], request_zones: Sequence[str],
                          horizon: int) -> tuple[tuple[np.ndarray, np.ndarray], list[pb.WeatherUsed], list[bytes]]:
@@ -660,6 +660,10 @@ class Engine:
         if stats is not None:
             info.stats.CopyFrom(stats)
         return info
+
+
+def _iso_utc(seconds: int) -> str:
+    return pd.Timestamp(seconds, unit="s", tz="UTC").isoformat()
 
 
 def float32_values(values: Sequence[float], name: str) -> np.ndarray:

@@ -148,12 +148,12 @@ def _last_windows(block: pa.Table, length: int, skip_log: Any, weather: tuple[st
                           f"({n_hours[k]} h of history), given as rows with the weather and no load; "
                           f"{'they are not all there' if not covered[k] else 'some are missing (NaN)'}")
         good &= covered & finite
-        for k in np.flatnonzero(good):  # per series, as ForecastRegion checks a request's
-            for j, name in enumerate(weather):
-                problem = WEATHER_VARIABLES[name].implausible(np.r_[past_w[k, :, j], future_w[k, :, j]])
-                if problem:
-                    reasons[k], good[k] = f"weather: {problem}", False
-                    break
+        for j, name in enumerate(weather):  # per series, as ForecastRegion checks a request's
+            variable = WEATHER_VARIABLES[name]
+            both = np.concatenate([past_w[..., j], future_w[..., j]], axis=1)  # [S, L + horizon]
+            outside = ((both < variable.low) | (both > variable.high)).any(axis=1) & good  # the rare ones: named
+            for k in np.flatnonzero(outside):
+                reasons[k], good[k] = f"weather: {variable.implausible(both[k])}", False
     reported = []
     for k in np.flatnonzero(~good):  # rare: report and skip
         reason = reasons.get(k) or (
