@@ -38,7 +38,10 @@ app.add_typer(weather_app, name="weather")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-MODEL_CHOICES = ("lstm", "transformer", "lstm_region", "transformer_region", "linear", "seasonal_naive", "autoencoder")
+# the shipped configs (training.config.CONFIG_DIR/models/<name>.yaml, found without importing torch), listed
+# where `--model` is explained
+MODEL_CHOICES = tuple(sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "models")
+                             .glob("*.yaml")))
 
 
 def _fail(message: str) -> None:

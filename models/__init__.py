@@ -4,4 +4,4 @@ Imports no other package of this project (see docs of the layout in README).
 """
 
 # Importing the backbone modules registers them under their config names (models.forecaster.BACKBONES).
-from models import baselines, lstm, transformer  # noqa: F401
+from models import baselines, ensemble, lstm, transformer  # noqa: F401

@@ -206,7 +206,8 @@ def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
 
 
 def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's settings over those of its `base:` (and so on): mappings merge key by key, a value replaces."""
+    """The file's settings over those of its `base:` (and so on): mappings merge key by key, a value replaces;
+    a file that changes the model type keeps only its own model params."""
     raw = read_yaml(path)
     base = raw.pop("base", None)
     if base is None:
@@ -214,7 +215,12 @@ def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = model_config_path(base, path.parent)
     if base_path.resolve() in (path.resolve(), *children):
         raise ConfigError(f"config file {path}: base {base!r} leads back to itself")
-    return _merge(_read(base_path, (*children, path.resolve())), raw)
+    inherited = _read(base_path, (*children, path.resolve()))
+    merged = _merge(inherited, raw)
+    model, base_model = raw.get("model") or {}, inherited.get("model") or {}
+    if "type" in model and model["type"] != base_model.get("type"):  # params belong to a model type
+        merged["model"]["params"] = dict(model.get("params") or {})
+    return merged
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

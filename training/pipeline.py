@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from models.runtime import torch_threads
 from models.series import BUNDLED_PJM
 from training import tracking
 from training.anomalies import evaluate_detector
-from training.config import AUTOENCODER, TrainConfig, TrainingSection, load_config
+from training.config import AUTOENCODER, ConfigError, TrainConfig, TrainingSection, load_config
+from training.ensemble import ENSEMBLE, check_member, member_configs
 from training.evaluate import backtest, score, score_test_period
 from training.module import AutoencoderModule, ForecastModule, WindowDataModule, weight_averaging
 from training.tracking import Tracker
@@ -102,6 +103,9 @@ def build_model(config: TrainConfig) -> QuantileForecaster:
     model_cfg = config.forecaster_config()
     if model_cfg.type == "seasonal_naive":  # quantiles come from the config, not from training
         model_cfg.params = {"quantiles": tuple(model_cfg.quantiles), **model_cfg.params}
+    if model_cfg.type == ENSEMBLE:  # members named by config: their types and params
+        model_cfg.params = {"members": [{"type": m.model.type, "params": dict(m.model.params)}
+                                        for m in member_configs(config)]}
     return QuantileForecaster(model_cfg)
 
 
@@ -308,6 +312,8 @@ def train(
 def _train(config: TrainConfig, data: str | Path | None, out: str | Path, *, progress: bool, evaluate: bool,
            log: Callable[[str], None], tracker: Tracker | None) -> Bundle:
     tr = config.training
+    if config.model.type == ENSEMBLE:  # members trained by their own configs, then combined
+        return train_ensemble(config, data, out, progress=progress, evaluate=evaluate, log=log)
     with torch_threads(tr.num_threads):
         pl.seed_everything(tr.seed, verbose=False)
         prepared = prepare_data(config, data)
@@ -326,6 +332,49 @@ def _train(config: TrainConfig, data: str | Path | None, out: str | Path, *, pro
             fit_best(module, dm, tr, epochs, progress=progress, logger=tracker)
             model = module.model
         return finish_fit(config, model, dm, prepared, data, epochs, started, out, evaluate=evaluate, log=log)
+
+
+# ------------------------------------------------------------------------------------------ ensembles
+
+def assemble(config: TrainConfig, members: Sequence[ForecasterBundle], data: str | Path | None, out: str | Path, *,
+             evaluate: bool = True, log: Callable[[str], None] = print, started: float | None = None) -> Bundle:
+    """One ensemble bundle at `out` from trained member bundles: their weights and interval scales, the
+    ensemble's own intervals calibrated on validation, its test-period score (with `evaluate`)."""
+    for m in members:
+        check_member(config, m.name, m.config.type, m.input_length, m.quantiles, m.features,
+                      (m.meta.get("split", {}).get("val_days"), m.meta.get("split", {}).get("test_days")))
+        if m.max_horizon != config.model.horizon:
+            raise ConfigError(f"config {config.name}: member {m.name} forecasts {m.max_horizon} h, the ensemble "
+                              f"{config.model.horizon} h")
+    model_config = config.forecaster_config()
+    model_config.params = {"members": [{"type": m.config.type, "params": dict(m.config.params)} for m in members]}
+    model = QuantileForecaster(model_config)
+    for k, m in enumerate(members):
+        model.backbone.members[k].load_state_dict(m.model.backbone.state_dict())
+        model.backbone.member_scales[k].copy_(m.model.interval_scale)
+    prepared = prepare_data(config, data)
+    dm = data_module(prepared[0], model.config, config.features.spec(), config.training)
+    log(f"ensemble of {', '.join(m.name for m in members)}")
+    meta = {"training": {"members": [{"name": m.name, "version": m.version,
+                                      "seconds": m.meta.get("training", {}).get("seconds"),
+                                      "best_val_loss": m.meta.get("training", {}).get("best_val_loss"),
+                                      "epochs": len(m.meta.get("training", {}).get("epochs", []))}
+                                     for m in members]}}
+    return finish_fit(config, model, dm, prepared, data, EpochLog(None), started or time.perf_counter(), out,
+                      evaluate=evaluate, log=log, meta=meta)
+
+
+def train_ensemble(config: TrainConfig, data: str | Path | None, out: str | Path, *, progress: bool,
+                   evaluate: bool, log: Callable[[str], None]) -> Bundle:
+    """Train every member (bundles beside `out`, in <out>.members/<name>), then assemble them at `out`."""
+    started = time.perf_counter()
+    members = []
+    for member in member_configs(config):
+        where = Path(f"{Path(out)}.members") / member.name
+        log(f"training ensemble member {member.name} -> {where}")
+        members.append(_train(member, data, where, progress=progress, evaluate=False,
+                              log=lambda line, n=member.name: log(f"[{n}] {line}"), tracker=None))
+    return assemble(config, members, data, out, evaluate=evaluate, log=log, started=started)
 
 
 # ------------------------------------------------------------------------------ bundle vs baselines
