@@ -34,8 +34,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import write_result
+from benchmarks.peers import HISTORY, HORIZON, NEIGHBOUR_HOURS, fit_ridge, predict_ridge, target_day_calendar
 
-HISTORY, NEIGHBOUR_HOURS, HORIZON = 168, 48, 48
 RIDGE_PENALTY = 1.0  # on standardized-by-level inputs; fixed, not tuned on the test period
 SINCE_2013 = pd.Timestamp("2013-07-01")
 
@@ -47,15 +47,6 @@ def wide_loads(series: list) -> pd.DataFrame:
         parts.setdefault(s.zone, []).append(pd.Series(s.load.astype(np.float64), index=s.timestamps))
     wide = pd.DataFrame({zone: pd.concat(p) for zone, p in parts.items()}).sort_index()
     return wide.asfreq("h")
-
-
-def target_day_calendar(first_hours: pd.DatetimeIndex, holiday_dates: np.ndarray) -> np.ndarray:
-    """One-hot weekday (7), month (12) and a holiday flag, for each of the two days forecast: [N, 40]."""
-    blocks = []
-    for day in (first_hours, first_hours + pd.Timedelta(hours=24)):
-        blocks += [np.eye(7)[day.day_of_week], np.eye(12)[day.month - 1],
-                   np.isin(day.normalize().to_numpy().astype("datetime64[D]"), holiday_dates)[:, None]]
-    return np.concatenate(blocks, axis=1).astype(np.float64)
 
 
 def design(wide: pd.DataFrame, zone: str, holiday_dates: np.ndarray, *, neighbours: bool) -> dict:
@@ -79,15 +70,6 @@ def design(wide: pd.DataFrame, zone: str, holiday_dates: np.ndarray, *, neighbou
     return {"x": x[ok], "y": (own[:, HISTORY:] / level)[ok], "level": level[ok, 0], "first": first[ok]}
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    xb = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    return np.linalg.solve(xb.T @ xb + RIDGE_PENALTY * np.eye(xb.shape[1]), xb.T @ y)
-
-
-def predict_ridge(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([x, np.ones((len(x), 1))], axis=1) @ weights
-
-
 def ridge_frame(name: str, wide: pd.DataFrame, periods: dict, holiday_dates: np.ndarray, *,
                 neighbours: bool, since: pd.Timestamp | None) -> pd.DataFrame:
     """Backtest rows (zone, cutoff, step, name, name-q0.1/0.5/0.9) of one ridge variant on the test origins."""
@@ -100,7 +82,7 @@ def ridge_frame(name: str, wide: pd.DataFrame, periods: dict, holiday_dates: np.
             train &= d["first"] >= since
         val = (d["first"] >= val_start) & (last_target < test_start)
         test = d["first"] >= test_start
-        weights = fit_ridge(d["x"][train], d["y"][train])
+        weights = fit_ridge(d["x"][train], d["y"][train], RIDGE_PENALTY)
         residual = d["y"][val] - predict_ridge(weights, d["x"][val])
         low, high = np.quantile(residual, [0.1, 0.9], axis=0)  # [H] each, in level units
         point = predict_ridge(weights, d["x"][test])
