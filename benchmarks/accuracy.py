@@ -15,6 +15,8 @@ scored together by `training.evaluate.score`.
 
 `lstm_region` and `transformer_region` are the same models reading the region context as well: every
 zone's load over the history window and which zone the series is (configs/models/*_region.yaml).
+`ensemble_region` (`ensemble_nem`) is the mean of the two as one bundle, assembled from the members this
+run trained (its training time is theirs).
 
 Every model is trained for the protocol's 48 h (`--horizon`), one model per horizon as in the ETTh1
 protocol and PatchTST, the baselines included. The shipped configs train 168 h models, because serving

@@ -95,3 +95,17 @@ def test_members_that_read_different_inputs_are_refused_by_name(members: list, s
         member_configs(cfg)
     with pytest.raises(ConfigError, match="two or more member configs"):
         member_configs(_ensemble_config(tmp_path, ["lstm"]))
+
+
+def test_an_ensemble_is_not_swept_nor_trained_on_ray_train(tmp_path: Path) -> None:
+    from training.distributed import train_distributed
+    from training.sweep import run_sweep
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "ens-sweep", "base": "ensemble_nem",
+                                     "space": {"training.lr": {"low": 0.001, "high": 0.01}}}))
+    with pytest.raises(ConfigError, match="an ensemble is not swept; sweep each member's config"):
+        run_sweep(sweep, tmp_path / "out", trials=1)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="not 'ensemble'"):
+        train_distributed(load_config(model="ensemble_nem"), None, tmp_path / "d", num_workers=1)

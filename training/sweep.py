@@ -57,6 +57,7 @@ from models.bundle import load_bundle, write_metrics
 from models.runtime import ensure_ray, torch_threads
 from training import tracking
 from training.config import ConfigError, TrainConfig, _Strict, load_config, model_config_path, read_yaml, validated
+from training.ensemble import ENSEMBLE
 from training.evaluate import score_test_period
 from training.module import ForecastModule
 from training.pipeline import EpochLog, Prepared, build_model, data_module, finish_fit, fit_best, prepare_data
@@ -305,6 +306,9 @@ def run_sweep(config: str | Path, out: str | Path, *, trials: int, parallel: int
     if trials < 1 or parallel < 1:
         raise ConfigError("--trials and --parallel must be at least 1")
     sweep = load_sweep_config(config)
+    if sweep.base_config().model.type == ENSEMBLE:  # its members are trained by their own configs
+        raise ConfigError(f"sweep {sweep.name}: an ensemble is not swept; sweep each member's config, then train "
+                          "the ensemble with the settings found")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
