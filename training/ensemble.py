@@ -33,6 +33,8 @@ def member_configs(config: TrainConfig) -> list[TrainConfig]:
 
 def check_member(config: TrainConfig, name: str, model_type: str, input_length: int, quantiles: Sequence[float],
                   features: Any, periods: tuple[int, int]) -> None:
+    """ConfigError naming member `name` unless it reads what the ensemble reads (a config or a trained bundle:
+    its type, history length, quantiles, FeatureSpec and split in days)."""
     wanted = {"model type": (model_type, "not an ensemble"), "input_length": (input_length, config.model.input_length),
               "quantiles": (list(quantiles), list(config.model.quantiles)),
               "features": (features, config.features.spec()),
