@@ -48,6 +48,7 @@ class QuantileEnsemble(Backbone):
                                  n_outputs=n_outputs, median=median, **dict(m.get("params") or {}),
                                  **({"n_past_covariates": n_past_covariates} if n_past_covariates else {}))
             for m in members)
+        self.members.requires_grad_(False)  # trained on their own (`trainable`): never fitted jointly here
         # each member's interval scale as it was calibrated alone (QuantileForecaster.interval_scale)
         self.register_buffer("member_scales", torch.ones(len(members), n_outputs))
 

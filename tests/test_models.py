@@ -13,6 +13,9 @@ from models.forecaster import BACKBONES, ForecasterConfig, QuantileForecaster, f
 
 QUANTILES = (0.1, 0.5, 0.9)
 L = 336
+# what an ensemble is built of in these tests: two small trained-type members
+ENSEMBLE_MEMBERS = [{"type": "lstm", "params": {"hidden_size": 16, "num_layers": 1}},
+                    {"type": "transformer", "params": {"d_model": 16, "n_heads": 2, "e_layers": 1, "d_ff": 32}}]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,6 +32,8 @@ def make(name: str, horizon: int = 168, n_covariates: int = 0, input_length: int
     """A forecaster as the training code builds it: seasonal_naive gets the config's quantile levels."""
     if name == "seasonal_naive":
         params.setdefault("quantiles", quantiles)
+    if name == "ensemble":
+        params.setdefault("members", ENSEMBLE_MEMBERS)
     config = ForecasterConfig(type=name, input_length=input_length, horizon=horizon, quantiles=quantiles,
                               n_covariates=n_covariates, params=params)
     return QuantileForecaster(config)
@@ -93,7 +98,8 @@ def test_region_channels_widen_the_encoder_only(name: str) -> None:
     """Past-only inputs (region context) follow the covariates in past_cov; the decoder's future_cov keeps
     the C known-future ones. Backbones that cannot read them say so when built."""
     config = ForecasterConfig(type=name, input_length=L, horizon=48, quantiles=QUANTILES, n_covariates=14,
-                              n_past_covariates=5, params={"quantiles": QUANTILES} if name == "seasonal_naive" else {})
+                              n_past_covariates=5, params={"seasonal_naive": {"quantiles": QUANTILES},
+                                                           "ensemble": {"members": ENSEMBLE_MEMBERS}}.get(name, {}))
     if not BACKBONES[name].reads_past_covariates:
         with pytest.raises(ValueError, match="no region context"):
             QuantileForecaster(config)
@@ -155,6 +161,8 @@ def test_unknown_param_is_named(name: str) -> None:
     ("linear", {"kernel_size": 24}, "kernel_size"),
     ("seasonal_naive", {"season": 200}, "season"),
     ("seasonal_naive", {"quantiles": (0.9, 0.1, 0.5)}, "quantiles"),
+    ("ensemble", {"members": ENSEMBLE_MEMBERS[:1]}, "at least two member models"),
+    ("ensemble", {"members": [*ENSEMBLE_MEMBERS, {"type": "ensemble"}]}, "cannot nest|must be model types"),
 ])
 def test_invalid_param_value_is_named(name: str, params: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
