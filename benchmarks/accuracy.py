@@ -161,21 +161,10 @@ def _peer_frames(args: argparse.Namespace, split, conventions: dict) -> tuple[di
     """The peers' backtest rows on the run's period under each weather convention, and their training time
     and memory (each fitted once, on observed weather)."""
     from benchmarks import peers
-    from models.data import clean, read_table
-    from models.series import BUNDLED_PJM
     from training.config import load_config
 
-    cfg = load_config(model="lstm_nem" if args.dataset == "nem" else "lstm")
-    series, _ = clean(read_table(dataset_path(args.dataset) or BUNDLED_PJM),
-                      max_interpolate_hours=cfg.data.max_interpolate_hours)
-    starts: dict[str, dict] = {"val": {}, "test": {}}
-    for period in starts:
-        for s in getattr(split, period):
-            starts[period][s.zone] = min(starts[period].get(s.zone, s.target_start), s.target_start)
-    periods = {zone: (starts["val"][zone], starts["test"][zone]) for zone in starts["test"]}
-    features = cfg.features
-    protocol = peers.Protocol.from_series(
-        series, periods, {z: features.holiday_zones.get(z, features.holiday_country) for z in periods})
+    features = load_config(model="lstm_nem" if args.dataset == "nem" else "lstm").features.spec()
+    protocol = peers.Protocol.from_split(split, features)
     frames: dict[str, list[pd.DataFrame]] = {label: [] for label in conventions}
     if "ridge" in args.peers:
         variants = [("ridge_zone", False, False), ("ridge_region", True, False)]
@@ -194,8 +183,7 @@ def _peer_frames(args: argparse.Namespace, split, conventions: dict) -> tuple[di
         options = {"max_steps": args.nhits_max_steps} if peer == "nhits" else {}
         for label, frame in make(protocol, conventions, period=args.period, **options).items():
             frames[label].append(frame)
-    timings = {k: v for k, v in protocol.timings.items() if not k.startswith("_")}
-    return frames, timings
+    return frames, protocol.timings
 
 
 def _missing_peers(requested: list[str]) -> dict[str, str]:

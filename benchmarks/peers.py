@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.features import _holiday_dates
+from models.data import Split
+from models.features import FeatureSpec, _holiday_dates
 from training.evaluate import WeatherForecastError
 
 HISTORY, NEIGHBOUR_HOURS, HORIZON = 168, 48, 48
@@ -52,12 +53,22 @@ class Protocol:
     holidays: dict[str, np.ndarray]  # zone -> datetime64[D] holiday dates
     temperature: pd.DataFrame | None = None  # [hours, zones] °C on the same grid
     weather: WeatherForecastError | None = None  # None: the observed weather of forecast hours
-    timings: dict[str, dict] = field(default_factory=dict)
+    timings: dict[str, dict] = field(default_factory=dict)  # peer -> training seconds, memory, settings
+    cache: dict[str, dict] = field(default_factory=dict, repr=False)  # per-zone inputs built once, sliced per window
+
+    @classmethod
+    def from_split(cls, split: Split, features: FeatureSpec, weather: WeatherForecastError | None = None
+                   ) -> Protocol:
+        """From the split the models are scored on, each zone with the holidays `features` give it."""
+        periods = split_periods(split)
+        return cls.from_series([*split.train, *split.val, *split.test], periods,
+                               {zone: features.holidays_of(zone) for zone in periods}, weather)
 
     @classmethod
     def from_series(cls, series: Sequence, periods: dict, holiday_codes: dict[str, str | None],
                     weather: WeatherForecastError | None = None) -> Protocol:
-        """From cleaned series (models.data.clean), reading the `temperature_c` covariate where present."""
+        """From cleaned series (models.data.clean, or a split's segments, whose context hours repeat hours
+        of the segment before), reading the `temperature_c` covariate where present."""
         loads: dict[str, list[pd.Series]] = {}
         temps: dict[str, list[pd.Series]] = {}
         for s in series:
@@ -65,10 +76,10 @@ class Protocol:
             if "temperature_c" in s.covariate_names:
                 col = s.covariates[:, s.covariate_names.index("temperature_c")].astype(np.float64)
                 temps.setdefault(s.zone, []).append(pd.Series(col, index=s.timestamps))
-        load = pd.DataFrame({z: pd.concat(p) for z, p in loads.items()}).sort_index().asfreq("h")
+        load = pd.DataFrame({z: _joined(p) for z, p in loads.items()}).sort_index().asfreq("h")
         temperature = None
         if temps:
-            temperature = pd.DataFrame({z: pd.concat(p) for z, p in temps.items()}).reindex(load.index)
+            temperature = pd.DataFrame({z: _joined(p) for z, p in temps.items()}).reindex(load.index)
         first, last = int(load.index.year.min()), int(load.index.year.max()) + 1
         holidays = {z: (_holiday_dates(code, first, last) if code else np.array([], dtype="datetime64[D]"))
                     for z, code in holiday_codes.items()}
@@ -82,10 +93,10 @@ class Protocol:
         """First forecast hours (00:00) of `zone` in `period` ("val" or "test") with a full history and 48 h."""
         val_start, test_start = self.periods[zone]
         values = self.load[zone].to_numpy()
-        ok = np.isfinite(values)
+        missing_before = np.concatenate([[0], np.cumsum(~np.isfinite(values))])  # missing hours before each hour
         hours = np.flatnonzero(self.load.index.hour == 0)
         hours = hours[(hours >= WINDOW) & (hours + HORIZON <= len(values))]
-        window_ok = np.array([ok[h - WINDOW:h + HORIZON].all() for h in hours], dtype=bool)
+        window_ok = missing_before[hours + HORIZON] == missing_before[hours - WINDOW]
         first = self.load.index[hours]
         in_period = (first >= test_start) if period == "test" else (first >= val_start) & (
             first + pd.Timedelta(hours=HORIZON - 1) < test_start)
@@ -98,6 +109,20 @@ class Protocol:
         if self.weather is None:
             return observed
         return observed + self.weather.errors(zone, first_hours, HORIZON)
+
+
+def split_periods(split: Split) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """zone -> (first validation hour, first test hour) of a split (models.data.split_by_time)."""
+    starts: dict[str, dict] = {"val": {}, "test": {}}
+    for period, first in starts.items():
+        for s in getattr(split, period):
+            first[s.zone] = min(first.get(s.zone, s.target_start), s.target_start)
+    return {zone: (starts["val"][zone], starts["test"][zone]) for zone in starts["test"]}
+
+
+def _joined(parts: list[pd.Series]) -> pd.Series:
+    joined = pd.concat(parts)
+    return joined[~joined.index.duplicated()]
 
 
 def _started() -> float:
@@ -254,7 +279,7 @@ LIGHTGBM_GRID = (
 def _exogenous(protocol: Protocol, zone: str) -> pd.DataFrame:
     """The exogenous columns of every hour of `zone`'s grid: holiday, the region's lagged load (each zone
     over its mean) and the observed temperature with its trailing 24 h mean."""
-    cache = protocol.timings.setdefault("_exogenous", {})  # built once per zone, sliced per window
+    cache = protocol.cache.setdefault("exogenous", {})
     if zone in cache:
         return cache[zone]
     index = protocol.load.index
@@ -378,7 +403,7 @@ def lightgbm_frame(protocol: Protocol, conventions: dict[str, WeatherForecastErr
 def _nhits_inputs(protocol: Protocol, zone: str) -> pd.DataFrame:
     """NHITS's per-hour inputs of `zone`'s grid: calendar (sine and cosine of hour, weekday, day of year),
     holiday and temperature known ahead; every zone's load at the hour (over its mean) over the history."""
-    cache = protocol.timings.setdefault("_nhits_inputs", {})
+    cache = protocol.cache.setdefault("nhits_inputs", {})
     if zone in cache:
         return cache[zone]
     index = protocol.load.index

@@ -34,7 +34,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import write_result
-from benchmarks.peers import HISTORY, HORIZON, NEIGHBOUR_HOURS, fit_ridge, predict_ridge, target_day_calendar
+from benchmarks.peers import (
+    HISTORY,
+    HORIZON,
+    NEIGHBOUR_HOURS,
+    fit_ridge,
+    predict_ridge,
+    split_periods,
+    target_day_calendar,
+)
 
 RIDGE_PENALTY = 1.0  # on standardized-by-level inputs; fixed, not tuned on the test period
 SINCE_2013 = pd.Timestamp("2013-07-01")
@@ -121,11 +129,7 @@ def main() -> None:
     split, _, _ = prepare_data(cfg, None)
     series, _ = clean(read_table(BUNDLED_PJM), max_interpolate_hours=cfg.data.max_interpolate_hours)
     wide = wide_loads(series)
-    starts = {period: {} for period in ("val", "test")}
-    for period, segments in (("val", split.val), ("test", split.test)):
-        for s in segments:
-            starts[period][s.zone] = min(starts[period].get(s.zone, s.target_start), s.target_start)
-    periods = {zone: (starts["val"][zone], starts["test"][zone]) for zone in starts["test"]}
+    periods = split_periods(split)
     holiday_dates = _holiday_dates("US", wide.index.year.min(), wide.index.year.max() + 1)
 
     # the baselines as accuracy.py makes them (the naive's intervals calibrated on validation, as trained)

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.peers import HORIZON, Protocol, ridge_frame
 from models.data import clean, split_by_time
+from models.features import FeatureSpec
 from training.evaluate import WeatherForecastError
 from training.synthetic import synthetic_load
 
@@ -21,9 +22,7 @@ def series() -> list:
 
 def _protocol(series: list, weather: WeatherForecastError | None = None) -> Protocol:
     split = split_by_time(series, val_hours=60 * 24, test_hours=60 * 24, context_hours=336)
-    periods = {s.zone: (v.target_start, t.target_start) for s, v, t in zip(split.train, split.val, split.test,
-                                                                          strict=True)}
-    return Protocol.from_series(series, periods, {zone: "US" for zone in periods}, weather=weather)
+    return Protocol.from_split(split, FeatureSpec(holiday_country="US"), weather=weather)
 
 
 def _mae(protocol: Protocol, frame: pd.DataFrame, name: str) -> float:
