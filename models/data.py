@@ -611,6 +611,29 @@ def _piece(series: Series, start: pd.Timestamp | None, stop: pd.Timestamp,
                    target_start=series.timestamps[target] if is_target else None)
 
 
+# What a validation period of "auto" days is (training.config.DataSection.val_days): a year where that leaves
+# at least two training years in every zone, so it spans every season; on shorter data a fifth of the days
+# before the test period, because a year of validation would leave too little to train on (the NEM's three
+# years: 146 days, against one training year with 365, which the deep models overfit after two epochs).
+FULL_VALIDATION_DAYS = 365
+MIN_TRAINING_DAYS_FOR_FULL_VALIDATION = 2 * 365
+MIN_AUTO_VALIDATION_DAYS = 30
+
+
+def auto_validation_days(series: list[Series], test_days: int) -> int:
+    """The validation days "auto" stands for on `series`, by the shortest zone (so every zone can be split)."""
+    spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
+    for s in series:
+        first, last = spans.get(s.zone, (s.timestamps[0], s.timestamps[-1]))
+        spans[s.zone] = (min(first, s.timestamps[0]), max(last, s.timestamps[-1]))
+    if not spans:
+        raise SeriesError("no data to split")
+    before_test = min((last - first) // pd.Timedelta(days=1) + 1 for first, last in spans.values()) - test_days
+    if before_test - FULL_VALIDATION_DAYS >= MIN_TRAINING_DAYS_FOR_FULL_VALIDATION:
+        return FULL_VALIDATION_DAYS
+    return max(MIN_AUTO_VALIDATION_DAYS, before_test // 5)
+
+
 def split_by_time(series: list[Series], *, val_hours: int = 365 * 24, test_hours: int = 365 * 24,
                   context_hours: int = 0) -> Split:
     """Per zone, chronological: test = the zone's last `test_hours` hours, val = the `val_hours` before,

@@ -37,6 +37,10 @@ class FeatureSpec:
     # (zone, holiday calendar) pairs: these zones' holidays instead of holiday_country's, e.g. a NEM zone's
     # state ("NSW", "AU-NSW"); a tuple, not a dict, so the spec stays hashable
     holiday_zones: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # the position in the year (doy_sin, doy_cos); off, those columns read zero (every bundle keeps one
+    # layout). On a year or two of data it names each date of the training period, so a model learns
+    # that date's weather by heart instead of the season (the season is in its 14 days of history).
+    annual: bool = True
 
     def __post_init__(self) -> None:
         for code in {self.holiday_country, *dict(self.holiday_zones).values()} - {None}:
@@ -73,6 +77,8 @@ class FeatureSpec:
         d["holiday_zones"] = dict(self.holiday_zones)
         if not self.holiday_zones:  # left out, so a spec without them is written as before
             del d["holiday_zones"]
+        if self.annual:  # likewise
+            del d["annual"]
         return d
 
     @classmethod
@@ -80,7 +86,8 @@ class FeatureSpec:
         # bundles written before holiday_zones existed have none: their features are unchanged
         return cls(calendar=bool(d.get("calendar", True)), holiday_country=d.get("holiday_country"),
                    covariates=tuple(d.get("covariates", ())), region_zones=tuple(d.get("region_zones", ())),
-                   holiday_zones=tuple((str(z), str(c)) for z, c in dict(d.get("holiday_zones") or {}).items()))
+                   holiday_zones=tuple((str(z), str(c)) for z, c in dict(d.get("holiday_zones") or {}).items()),
+                   annual=bool(d.get("annual", True)))
 
 
 @lru_cache(maxsize=64)
@@ -121,12 +128,13 @@ def calendar_features(timestamps: pd.DatetimeIndex | np.ndarray, spec: FeatureSp
     hour = ts.hour.to_numpy() + ts.minute.to_numpy() / 60.0
     day_angle = 2 * np.pi * hour / 24.0
     dow = ts.dayofweek.to_numpy()
-    year_angle = 2 * np.pi * (ts.dayofyear.to_numpy() - 1) / 365.25
     out = np.zeros((len(ts), len(CALENDAR_FEATURES)), dtype=np.float32)
     out[:, 0], out[:, 1] = np.sin(day_angle), np.cos(day_angle)
     out[:, 2], out[:, 3] = np.sin(2 * day_angle), np.cos(2 * day_angle)
     out[np.arange(len(ts)), 4 + dow] = 1.0
-    out[:, 11], out[:, 12] = np.sin(year_angle), np.cos(year_angle)
+    if spec.annual:
+        year_angle = 2 * np.pi * (ts.dayofyear.to_numpy() - 1) / 365.25
+        out[:, 11], out[:, 12] = np.sin(year_angle), np.cos(year_angle)
     code = spec.holidays_of(zone)
     if code and len(ts):
         dates = ts.normalize().to_numpy().astype("datetime64[D]")

@@ -202,6 +202,53 @@ def test_every_shipped_config_builds_its_model():
         assert model.config == ForecasterConfig.from_dict(model.config.to_dict())
 
 
+def test_auto_validation_period_leaves_enough_to_train_on(tmp_path):
+    """val_days "auto" (the shipped defaults) is a year on four years of data or more, a fifth of the days
+    before the test period on less; training settles the number in its config, so the bundle records it."""
+    from models.data import auto_validation_days, clean
+    from training.pipeline import prepare_data
+    from training.synthetic import synthetic_load
+
+    def days_of(years: float) -> list:
+        return clean(synthetic_load(n_zones=2, hours=int(24 * 365 * years), seed=3))[0]
+
+    assert auto_validation_days(days_of(3), 365) == (3 * 365 - 365) // 5 == 146
+    assert auto_validation_days(days_of(4), 365) == 365
+    assert auto_validation_days(days_of(1.2), 365) == 30  # the least it gives
+    five_years = synthetic_load(n_zones=1, hours=24 * 365 * 5, seed=1)
+    three_years = synthetic_load(n_zones=2, hours=24 * 365 * 3, seed=2).query("zone == 'Z001'")
+    short_and_long = clean(pd.concat([five_years, three_years]))[0]
+    assert auto_validation_days(short_and_long, 365) == 146  # the shortest zone decides: every zone can be split
+
+    path = tmp_path / "three_years.csv"
+    synthetic_load(n_zones=2, hours=24 * 365 * 3, seed=3).to_csv(path, index=False)
+    cfg = load_config(model="lstm")
+    assert cfg.data.val_days == "auto"
+    split, _, _ = prepare_data(cfg, path)
+    assert cfg.data.val_days == 146
+    val_hours = sum(len(s.load) - s.timestamps.get_loc(s.target_start) for s in split.val)
+    assert val_hours == 146 * 24 * 2
+    with pytest.raises(ConfigError, match="data.val_days"):
+        load_config(model="lstm", **{"data.val_days": "soon"})
+
+
+def test_calendar_without_the_position_in_the_year():
+    """features.annual off zeroes doy_sin/doy_cos and nothing else; specs round-trip, and one that has it on
+    is written as before the setting existed."""
+    from models.features import CALENDAR_FEATURES, calendar_features
+
+    hours = pd.date_range("2021-03-01", periods=24 * 40, freq="h")
+    on, off = FeatureSpec(), FeatureSpec(annual=False)
+    year = [CALENDAR_FEATURES.index("doy_sin"), CALENDAR_FEATURES.index("doy_cos")]
+    rest = [k for k in range(len(CALENDAR_FEATURES)) if k not in year]
+    with_year, without = calendar_features(hours, on), calendar_features(hours, off)
+    assert np.abs(with_year[:, year]).max() > 0.5 and not without[:, year].any()
+    np.testing.assert_array_equal(with_year[:, rest], without[:, rest])
+    assert "annual" not in on.to_dict() and FeatureSpec.from_dict(on.to_dict()) == on
+    assert FeatureSpec.from_dict(off.to_dict()) == off
+    assert load_config(model="lstm", **{"features.annual": False}).features.spec() == off
+
+
 def test_loss_units_data_is_the_mse_in_the_datas_units() -> None:
     """ETTh1's benchmark MSE is in the z-scored data's units; loss_units="data" trains on exactly that, while
     the default scores each window in its own units (a quiet window's errors weigh more)."""

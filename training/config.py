@@ -8,7 +8,7 @@ name, or a path relative to the file) and give only what differs from it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,6 +61,9 @@ class FeatureSection(_Strict):
     # region context: these zones' load over the history window, read beside every series' own (lstm and
     # transformer); the data must hold them, and so must every request the model serves
     region_zones: list[str] = Field(default_factory=list, max_length=64)
+    # the calendar's position in the year (models.features.FeatureSpec.annual): leave it off on a few years
+    # of data, where it lets a model learn each training date's weather by heart
+    annual: bool = True
 
     @field_validator("holiday_country", "holiday_zones")
     @classmethod
@@ -78,11 +81,13 @@ class FeatureSection(_Strict):
 
     def spec(self) -> FeatureSpec:
         return FeatureSpec(self.calendar, self.holiday_country, tuple(self.covariates), tuple(self.region_zones),
-                           tuple(self.holiday_zones.items()))
+                           tuple(self.holiday_zones.items()), self.annual)
 
 
 class DataSection(_Strict):
-    val_days: int = Field(365, ge=1)
+    # "auto": a year, or less where a year would leave under two training years (models.data.auto_validation_days);
+    # training.pipeline.prepare_data puts the number in its place, so bundles record the days used
+    val_days: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     test_days: int = Field(365, ge=1)
     max_interpolate_hours: int = Field(6, ge=0)
 

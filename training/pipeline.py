@@ -26,7 +26,7 @@ import models.bundle  # save_bundle looked up at call time: tests stand in for t
 from models.anomaly import COMPONENTS, Calibration
 from models.autoencoder import WEEK, AutoencoderConfig, AutoencoderParams, ConvAutoencoder, calibrate_detector
 from models.bundle import Bundle, ForecasterBundle
-from models.data import RepairReport, Split, clean, fingerprint, read_table, split_by_time
+from models.data import RepairReport, Split, auto_validation_days, clean, fingerprint, read_table, split_by_time
 from models.features import FeatureSpec
 from models.forecaster import ForecasterConfig, QuantileForecaster
 from models.runtime import torch_threads
@@ -88,9 +88,12 @@ class BestWeights(Callback):
 # ------------------------------------------------------------------------------------------ the steps
 
 def prepare_data(config: TrainConfig, data: str | Path | None) -> Prepared:
-    """Read, repair and split the data as the config says; also returns the raw data's fingerprint."""
+    """Read, repair and split the data as the config says; also returns the raw data's fingerprint. A
+    validation period of "auto" days becomes the number of days it stands for on this data, in `config`."""
     table = read_table(data if data is not None else BUNDLED_PJM)
     series, report = clean(table, max_interpolate_hours=config.data.max_interpolate_hours)
+    if config.data.val_days == "auto":  # settled here, once, so everything after reads the days used
+        config.data.val_days = auto_validation_days(series, config.data.test_days)
     context = config.model.input_length
     if config.model.type == AUTOENCODER:  # windows read their reference weeks before them
         context = WEEK * AutoencoderParams(**config.model.params).reference_weeks
@@ -340,6 +343,7 @@ def assemble(config: TrainConfig, members: Sequence[ForecasterBundle], data: str
              evaluate: bool = True, log: Callable[[str], None] = print, started: float | None = None) -> Bundle:
     """One ensemble bundle at `out` from trained member bundles: their weights and interval scales, the
     ensemble's own intervals calibrated on validation, its test-period score (with `evaluate`)."""
+    prepared = prepare_data(config, data)  # first: the split's days in config are then the ones used
     for m in members:
         check_member(config, m.name, m.config.type, m.input_length, m.quantiles, m.features,
                       (m.meta.get("split", {}).get("val_days"), m.meta.get("split", {}).get("test_days")))
@@ -352,7 +356,6 @@ def assemble(config: TrainConfig, members: Sequence[ForecasterBundle], data: str
     for k, m in enumerate(members):
         model.backbone.members[k].load_state_dict(m.model.backbone.state_dict())
         model.backbone.member_scales[k].copy_(m.model.interval_scale)
-    prepared = prepare_data(config, data)
     dm = data_module(prepared[0], model.config, config.features.spec(), config.training)
     log(f"ensemble of {', '.join(m.name for m in members)}")
     meta = {"training": {"members": [{"name": m.name, "version": m.version,

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from models.bundle import CONFIG_FILE, Bundle, ForecasterBundle, load_bundle, write_checksums
+from models.data import MIN_AUTO_VALIDATION_DAYS
 from models.decisions import Decision, latest_promotion, promotions, record_decision
 from models.hourly import HOUR_S, ZoneTail, wall_clock
 from models.series import LOAD, TIMESTAMP, ZONE
@@ -78,7 +79,9 @@ def store_table(store: Store, zones: Sequence[str] | None = None, *, end: int | 
 def _long_enough(table: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, dict[str, str]]:
     """The zones whose hours span the split (validation and backtest days, and a training period of at
     least a few windows), and why the others are left out."""
-    need = (cfg.data.val_days + cfg.data.test_days) * 24 + 2 * (cfg.model.input_length + cfg.model.horizon)
+    # an "auto" validation period (an override) is settled on the data later: count its least here
+    val_days = cfg.data.val_days if isinstance(cfg.data.val_days, int) else MIN_AUTO_VALIDATION_DAYS
+    need = (val_days + cfg.data.test_days) * 24 + 2 * (cfg.model.input_length + cfg.model.horizon)
     skipped = {}
     for zone, stamps in table.groupby(ZONE)[TIMESTAMP]:
         hours = (stamps.max() - stamps.min()) // pd.Timedelta(hours=1) + 1

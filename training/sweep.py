@@ -322,7 +322,10 @@ def run_sweep(config: str | Path, out: str | Path, *, trials: int, parallel: int
         if tracking_uri is not None:
             log(f"MLflow: trials are runs in experiment {name!r} at {tracking_uri}")
     ensure_ray()
-    prepared = prepare_data(sweep.base_config(), data)
+    base = sweep.base_config()
+    prepared = prepare_data(base, data)
+    # every trial trains on this split: the days an "auto" validation period came to on this data
+    sweep = sweep.model_copy(update={"overrides": {**sweep.overrides, "data.val_days": base.data.val_days}})
     done, failed = _run_trials(sweep, study, url, prepared, trials, parallel, heartbeat_s, data, out, log,
                                tracking_uri)
     best = _best(study)
