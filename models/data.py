@@ -620,12 +620,18 @@ MIN_TRAINING_DAYS_FOR_FULL_VALIDATION = 2 * 365
 MIN_AUTO_VALIDATION_DAYS = 30
 
 
-def auto_validation_days(series: list[Series], test_days: int) -> int:
-    """The validation days "auto" stands for on `series`, by the shortest zone (so every zone can be split)."""
+def zone_spans(series: list[Series]) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """Each zone's first and last hour over all its segments."""
     spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
     for s in series:
         first, last = spans.get(s.zone, (s.timestamps[0], s.timestamps[-1]))
         spans[s.zone] = (min(first, s.timestamps[0]), max(last, s.timestamps[-1]))
+    return spans
+
+
+def auto_validation_days(series: list[Series], test_days: int) -> int:
+    """The validation days "auto" stands for on `series`, by the shortest zone (so every zone can be split)."""
+    spans = zone_spans(series)
     if not spans:
         raise SeriesError("no data to split")
     before_test = min((last - first) // pd.Timedelta(days=1) + 1 for first, last in spans.values()) - test_days
@@ -652,9 +658,10 @@ def split_by_time(series: list[Series], *, val_hours: int = 365 * 24, test_hours
         by_zone.setdefault(s.zone, []).append(s)
     hour = pd.Timedelta(hours=1)
     split = Split(train=[], val=[], test=[])
+    spans = zone_spans(series)
     for zone, segments in by_zone.items():
         segments = sorted(segments, key=lambda s: s.timestamps[0])
-        first, last = segments[0].timestamps[0], max(s.timestamps[-1] for s in segments)
+        first, last = spans[zone]
         have, need = (last - first) // hour + 1, val_hours + test_hours + 1
         if have < need:
             raise SeriesError(
