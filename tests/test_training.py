@@ -145,6 +145,53 @@ def test_window_dataset_respects_target_start_and_origin_hours(synthetic_csv):
     assert len(test) == 3 * (30 - 2 + 1)  # 30 days of 00:00 origins per zone, the last 48 h need 2 days
 
 
+def test_mixup_blends_training_windows_with_the_same_zone_at_the_same_hour_of_the_week(synthetic_csv):
+    series, _ = load_series(synthetic_csv)
+    split = split_by_time(series, val_hours=30 * 24, test_hours=30 * 24, context_hours=336)
+    spec = FeatureSpec(region_zones=("Z000", "Z001", "Z002"))
+    plain = WindowDataset(split.train, 336, 48, spec)
+    mixed = WindowDataset(split.train, 336, 48, spec, mixup=1.0, seed=3)
+    items = [0, 777, 5000, len(plain) - 1]
+    zone_of = [s.zone for s in split.train]
+    hour_of_week = [s.timestamps.dayofweek * 24 + s.timestamps.hour for s in split.train]
+    for item, (history, past, future, target) in zip(items, mixed.__getitems__(items), strict=True):
+        i, origin = plain.index[item]
+        own = plain[item]
+        # a partner of the same zone at the same hour of the week, and one blending weight for every part
+        candidates = [k for k, (j, o) in enumerate(plain.index)
+                      if zone_of[j] == zone_of[i] and hour_of_week[j][o] == hour_of_week[i][origin]]
+        fits = []
+        for k in candidates:
+            mate = plain[k]
+            a, b = torch.cat([t.flatten() for t in own]), torch.cat([t.flatten() for t in mate])
+            got = torch.cat([t.flatten() for t in (history, past, future, target)])
+            if torch.equal(a, b):
+                continue
+            w = float(((got - b) @ (a - b)) / ((a - b) @ (a - b)))
+            fits.append((float((w * a + (1 - w) * b - got).abs().max() / a.abs().max()), w))
+        error, w = min(fits)
+        assert error < 1e-5 and 0 <= w <= 1
+        torch.testing.assert_close(future[:, :11], own[2][:, :11])  # hours and weekdays: the window's own
+        torch.testing.assert_close(future[:, spec.size:], own[2][:, spec.size:])  # and its zone
+    first, second = (WindowDataset(split.train, 336, 48, spec, mixup=1.0, seed=3).__getitems__(items) for _ in "ab")
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))  # the seed fixes the draws
+    untouched = WindowDataset(split.train, 336, 48, spec, mixup=0.0).__getitems__(items)
+    assert all(torch.equal(a[0], plain[k][0]) for a, k in zip(untouched, items, strict=True))
+    with pytest.raises(ValueError, match="mixup"):
+        WindowDataset(split.train, 336, 48, spec, mixup=1.5)
+
+
+def test_mixup_is_for_training_windows_of_forecasters(synthetic_csv):
+    from training.pipeline import data_module, prepare_data
+
+    cfg = load_config(model="lstm", **{"training.mixup": 0.5, "data.val_days": 30, "data.test_days": 30})
+    dm = data_module(prepare_data(cfg, synthetic_csv)[0], cfg.forecaster_config(), cfg.features.spec(), cfg.training)
+    dm.setup()
+    assert dm.train_set.mixup == 0.5 and dm.val_set.dataset.mixup == 0.0  # validation scores real windows
+    with pytest.raises(ConfigError, match="mixup"):
+        load_config(model="autoencoder", **{"training.mixup": 0.5})
+
+
 def test_backtest_protocol_and_scores(tiny_bundle_dir, synthetic_csv):
     bundle = load_bundle(tiny_bundle_dir)
     series, _ = load_series(synthetic_csv)

@@ -107,6 +107,10 @@ class TrainingSection(_Strict):
     # region-context models: the chance that a training window hides each region zone's channel (as a gap
     # in that zone's data does when serving), so the model copes without any one neighbour
     region_dropout: float = Field(0.0, ge=0, lt=1)
+    # blend this share of the training windows with a window of the same zone at the same hour of the week
+    # (training.windows.WindowDataset): more distinct days than the data has, for models that learn a short
+    # history's days by heart; forecasters only
+    mixup: float = Field(0.0, ge=0, le=1)
     # validate and keep an exponential moving average of the weights (this decay per optimizer step; about
     # 1 / (1 - decay) steps of memory) instead of the last step's weights; None trains without one
     ema_decay: float | None = Field(None, gt=0, lt=1)
@@ -139,6 +143,8 @@ class TrainConfig(_Strict):
         if self.features.region_zones and not (backbone and backbone.reads_past_covariates):
             raise ValueError(f"features.region_zones: model type {self.model.type!r} reads no region context; "
                              "use lstm or transformer, or leave region_zones empty")
+        if self.training.mixup and backbone is None:
+            raise ValueError(f"training.mixup blends forecast windows; model type {self.model.type!r} draws none")
         return self
 
     def autoencoder_config(self) -> AutoencoderConfig:

@@ -120,11 +120,11 @@ class WindowDataModule(pl.LightningDataModule):
     """Random training windows (a fresh draw of `samples_per_epoch` each epoch) and a fixed validation subset."""
 
     def __init__(self, split: Split, model_config: ForecasterConfig | AutoencoderConfig, features: FeatureSpec, *,
-                 batch_size: int, samples_per_epoch: int, val_samples: int, seed: int = 0) -> None:
+                 batch_size: int, samples_per_epoch: int, val_samples: int, seed: int = 0, mixup: float = 0.0) -> None:
         super().__init__()
         self.split, self.model_config, self.features = split, model_config, features
-        self.batch_size, self.samples_per_epoch, self.val_samples, self.seed = (
-            batch_size, samples_per_epoch, val_samples, seed)
+        self.batch_size, self.samples_per_epoch, self.val_samples, self.seed, self.mixup = (
+            batch_size, samples_per_epoch, val_samples, seed, mixup)
         self.train_set: WindowDataset | ReferenceWindowDataset | None = None
         self.val_set: Subset | None = None
 
@@ -142,7 +142,8 @@ class WindowDataModule(pl.LightningDataModule):
             zones = self.features.region_zones
             train_region = RegionPanel.from_series(self.split.train, zones) if zones else None
             val_region = RegionPanel.from_series([*self.split.train, *self.split.val], zones) if zones else None
-            self.train_set = WindowDataset(self.split.train, length, horizon, self.features, region=train_region)
+            self.train_set = WindowDataset(self.split.train, length, horizon, self.features, region=train_region,
+                                           mixup=self.mixup, seed=self.seed)
             val = WindowDataset(self.split.val, length, horizon, self.features, region=val_region)
             need = f"{length} h history + {horizon} h horizon"
         if len(self.train_set) == 0 or len(val) == 0:

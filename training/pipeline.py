@@ -119,7 +119,7 @@ def data_module(split: Split, model_config: ForecasterConfig | AutoencoderConfig
     return WindowDataModule(split, model_config, features,
                             batch_size=max(1, min(tr.batch_size, tr.samples_per_epoch) // workers),
                             samples_per_epoch=max(1, tr.samples_per_epoch // workers), val_samples=tr.val_samples,
-                            seed=tr.seed)
+                            seed=tr.seed, mixup=tr.mixup)
 
 
 def build_trainer(tr: TrainingSection, epochs: EpochLog, *callbacks: Callback, progress: bool = False,

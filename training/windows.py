@@ -24,6 +24,13 @@ class WindowDataset(Dataset):
     With `features.region_zones`, the covariates also carry the series' zone (models.inputs.region_inputs)
     and past covariates those zones' region channels over the window, read from `region` (a panel of at
     least those zones, e.g. built from all of the data's segments).
+
+    `mixup` (training only): that share of the windows drawn is blended with another window of the same zone
+    whose origin falls at the same hour of the week, every part of both (load, covariates, region channels)
+    as w x + (1 - w) x' with w uniform in [0, 1] (mixup, Zhang et al. 2018). Two such windows share their
+    calendar, so the blend is a plausible stretch of that zone's load between the two; a deep model then
+    sees more than the few hundred distinct training days a short history has, which it otherwise learns by
+    heart within an epoch or two (each date's weather included). Draws follow `seed`.
     """
 
     def __init__(
@@ -35,7 +42,11 @@ class WindowDataset(Dataset):
         *,
         origin_hours: Sequence[int] | None = None,
         region: RegionPanel | None = None,
+        mixup: float = 0.0,
+        seed: int = 0,
     ) -> None:
+        if not 0 <= mixup <= 1:
+            raise ValueError(f"mixup must be a share of the windows in [0, 1], got {mixup}")
         self.input_length, self.horizon = input_length, horizon
         self.loads = [torch.from_numpy(np.ascontiguousarray(s.load, dtype=np.float32)) for s in series]
         self.covs = [torch.from_numpy(known_covariates(s, features)) for s in series]
@@ -51,6 +62,10 @@ class WindowDataset(Dataset):
             self.region = RegionPanel(features.region_zones, region.start, region.values[:, columns])
             self.region_offsets = [int(region.positions(s.timestamps[:1])[0]) if len(s) else 0 for s in series]
         self.index = _window_index([forecast_origins(s, input_length, horizon, origin_hours) for s in series])
+        self.mixup, self.partners = mixup, None
+        if mixup:
+            self.rng = np.random.default_rng(seed)
+            self.partners = _same_hour_of_week(series, self.index)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -60,7 +75,21 @@ class WindowDataset(Dataset):
 
     def __getitems__(self, items: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
         """Several windows at once (the DataLoader asks for a batch): region channels are computed for
-        the whole batch in one vectorized pass."""
+        the whole batch in one vectorized pass; with `mixup`, some blended with their partners."""
+        if not self.mixup:
+            return self._windows(items)
+        items = list(items)
+        blend = np.flatnonzero(self.rng.random(len(items)) < self.mixup)
+        group, members = self.partners
+        partners = [int(members[g][self.rng.integers(len(members[g]))]) for g in group[[items[k] for k in blend]]]
+        windows = self._windows(items + partners)
+        out, mates = windows[: len(items)], windows[len(items):]
+        for k, mate, w in zip(blend, mates, self.rng.random(len(blend)), strict=True):
+            w = float(w)
+            out[k] = tuple(w * a + (1 - w) * b for a, b in zip(out[k], mate, strict=True))
+        return out
+
+    def _windows(self, items: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
         out = []
         for item in items:
             i, origin = self.index[item]
@@ -101,6 +130,21 @@ class ReferenceWindowDataset(Dataset):
         i, start = self.index[item]
         sl = slice(start, start + self.window)
         return self.loads[i][sl], self.refs[i][sl], self.covs[i][sl]
+
+
+def _same_hour_of_week(series: Sequence[Series], index: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Windows grouped by zone and the hour of the week of their origin: (group of each window [N], the
+    windows of each group)."""
+    hour_of_week = np.zeros(len(index), dtype=np.int64)
+    for i, s in enumerate(series):
+        rows = index[:, 0] == i
+        hour_of_week[rows] = (s.timestamps.dayofweek.to_numpy() * 24 + s.timestamps.hour.to_numpy())[index[rows, 1]]
+    zone_codes = {z: k for k, z in enumerate(dict.fromkeys(s.zone for s in series))}
+    zone = np.array([zone_codes[series[i].zone] for i in index[:, 0]], dtype=np.int64)
+    _, group = np.unique(zone * 168 + hour_of_week, return_inverse=True)
+    order = np.argsort(group, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(group[order])) + 1) if len(order) else []
+    return group, members
 
 
 def _window_index(origins: list[np.ndarray]) -> np.ndarray:
