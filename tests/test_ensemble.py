@@ -43,16 +43,15 @@ def _nested(dotted: dict) -> dict:
     return out
 
 
-def _ensemble_config(tmp_path: Path, members: list[str], tiny: bool = True, **extra: object):
-    path = tmp_path / "ensemble.yaml"
-    path.write_text(yaml.safe_dump({"base": str(Path("configs/models/lstm.yaml").resolve()), "name": "tiny-ensemble",
-                                    "model": {"type": "ensemble", "params": {"members": members}}}))
-    return load_config(path, **{**(TINY if tiny else {}), **extra})
+def _ensemble_config(members: list[str], tiny: bool = True, **extra: object):
+    """The shipped ensemble config (configs/models/ensemble.yaml) with these members."""
+    return load_config(model="ensemble", **{"name": "tiny-ensemble", "model.params.members": members,
+                                            **(TINY if tiny else {}), **extra})
 
 
 def test_an_ensemble_forecasts_the_mean_of_its_members_quantiles(members: list, synthetic_csv: Path,
                                                                   tmp_path: Path) -> None:
-    cfg = _ensemble_config(tmp_path, ["lstm", "transformer"])
+    cfg = _ensemble_config(["lstm", "transformer"])
     bundle = assemble(cfg, members, synthetic_csv, tmp_path / "ensemble", evaluate=True, log=lambda _: None)
     assert bundle.config.type == "ensemble" and bundle.metrics["summary"]["tiny-ensemble"]["mae"] > 0
     assert [m["type"] for m in bundle.config.params["members"]] == ["lstm", "transformer"]
@@ -76,7 +75,7 @@ def test_an_ensemble_config_trains_its_members_and_ships_one_bundle(synthetic_cs
         path.write_text(yaml.safe_dump({"base": str(Path(f"configs/models/{model}.yaml").resolve()), "name": name,
                                         **settings}))
         members.append(str(path))
-    cfg = _ensemble_config(tmp_path, members, **{"model.horizon": 24})
+    cfg = _ensemble_config(members, **{"model.horizon": 24})
     assert [m.model.horizon for m in member_configs(cfg)] == [24, 24]  # the ensemble's horizon is forced on them
     bundle = train(cfg, synthetic_csv, tmp_path / "out", progress=False, log=lambda _: None)
     assert bundle.name == "tiny-ensemble" and bundle.max_horizon == 24
@@ -87,14 +86,14 @@ def test_an_ensemble_config_trains_its_members_and_ships_one_bundle(synthetic_cs
 
 def test_members_that_read_different_inputs_are_refused_by_name(members: list, synthetic_csv: Path,
                                                                  tmp_path: Path) -> None:
-    cfg = _ensemble_config(tmp_path, ["lstm", "transformer"], **{"model.input_length": 168})
+    cfg = _ensemble_config(["lstm", "transformer"], **{"model.input_length": 168})
     with pytest.raises(ConfigError, match="member lstm has input_length 336, the ensemble reads 168"):
         assemble(cfg, members, synthetic_csv, tmp_path / "bad", log=lambda _: None)
-    cfg = _ensemble_config(tmp_path, ["lstm", "lstm_region"], tiny=False)
+    cfg = _ensemble_config(["lstm", "lstm_region"], tiny=False)
     with pytest.raises(ConfigError, match="member lstm_region has features"):
         member_configs(cfg)
     with pytest.raises(ConfigError, match="two or more member configs"):
-        member_configs(_ensemble_config(tmp_path, ["lstm"]))
+        member_configs(_ensemble_config(["lstm"]))
 
 
 def test_an_ensemble_is_not_swept_nor_trained_on_ray_train(tmp_path: Path) -> None:
